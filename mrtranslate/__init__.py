@@ -1,0 +1,22 @@
+"""mrtranslate: translate 3D brain MRI between contrasts with the Adaptive Latent Diffusion Model (ALDM)."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "MODALITIES", "ALDMPipeline", "Translator"]
+
+from .modalities import MODALITIES
+
+
+def __getattr__(name: str):
+    # Heavy modules (torch) load on first use so that `mrtranslate --help` stays fast.
+    if name == "ALDMPipeline":
+        from .pipeline import ALDMPipeline
+
+        return ALDMPipeline
+    if name == "Translator":
+        from .translator import Translator
+
+        return Translator
+    raise AttributeError(f"module 'mrtranslate' has no attribute {name!r}")

@@ -1,0 +1,4 @@
+"""Imports every command module so that each registers itself on the Typer app."""
+
+# Each module below defines functions decorated with ``@app.command``.
+from . import convert  # noqa: F401

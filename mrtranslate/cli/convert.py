@@ -1,0 +1,1 @@
+"""`mrtranslate convert`: published Lightning checkpoints -> model folder."""
