@@ -44,3 +44,7 @@ class OutputExistsError(UsageError):
 
 class MemoryBudgetError(MRTranslateError):
     """A run that cannot fit in the memory available, detected before allocating."""
+
+
+class GridMismatchError(UsageError):
+    """Images (or arrays) that must share one voxel grid but differ in shape or affine."""
