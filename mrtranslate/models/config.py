@@ -77,12 +77,6 @@ class ModelConfig:
 
     def validate(self, origin: str = "config") -> None:
         """Raise ModelFormatError when a value is of the wrong type or outside sane bounds."""
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, bool):
-                continue
-            if isinstance(v, int) and v < 0:
-                raise ModelFormatError(f"{origin}: {f.name} = {v} must not be negative")
         est = self.parameter_estimate()
         if est > MAX_PARAMETERS:
             raise ModelFormatError(

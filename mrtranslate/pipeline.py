@@ -1,0 +1,318 @@
+"""ALDMPipeline: tensors in, tensors out.
+
+encode (VQ-GAN, quantized) -> target_like (MS-SPADE) -> sample (DDIM over the diffusion UNet, every
+target in one batch) -> decode (VQ-GAN decoder, no re-quantization). Also reads and writes the model
+folder (``model_index.json`` + one subfolder per component, safetensors and JSON only).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import ModelFormatError, UsageError
+from .models import VQGAN, UNet, UNetConfig, VQGANConfig
+from .models.config import ModelConfig
+from .pipeline_config import PipelineConfig
+from .schedulers import DDIMScheduler, SchedulerConfig
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+INDEX_NAME = "model_index.json"
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelFormatError(f"model folder is missing {path.name} at {path}: re-download or re-export the model")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFormatError(f"{path} is not valid JSON ({exc}): re-download or re-export the model") from None
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _load_weights(module: nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``module``; missing, unexpected or mis-shaped tensors are errors."""
+    if not path.is_file():
+        raise ModelFormatError(f"model folder is missing {path}: re-download or re-export the model")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFormatError(f"{path} is not a readable safetensors file ({exc}): re-download it") from None
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
+        raise ModelFormatError(f"{path} does not match its config.json: {'; '.join(parts)}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(expected[k].shape):
+            raise ModelFormatError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)}, config.json implies {tuple(expected[k].shape)}"
+            )
+    module.load_state_dict(state, strict=True)
+
+
+def _save_weights(module: nn.Module, path: Path) -> None:
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def _load_config(cls: type[ModelConfig], path: Path) -> Any:
+    return cls.from_dict(_read_json(path), origin=str(path))
+
+
+class ALDMPipeline:
+    """The ALDM networks and sampler, with tensor-in / tensor-out methods.
+
+    Images are ``[B, 1, D, H, W]`` in the model's intensity scale (about [-1, 1]); latents are
+    ``[B, C, D/f, H/f, W/f]``; targets are class ids (the index of a modality in ``config.modalities``).
+    """
+
+    def __init__(
+        self,
+        vqgan: VQGAN,
+        unet: UNet | None = None,
+        scheduler: DDIMScheduler | None = None,
+        config: PipelineConfig | None = None,
+    ):
+        if (unet is None) != (scheduler is None):
+            raise ValueError("unet and scheduler come together")
+        self.vqgan = vqgan.eval()
+        self.unet = unet.eval() if unet is not None else None
+        self.scheduler = scheduler
+        comps = ("vqgan",) + (("unet", "scheduler") if unet is not None else ())
+        self.config = config or PipelineConfig(components=comps)
+        self.config.components = comps
+
+    # -- construction and persistence --------------------------------------------------------------
+    @classmethod
+    def from_configs(
+        cls,
+        vqgan: VQGANConfig | None = None,
+        unet: UNetConfig | None = None,
+        scheduler: SchedulerConfig | None = None,
+        config: PipelineConfig | None = None,
+        first_stage_only: bool = False,
+    ) -> ALDMPipeline:
+        """A pipeline with freshly initialised (random) weights; published configuration by default."""
+        v = VQGAN(vqgan or VQGANConfig())
+        if first_stage_only:
+            return cls(v, config=config)
+        return cls(v, UNet(unet or UNetConfig()), DDIMScheduler(scheduler or SchedulerConfig()), config)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    ) -> ALDMPipeline:
+        """Load a model folder (see ``save_pretrained``). Only JSON and safetensors are read; never pickle.
+
+        Every config is validated before any network is allocated. Loads on CPU in float32 unless told.
+        """
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ModelFormatError(f"{folder} is not a model folder (no such directory)")
+        config = _load_config(PipelineConfig, folder / INDEX_NAME)
+        vq_cfg = _load_config(VQGANConfig, folder / "vqgan" / CONFIG_NAME)
+        unet_cfg = sched_cfg = None
+        if config.has_diffusion:
+            unet_cfg = _load_config(UNetConfig, folder / "unet" / CONFIG_NAME)
+            sched_cfg = _load_config(SchedulerConfig, folder / "scheduler" / CONFIG_NAME)
+            _check_compatible(config, vq_cfg, unet_cfg, folder)
+        vqgan = VQGAN(vq_cfg)
+        _load_weights(vqgan, folder / "vqgan" / WEIGHTS_NAME)
+        unet = scheduler = None
+        if unet_cfg is not None:
+            unet = UNet(unet_cfg)
+            _load_weights(unet, folder / "unet" / WEIGHTS_NAME)
+            scheduler = DDIMScheduler(sched_cfg)
+        pipe = cls(vqgan, unet, scheduler, config)
+        pipe.to(device=device, dtype=dtype)
+        return pipe
+
+    def save_pretrained(self, folder: str | Path, model_card: str | None = None) -> Path:
+        """Write the model folder: model_index.json, vqgan/, unet/ and scheduler/ (when present), README.md."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(folder / INDEX_NAME, self.config.to_dict())
+        (folder / "vqgan").mkdir(exist_ok=True)
+        _write_json(folder / "vqgan" / CONFIG_NAME, self.vqgan.config.to_dict())
+        _save_weights(self.vqgan, folder / "vqgan" / WEIGHTS_NAME)
+        if self.unet is not None and self.scheduler is not None:
+            (folder / "unet").mkdir(exist_ok=True)
+            _write_json(folder / "unet" / CONFIG_NAME, self.unet.config.to_dict())
+            _save_weights(self.unet, folder / "unet" / WEIGHTS_NAME)
+            (folder / "scheduler").mkdir(exist_ok=True)
+            _write_json(folder / "scheduler" / CONFIG_NAME, self.scheduler.config.to_dict())
+        if model_card is not None or not (folder / "README.md").exists():
+            (folder / "README.md").write_text(model_card or self.default_model_card(), encoding="utf-8")
+        return folder
+
+    def default_model_card(self) -> str:
+        c = self.config
+        p = c.preprocessing
+        lines = [
+            f"# {c.name or 'ALDM model'}",
+            "",
+            "An Adaptive Latent Diffusion Model (Kim & Park, WACV 2024) folder for "
+            "[mrtranslate](https://pypi.org/project/mrtranslate/).",
+            "",
+            f"- modalities: {', '.join(c.modalities)}",
+            f"- voxel spacing: {p['spacing_mm']} mm, grid: {p['grid']} (RAS)",
+            f"- components: {', '.join(c.components)}",
+            f"- default sampling: {c.default_steps} DDIM steps, eta {c.default_eta}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # -- runtime ---------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.vqgan.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vqgan.parameters()).dtype
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ALDMPipeline:
+        for m in self.modules():
+            m.to(device=device, dtype=dtype)
+        return self
+
+    def modules(self) -> list[nn.Module]:
+        return [m for m in (self.vqgan, self.unet) if m is not None]
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.config.modalities
+
+    @property
+    def latent_divisor(self) -> int:
+        """Image sides must be multiples of this (VQ-GAN factor times UNet factor)."""
+        f = self.vqgan.config.downsampling_factor
+        return f * (self.unet.config.downsampling_factor if self.unet is not None else 1)
+
+    def _targets(self, targets: torch.Tensor | Sequence[int], n: int | None = None) -> torch.Tensor:
+        t = torch.as_tensor(targets, dtype=torch.long).reshape(-1)
+        k = len(self.modalities)
+        if t.numel() == 0 or bool(((t < 0) | (t >= k)).any()):
+            raise UsageError(f"target class ids must be in 0..{k - 1} ({', '.join(self.modalities)}), got {t.tolist()}")
+        return t.to(self.device)
+
+    # -- the four stages -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Image ``[B, 1, D, H, W]`` in [-1, 1] -> quantized latent ``[B, C, D/f, H/f, W/f]``."""
+        f = self.vqgan.config.downsampling_factor
+        if x.dim() != 5 or any(s % f for s in x.shape[2:]):
+            raise UsageError(f"encode expects [B, 1, D, H, W] with sides divisible by {f}, got {tuple(x.shape)}")
+        zq, _ = self.vqgan.encode(x.to(device=self.device, dtype=self.dtype))
+        return zq
+
+    @torch.inference_mode()
+    def target_like(self, z_q: torch.Tensor, targets: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """MS-SPADE: map the quantized source latent to a target-like latent for each target class."""
+        t = self._targets(targets)
+        if z_q.shape[0] == 1 and t.numel() > 1:
+            z_q = z_q.expand(t.numel(), *z_q.shape[1:])
+        return self.vqgan.spade(z_q.to(device=self.device, dtype=self.dtype), t)
+
+    @torch.inference_mode()
+    def sample(
+        self,
+        z_q: torch.Tensor,
+        targets: torch.Tensor | Sequence[int],
+        steps: int = 200,
+        eta: float = 1.0,
+        x_T: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """DDIM for every target in one batched pass; returns the target latents ``[T, C, ...]``.
+
+        ``z_q`` of batch 1 is broadcast over the targets. The UNet sees ``cat([x_t, z_src, spade(z_src)])``
+        and the target class as its label. Noise (``x_T`` when not given, and the per-step noise when
+        ``eta > 0``) is drawn from ``generator`` so that a seed reproduces a run.
+        """
+        if self.unet is None or self.scheduler is None:
+            raise UsageError("this model folder has no diffusion UNet (first stage only): it cannot sample")
+        t = self._targets(targets)
+        n = t.numel()
+        z_src = z_q.to(device=self.device, dtype=self.dtype)
+        if z_src.shape[0] == 1 and n > 1:
+            z_src = z_src.expand(n, *z_src.shape[1:])
+        if z_src.shape[0] != n:
+            raise UsageError(f"got {z_src.shape[0]} latents for {n} targets")
+        f = self.unet.config.downsampling_factor
+        if any(s % f for s in z_src.shape[2:]):
+            raise UsageError(f"latent sides {tuple(z_src.shape[2:])} must be multiples of {f} for this UNet")
+        cond = torch.cat([z_src, self.vqgan.spade(z_src, t)], dim=1)
+        plan = self.scheduler.steps(steps, eta)
+        shape = (n, self.unet.config.out_channels, *z_src.shape[2:])
+        x = (x_T if x_T is not None else _randn(shape, generator)).to(self.device, torch.float32)
+        if tuple(x.shape) != shape:
+            raise UsageError(f"x_T has shape {tuple(x.shape)}, expected {shape}")
+        for st in tqdm(plan, desc="sampling", unit="step", disable=not progress, leave=False):
+            ts = torch.full((n,), st.timestep, device=self.device, dtype=torch.long)
+            eps = self.unet(torch.cat([x.to(self.dtype), cond], dim=1), ts, t)
+            noise = _randn(shape, generator).to(self.device) if st.sigma > 0 else None
+            x = self.scheduler.step(st, x, eps, noise)
+        return x
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent -> image ``[B, 1, D, H, W]``, without re-quantization."""
+        return self.vqgan.decode(z.to(device=self.device, dtype=self.dtype))
+
+    def translate(
+        self,
+        x: torch.Tensor,
+        targets: torch.Tensor | Sequence[int],
+        steps: int | None = None,
+        eta: float | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+    ) -> torch.Tensor:
+        """Source image ``[1, 1, D, H, W]`` -> one image per target ``[T, 1, D, H, W]``."""
+        z = self.encode(x)
+        lat = self.sample(
+            z,
+            targets,
+            steps=self.config.default_steps if steps is None else steps,
+            eta=self.config.default_eta if eta is None else eta,
+            generator=generator,
+            progress=progress,
+        )
+        return self.decode(lat)
+
+
+def _randn(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+
+
+def _check_compatible(config: PipelineConfig, vq: VQGANConfig, unet: UNetConfig, folder: Path) -> None:
+    if unet.in_channels != 3 * vq.embed_dim or unet.out_channels != vq.embed_dim:
+        raise ModelFormatError(
+            f"{folder}: UNet in/out channels {unet.in_channels}/{unet.out_channels} do not fit the VQ-GAN's "
+            f"embed_dim {vq.embed_dim} (expected {3 * vq.embed_dim}/{vq.embed_dim})"
+        )
+    if unet.num_classes != len(config.modalities) or vq.num_classes != len(config.modalities):
+        raise ModelFormatError(f"{folder}: class counts of the networks do not match the {len(config.modalities)} modalities")

@@ -1,0 +1,67 @@
+"""``model_index.json``: what a model folder declares about itself as a whole."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .errors import ModelFormatError
+from .modalities import MODALITIES, canonical
+from .models.config import ModelConfig, check_int
+
+#: The preprocessing of the published ALDM (BraTS 2021): 1 mm RAS grid of 144 x 192 x 144 voxels,
+#: 0.5th / 99.5th percentiles mapped to -1 / +1.
+PUBLISHED_PREPROCESSING: dict[str, Any] = {
+    "spacing_mm": [1.0, 1.0, 1.0],
+    "grid": [144, 192, 144],
+    "lower_percentile": 0.5,
+    "upper_percentile": 99.5,
+}
+
+COMPONENTS = ("vqgan", "unet", "scheduler")
+
+
+@dataclasses.dataclass
+class PipelineConfig(ModelConfig):
+    """Pipeline-level settings. ``components`` lists the subfolders present (``vqgan`` always)."""
+
+    modalities: tuple[str, ...] = MODALITIES
+    preprocessing: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PUBLISHED_PREPROCESSING))
+    default_steps: int = 200
+    default_eta: float = 1.0
+    components: tuple[str, ...] = COMPONENTS
+    name: str = ""
+
+    def validate(self, origin: str = "model_index.json") -> None:
+        if not self.modalities or len(self.modalities) > 64:
+            raise ModelFormatError(f"{origin}: modalities must list 1..64 names")
+        try:
+            mods = tuple(canonical(m) for m in self.modalities)
+        except Exception as exc:  # noqa: BLE001 - reported as a format error of this file
+            raise ModelFormatError(f"{origin}: {exc}") from None
+        self.modalities = mods
+        for c in self.components:
+            if c not in COMPONENTS:
+                raise ModelFormatError(f"{origin}: unknown component {c!r} (known: {', '.join(COMPONENTS)})")
+        if "vqgan" not in self.components:
+            raise ModelFormatError(f"{origin}: a model folder needs the 'vqgan' component")
+        if ("unet" in self.components) != ("scheduler" in self.components):
+            raise ModelFormatError(f"{origin}: 'unet' and 'scheduler' come together")
+        check_int(origin, "default_steps", self.default_steps, 1, 1000)
+        p = self.preprocessing
+        if not isinstance(p, dict):
+            raise ModelFormatError(f"{origin}: preprocessing must be an object")
+        for key in ("spacing_mm", "grid"):
+            v = p.get(key)
+            if not isinstance(v, (list, tuple)) or len(v) != 3:
+                raise ModelFormatError(f"{origin}: preprocessing.{key} must be a list of 3 numbers")
+        for g in p["grid"]:
+            check_int(origin, "preprocessing.grid", g, 4, 2048)
+        for s in p["spacing_mm"]:
+            if not isinstance(s, (int, float)) or not 0.05 <= float(s) <= 20:
+                raise ModelFormatError(f"{origin}: preprocessing.spacing_mm {p['spacing_mm']} is out of range")
+        super().validate(origin)
+
+    @property
+    def has_diffusion(self) -> bool:
+        return "unet" in self.components

@@ -1,0 +1,146 @@
+"""The DDPM noise schedule of ALDM and DDIM sampling with the published timestep spacing.
+
+References: Ho et al. 2020 (DDPM), Song et al. 2021 (DDIM, eq. 12 and 16), and the LDM code that ALDM
+builds on, whose spacing and float32 rounding we reproduce so that a user's checkpoint samples the same.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+
+from ..errors import ModelFormatError, UsageError
+from ..models.config import ModelConfig, check_int
+
+
+@dataclasses.dataclass
+class SchedulerConfig(ModelConfig):
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    beta_schedule: str = "scaled_linear"  # betas = linspace(sqrt(start), sqrt(end), T) ** 2
+    prediction_type: str = "epsilon"
+    timestep_spacing: str = "ldm"  # c = T // S; t = 0, c, 2c, ... (< T) plus 1
+    scale_factor: float = 1.0
+
+    def validate(self, origin: str = "scheduler config") -> None:
+        check_int(origin, "num_train_timesteps", self.num_train_timesteps, 2, 100_000)
+        if self.beta_schedule not in ("scaled_linear", "linear"):
+            raise ModelFormatError(f"{origin}: unknown beta_schedule {self.beta_schedule!r} (scaled_linear, linear)")
+        if self.prediction_type != "epsilon":
+            raise ModelFormatError(f"{origin}: prediction_type {self.prediction_type!r} is not supported (epsilon)")
+        if self.timestep_spacing != "ldm":
+            raise ModelFormatError(f"{origin}: timestep_spacing {self.timestep_spacing!r} is not supported (ldm)")
+        if not (0 < float(self.beta_start) < float(self.beta_end) < 1):
+            raise ModelFormatError(f"{origin}: need 0 < beta_start < beta_end < 1")
+        super().validate(origin)
+
+
+@dataclasses.dataclass(frozen=True)
+class DDIMStep:
+    """Coefficients of one DDIM update, as float32 scalars like the published sampler uses."""
+
+    index: int  # position in the ascending timestep list
+    timestep: int
+    alpha: float
+    alpha_prev: float
+    sigma: float
+
+
+class DDIMScheduler:
+    """Holds the training schedule; builds DDIM step lists and applies the DDIM update."""
+
+    def __init__(self, config: SchedulerConfig | None = None):
+        self.config = config = config or SchedulerConfig()
+        T = config.num_train_timesteps
+        if config.beta_schedule == "scaled_linear":
+            betas = torch.linspace(config.beta_start**0.5, config.beta_end**0.5, T, dtype=torch.float64) ** 2
+        else:
+            betas = torch.linspace(config.beta_start, config.beta_end, T, dtype=torch.float64)
+        self.betas = betas
+        # The published model keeps alphas_cumprod as a float32 buffer; DDIM reads it from there.
+        self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0).to(torch.float32)
+
+    # -- training (forward process) ------------------------------------------------------------
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """q(x_t | x_0) = N(sqrt(acp_t) x_0, (1 - acp_t) I) (DDPM eq. 4)."""
+        acp = self.alphas_cumprod.to(x0.device)[t].to(torch.float32)
+        shape = (-1,) + (1,) * (x0.dim() - 1)
+        return (acp.sqrt().view(shape) * x0.float() + (1 - acp).sqrt().view(shape) * noise.float()).to(x0.dtype)
+
+    # -- sampling --------------------------------------------------------------------------------
+    def timesteps(self, steps: int) -> torch.Tensor:
+        """Ascending DDIM timesteps for ``steps`` steps, with the published spacing.
+
+        c = T // S; t = arange(0, T, c) + 1. When T is not a multiple of S this yields more than S
+        timesteps (S = 7 gives 8), exactly as the published sampler does. A timestep equal to T (where
+        the published sampler fails with an index error, e.g. S = 3) becomes T - 1.
+        """
+        T = self.config.num_train_timesteps
+        limit = T // 2
+        if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= limit:
+            raise UsageError(
+                f"steps = {steps!r}: use an integer from 1 to {limit} (the published DDIM spacing "
+                f"indexes past the {T}-step schedule beyond that)"
+            )
+        c = T // steps
+        ts = torch.arange(0, T, c, dtype=torch.long) + 1
+        # When c divides T - 1 (e.g. S = 3) the published code indexes alphas_cumprod[T] and crashes;
+        # we start from the last trained timestep instead.
+        return ts.clamp_(max=T - 1)
+
+    def steps(self, steps: int, eta: float) -> list[DDIMStep]:
+        """Per-step coefficients (DDIM eq. 16): alpha_t, alpha_{t-1} and sigma_t(eta), in sampling order."""
+        if not 0.0 <= float(eta) <= 10.0:
+            raise UsageError(f"eta = {eta!r}: use a value between 0 (deterministic) and 1 (DDPM-like)")
+        ts = self.timesteps(steps)
+        acp = self.alphas_cumprod
+        alphas = acp[ts].to(torch.float64)
+        alphas_prev = torch.cat([acp[:1], acp[ts[:-1]]]).to(torch.float64)
+        # The published sampler mixes a float32 tensor into float64 NumPy maths, so 1 / (1 - a_t) is
+        # rounded to float32 before the product; reproduce that rounding to get identical sigmas.
+        inv_one_minus_a = (1 - acp[ts]).reciprocal().to(torch.float64)
+        sigmas = float(eta) * torch.sqrt((1 - alphas_prev) * inv_one_minus_a * (1 - alphas / alphas_prev))
+        out = [
+            DDIMStep(i, int(ts[i]), float(alphas[i]), float(alphas_prev[i]), float(sigmas[i]))
+            for i in range(len(ts))
+        ]
+        return out[::-1]
+
+    def coefficients(self, steps: int, eta: float) -> dict[str, torch.Tensor]:
+        """The ascending timesteps, alphas, alphas_prev and sigmas (float64), for inspection and tests."""
+        s = self.steps(steps, eta)[::-1]
+        return {
+            "timesteps": torch.tensor([x.timestep for x in s]),
+            "alphas": torch.tensor([x.alpha for x in s], dtype=torch.float64),
+            "alphas_prev": torch.tensor([x.alpha_prev for x in s], dtype=torch.float64),
+            "sigmas": torch.tensor([x.sigma for x in s], dtype=torch.float64),
+        }
+
+    @staticmethod
+    def step(step: DDIMStep, x: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+        """One DDIM update from x_t to x_{t-1}, in float32 whatever the network's dtype.
+
+        1. x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)                     (DDIM eq. 9, not clipped)
+        2. dir = sqrt(1 - a_prev - sigma^2) eps                           (direction to x_t)
+        3. x_{t-1} = sqrt(a_prev) x0 + dir + sigma z, z ~ N(0, I)         (DDIM eq. 12)
+        """
+        f32 = torch.float32
+        a = torch.tensor(step.alpha, dtype=f32)
+        a_prev = torch.tensor(step.alpha_prev, dtype=f32)
+        sigma = torch.tensor(step.sigma, dtype=f32)
+        sqrt_one_minus_a = torch.sqrt(1.0 - torch.tensor(step.alpha, dtype=f32))
+        x = x.float()
+        eps = eps.float()
+        x0 = (x - sqrt_one_minus_a * eps) / a.sqrt()
+        out = a_prev.sqrt() * x0 + (1.0 - a_prev - sigma**2).sqrt() * eps
+        if step.sigma > 0:
+            if noise is None:
+                raise ValueError("eta > 0 needs noise for every step")
+            out = out + sigma * noise.float()
+        return out
+
+    def iterate(self, steps: int, eta: float) -> Iterator[DDIMStep]:
+        yield from self.steps(steps, eta)

@@ -1,0 +1,30 @@
+"""Shared test settings: paths to the shared references and a switch for CI's strictness."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+REFERENCE = SHARED / "reference" / "aldm-tiny"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def require_reference(path: Path = REFERENCE) -> Path:
+    """The shared reference folder; a failure in CI (where it must exist), a skip elsewhere."""
+    if not path.exists():
+        if IN_CI:
+            pytest.fail(f"reference data {path} is missing: CI must have ../shared beside the clone")
+        pytest.skip(f"reference data {path} not present")
+    return path
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return require_reference()

@@ -1,0 +1,144 @@
+"""ALDMPipeline: model folder round trip, sampling semantics, first-stage-only folders, load safety."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from _tiny import tiny_pipeline
+from mrtranslate.errors import ModelFormatError, UsageError
+from mrtranslate.pipeline import ALDMPipeline
+
+
+def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "m")
+    back = ALDMPipeline.from_pretrained(tmp_path / "m")
+    for a, b in ((pipe.vqgan, back.vqgan), (pipe.unet, back.unet)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys()
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert back.config.to_dict() == pipe.config.to_dict()
+    assert back.scheduler.config == pipe.scheduler.config
+    x = torch.rand(1, 1, 32, 32, 32) * 2 - 1
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(pipe.translate(x, [2], steps=2, generator=g1, progress=False),
+                       back.translate(x, [2], steps=2, generator=g2, progress=False))
+    files = sorted(str(p.relative_to(tmp_path / "m")) for p in (tmp_path / "m").rglob("*") if p.is_file())
+    assert files == ["README.md", "model_index.json", "scheduler/config.json", "unet/config.json",
+                     "unet/model.safetensors", "vqgan/config.json", "vqgan/model.safetensors"]
+
+
+def test_loading_never_unpickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny_pipeline().save_pretrained(tmp_path / "m")
+
+    def refuse(*a, **k):
+        raise AssertionError("unpickling attempted")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
+    ALDMPipeline.from_pretrained(tmp_path / "m")
+
+
+def test_batched_targets_equal_one_at_a_time() -> None:
+    pipe = tiny_pipeline()
+    z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    x_T = torch.randn(3, 4, 16, 16, 16)
+    both = pipe.sample(z, [2, 3, 0], steps=3, eta=0.0, x_T=x_T, progress=False)
+    for i, t in enumerate([2, 3, 0]):
+        one = pipe.sample(z, [t], steps=3, eta=0.0, x_T=x_T[i : i + 1], progress=False)
+        assert float((both[i : i + 1] - one).norm() / one.norm()) < 1e-5
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent() -> None:
+    pipe = tiny_pipeline()
+    z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    a = pipe.sample(z, [1], steps=4, eta=1.0, generator=torch.Generator().manual_seed(7), progress=False)
+    b = pipe.sample(z, [1], steps=4, eta=1.0, generator=torch.Generator().manual_seed(7), progress=False)
+    c = pipe.sample(z, [1], steps=4, eta=1.0, generator=torch.Generator().manual_seed(8), progress=False)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_first_stage_only_folder(tmp_path: Path) -> None:
+    pipe = tiny_pipeline(first_stage_only=True)
+    pipe.save_pretrained(tmp_path / "fs")
+    assert not (tmp_path / "fs" / "unet").exists()
+    back = ALDMPipeline.from_pretrained(tmp_path / "fs")
+    z = back.encode(torch.zeros(1, 1, 32, 32, 32))
+    assert back.decode(back.target_like(z, [3])).shape == (1, 1, 32, 32, 32)
+    with pytest.raises(UsageError, match="first stage only"):
+        back.sample(z, [3], steps=2)
+
+
+def test_bad_inputs_to_methods() -> None:
+    pipe = tiny_pipeline()
+    with pytest.raises(UsageError, match="divisible"):
+        pipe.encode(torch.zeros(1, 1, 31, 32, 32))
+    with pytest.raises(UsageError, match="target class"):
+        pipe.target_like(torch.zeros(1, 4, 16, 16, 16), [4])
+    with pytest.raises(UsageError, match="steps"):
+        pipe.sample(torch.zeros(1, 4, 16, 16, 16), [0], steps=0)
+
+
+def _edit_json(path: Path, **changes) -> None:
+    d = json.loads(path.read_text())
+    d.update(changes)
+    path.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize(
+    "where, changes, match",
+    [
+        ("unet/config.json", {"model_channels": 10**7}, "model_channels"),
+        ("vqgan/config.json", {"n_embed": 10**9}, "n_embed"),
+        ("vqgan/config.json", {"_format_version": 99}, "newer"),
+        ("model_index.json", {"components": ["vqgan", "unet", "scheduler", "../../etc"]}, "unknown component"),
+        ("unet/config.json", {"in_channels": 9}, "in/out channels"),
+    ],
+)
+def test_absurd_or_foreign_configs_are_refused_before_allocation(tmp_path: Path, where, changes, match) -> None:
+    tiny_pipeline().save_pretrained(tmp_path / "m")
+    _edit_json(tmp_path / "m" / where, **changes)
+    with pytest.raises(ModelFormatError, match=match):
+        ALDMPipeline.from_pretrained(tmp_path / "m")
+
+
+def test_corrupted_or_mismatched_weights(tmp_path: Path) -> None:
+    tiny_pipeline().save_pretrained(tmp_path / "m")
+    w = tmp_path / "m" / "vqgan" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:100])
+    with pytest.raises(ModelFormatError, match="safetensors"):
+        ALDMPipeline.from_pretrained(tmp_path / "m")
+    tiny_pipeline().save_pretrained(tmp_path / "n")
+    _edit_json(tmp_path / "n" / "vqgan" / "config.json", spade_nf=16)
+    with pytest.raises(ModelFormatError, match="does not match|shape"):
+        ALDMPipeline.from_pretrained(tmp_path / "n")
+
+
+def test_unknown_config_keys_warn(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tiny_pipeline().save_pretrained(tmp_path / "m")
+    _edit_json(tmp_path / "m" / "unet" / "config.json", future_option=1)
+    ALDMPipeline.from_pretrained(tmp_path / "m")
+    assert "future_option" in caplog.text
+
+
+@pytest.mark.slow
+def test_published_configuration_runs_at_full_size() -> None:
+    """encode -> target_like -> sample(steps=2) -> decode at 144x192x144 with the published networks."""
+    pipe = ALDMPipeline.from_configs()
+    n_vq = sum(p.numel() for p in pipe.vqgan.parameters())
+    n_unet = sum(p.numel() for p in pipe.unet.parameters())
+    assert n_unet > 30_000_000 and n_vq > 1_000_000
+    x = torch.rand(1, 1, 144, 192, 144) * 2 - 1
+    z = pipe.encode(x)
+    assert z.shape == (1, 4, 36, 48, 36)
+    assert pipe.target_like(z, [3]).shape == z.shape
+    lat = pipe.sample(z, [2, 3], steps=2, generator=torch.Generator().manual_seed(0), progress=False)
+    img = pipe.decode(lat[:1])
+    assert img.shape == (1, 1, 144, 192, 144) and torch.isfinite(img).all()
