@@ -48,3 +48,7 @@ class MemoryBudgetError(MRTranslateError):
 
 class GridMismatchError(UsageError):
     """Images (or arrays) that must share one voxel grid but differ in shape or affine."""
+
+
+class HubError(MRTranslateError):
+    """The Hugging Face Hub could not be reached, timed out, failed, or broke off a download."""

@@ -3,3 +3,4 @@
 # Each module below defines functions decorated with ``@app.command``.
 from . import convert  # noqa: F401
 from . import compare  # noqa: F401
+from . import download  # noqa: F401
