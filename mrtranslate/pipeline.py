@@ -22,7 +22,9 @@ from tqdm.auto import tqdm
 from .errors import ModelFormatError, UsageError
 from .models import VQGAN, UNet, UNetConfig, VQGANConfig
 from .models.config import ModelConfig
+from .models import streaming
 from .pipeline_config import PipelineConfig
+from .runtime import MemoryPlan, Runtime, plan_memory
 from .schedulers import DDIMScheduler, SchedulerConfig
 
 logger = logging.getLogger(__name__)
@@ -102,6 +104,7 @@ class ALDMPipeline:
         comps = ("vqgan",) + (("unet", "scheduler") if unet is not None else ())
         self.config = config or PipelineConfig(components=comps)
         self.config.components = comps
+        self.runtime = Runtime(channels_last=False, streaming=False)
 
     # -- construction and persistence --------------------------------------------------------------
     @classmethod
@@ -121,11 +124,17 @@ class ALDMPipeline:
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+        cls,
+        folder: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        runtime: Runtime | None = None,
     ) -> ALDMPipeline:
         """Load a model folder (see ``save_pretrained``). Only JSON and safetensors are read; never pickle.
 
-        Every config is validated before any network is allocated. Loads on CPU in float32 unless told.
+        Every config is validated before any network is allocated. Loads on CPU in float32 unless told
+        (``device``/``dtype``), or as ``runtime`` says (see ``configure``).
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -145,7 +154,10 @@ class ALDMPipeline:
             _load_weights(unet, folder / "unet" / WEIGHTS_NAME)
             scheduler = DDIMScheduler(sched_cfg)
         pipe = cls(vqgan, unet, scheduler, config)
-        pipe.to(device=device, dtype=dtype)
+        if runtime is not None:
+            pipe.configure(runtime)
+        else:
+            pipe.to(device=device, dtype=dtype)
         return pipe
 
     def save_pretrained(self, folder: str | Path, model_card: str | None = None) -> Path:
@@ -196,6 +208,36 @@ class ALDMPipeline:
             m.to(device=device, dtype=dtype)
         return self
 
+    def configure(self, runtime: Runtime) -> ALDMPipeline:
+        """Adopt ``runtime``: move the weights (float32; low precision runs through CUDA autocast), set the
+        memory layout, and use slab-wise VQ-GAN execution when it asks for it."""
+        self.runtime = runtime
+        for m in self.modules():
+            m.to(device=runtime.device, dtype=torch.float32)
+            m.to(memory_format=runtime.memory_format)
+        if runtime.compile and self.unet is not None:
+            self.unet = torch.compile(self.unet, dynamic=False)  # type: ignore[assignment]
+        return self
+
+    def plan(self, grid: Sequence[int], n_targets: int) -> MemoryPlan:
+        """Memory plan of translating one ``grid``-sized volume into ``n_targets`` targets."""
+        vq = self.vqgan.config
+        uc = self.unet.config if self.unet is not None else None
+        return plan_memory(
+            grid,
+            vq.ch,
+            vq.ch_mult,
+            n_targets,
+            uc.model_channels if uc else 0,
+            uc.channel_mult if uc else (),
+            torch.finfo(self.runtime.dtype).bits // 8,
+            self.runtime.budget(),
+            latent_factor=vq.downsampling_factor,
+        )
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.runtime.memory_format) if x.dim() == 5 else x
+
     def modules(self) -> list[nn.Module]:
         return [m for m in (self.vqgan, self.unet) if m is not None]
 
@@ -223,8 +265,15 @@ class ALDMPipeline:
         f = self.vqgan.config.downsampling_factor
         if x.dim() != 5 or any(s % f for s in x.shape[2:]):
             raise UsageError(f"encode expects [B, 1, D, H, W] with sides divisible by {f}, got {tuple(x.shape)}")
-        zq, _ = self.vqgan.encode(x.to(device=self.device, dtype=self.dtype))
-        return zq
+        x = self._layout(x.to(device=self.device, dtype=self.dtype))
+        with self.runtime.autocast():
+            if self.runtime.streaming:
+                slab = self.plan(x.shape[2:], 1).slab
+                z = streaming.encode_continuous(self.vqgan, x, slab)
+            else:
+                z = self.vqgan.encode_continuous(x)
+            zq, _ = self.vqgan.quantize(z.float())
+        return zq.contiguous()
 
     @torch.inference_mode()
     def target_like(self, z_q: torch.Tensor, targets: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -232,7 +281,9 @@ class ALDMPipeline:
         t = self._targets(targets)
         if z_q.shape[0] == 1 and t.numel() > 1:
             z_q = z_q.expand(t.numel(), *z_q.shape[1:])
-        return self.vqgan.spade(z_q.to(device=self.device, dtype=self.dtype), t)
+        with self.runtime.autocast():
+            out = self.vqgan.spade(self._layout(z_q.to(device=self.device, dtype=self.dtype)), t)
+        return out.float().contiguous()
 
     @torch.inference_mode()
     def sample(
@@ -263,7 +314,7 @@ class ALDMPipeline:
         f = self.unet.config.downsampling_factor
         if any(s % f for s in z_src.shape[2:]):
             raise UsageError(f"latent sides {tuple(z_src.shape[2:])} must be multiples of {f} for this UNet")
-        cond = torch.cat([z_src, self.vqgan.spade(z_src, t)], dim=1)
+        cond = self._layout(torch.cat([z_src, self.target_like(z_src, t).to(z_src.dtype)], dim=1))
         plan = self.scheduler.steps(steps, eta)
         shape = (n, self.unet.config.out_channels, *z_src.shape[2:])
         x = (x_T if x_T is not None else _randn(shape, generator)).to(self.device, torch.float32)
@@ -271,15 +322,26 @@ class ALDMPipeline:
             raise UsageError(f"x_T has shape {tuple(x.shape)}, expected {shape}")
         for st in tqdm(plan, desc="sampling", unit="step", disable=not progress, leave=False):
             ts = torch.full((n,), st.timestep, device=self.device, dtype=torch.long)
-            eps = self.unet(torch.cat([x.to(self.dtype), cond], dim=1), ts, t)
+            with self.runtime.autocast():
+                eps = self.unet(self._layout(torch.cat([x.to(self.dtype), cond], dim=1)), ts, t)
             noise = _randn(shape, generator).to(self.device) if st.sigma > 0 else None
             x = self.scheduler.step(st, x, eps, noise)
-        return x
+        return x.contiguous()
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent -> image ``[B, 1, D, H, W]``, without re-quantization."""
-        return self.vqgan.decode(z.to(device=self.device, dtype=self.dtype))
+        """Latent -> image ``[B, 1, D, H, W]``, without re-quantization.
+
+        With a streaming runtime, samples are decoded one at a time, slab-wise, to bound peak memory.
+        """
+        z = self._layout(z.to(device=self.device, dtype=self.dtype))
+        with self.runtime.autocast():
+            if not self.runtime.streaming:
+                return self.vqgan.decode(z).float().contiguous()
+            f = self.vqgan.config.downsampling_factor
+            slab = self.plan([s * f for s in z.shape[2:]], 1).slab
+            outs = [streaming.decode(self.vqgan, z[i : i + 1], slab).float() for i in range(z.shape[0])]
+        return torch.cat(outs).contiguous()
 
     def translate(
         self,
