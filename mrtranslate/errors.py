@@ -52,3 +52,11 @@ class GridMismatchError(UsageError):
 
 class HubError(MRTranslateError):
     """The Hugging Face Hub could not be reached, timed out, failed, or broke off a download."""
+
+
+class DatasetLayoutError(MRTranslateError):
+    """A dataset folder without subjects in a known layout, or with ambiguous files in a subject."""
+
+
+class MissingDependencyError(MRTranslateError):
+    """An optional dependency that a feature needs is not installed (the message names the pip extra)."""

@@ -4,3 +4,4 @@
 from . import convert  # noqa: F401
 from . import compare  # noqa: F401
 from . import download  # noqa: F401
+from . import phantom  # noqa: F401

@@ -1,0 +1,5 @@
+"""Training-side tools of mrtranslate: the phantom simulator, datasets, losses, the three training stages.
+
+Needs the ``train`` extra (``pip install "mrtranslate[train]"``). The core package never imports this one;
+import the submodules you need (e.g. ``mrtranslate.training.phantom``).
+"""
