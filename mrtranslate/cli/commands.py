@@ -2,6 +2,7 @@
 
 # Each module below defines functions decorated with ``@app.command``.
 from . import convert  # noqa: F401
+from . import translate  # noqa: F401
 from . import compare  # noqa: F401
 from . import download  # noqa: F401
 from . import phantom  # noqa: F401

@@ -1,0 +1,262 @@
+"""Translator: the user-facing object. Hub/local/bundled weights + NIfTI geometry + the ALDM pipeline.
+
+Two states: a loaded model (``Translator.from_pretrained(...)``), or a model with a bound source image
+(``Translator("t1.nii.gz")`` or ``loaded("t1.nii.gz", source="t1")``). ``.to(*targets)`` translates the
+bound source into each target in one batched pass and returns images on the source's own voxel grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import torch
+
+from . import __version__
+from .errors import ModalityError, UsageError
+from .hub import ResolvedModel, push_to_hub, resolve_model
+from .modalities import canonical, canonical_list, guess_from_filename
+from .pipeline import ALDMPipeline
+from .runtime import Runtime
+from .volumes import ModelSpaceInverse, Preprocessing, Volume, load_volume, to_model_space
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEED = 0
+
+
+class Translator:
+    """Translate a brain MRI volume into other contrasts.
+
+    >>> Translator("sub-01_T1w.nii.gz").to("flair")                       # bundled default model
+    >>> tr = Translator.from_pretrained("org/aldm-brats2021")             # Hub id, folder or bundled name
+    >>> out = tr("sub-01_T1w.nii.gz", source="t1").to("t2", "flair")      # dict of nibabel images
+
+    Outputs are float32 ``nibabel.Nifti1Image`` on exactly the input's grid (shape, affine, qform and sform
+    with codes); intensities in [0, 1] where [0, 1] is the target's 0.5th..99.5th percentile range, 0 outside
+    the input's foreground (voxels > 0). ``seed`` (default 0) makes runs reproducible.
+    """
+
+    def __init__(
+        self,
+        image: Any = None,
+        *,
+        source: str | None = None,
+        model: str | Path | None = None,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = DEFAULT_SEED,
+        progress: bool = True,
+        max_memory: int | str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        _pipeline: ALDMPipeline | None = None,
+        _resolved: ResolvedModel | None = None,
+    ):
+        if _pipeline is None:
+            _resolved = resolve_model(
+                model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, progress=progress
+            )
+            runtime = Runtime.create(device, dtype, max_memory=max_memory)
+            _pipeline = ALDMPipeline.from_pretrained(_resolved.path, runtime=runtime)
+        self.pipeline = _pipeline
+        self.resolved = _resolved
+        self.steps = steps
+        self.eta = eta
+        self.seed = seed
+        self.progress = progress
+        self._source: str | None = None
+        self._volume: Volume | None = None
+        self._tensor: torch.Tensor | None = None
+        self._inverse: ModelSpaceInverse | None = None
+        if image is not None:
+            self._bind(image, source)
+        elif source is not None:
+            raise UsageError("source= given without an image: pass the image too, e.g. Translator('t1.nii.gz', source='t1')")
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path | None = None,
+        *,
+        revision: str | None = None,
+        cache_dir: str | Path | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_memory: int | str | None = None,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = DEFAULT_SEED,
+        progress: bool = True,
+    ) -> Translator:
+        """Load a model: a Hub repo id (``org/name``, optional ``@revision``), a local model folder, or the name
+        of a bundled model (None: the bundled default). ``device``: auto (CUDA when available), cpu or cuda;
+        ``dtype``: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."""
+        return cls(
+            model=model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device,
+            dtype=dtype, max_memory=max_memory, steps=steps, eta=eta, seed=seed, progress=progress,
+        )
+
+    def __call__(self, image: Any, source: str | None = None) -> Translator:
+        """A translator bound to ``image`` (a path, nibabel image, ``(array, affine)`` or Volume), sharing this model."""
+        bound = copy.copy(self)
+        bound._bind(image, source)
+        return bound
+
+    def _bind(self, image: Any, source: str | None) -> None:
+        vol = load_volume(image)
+        named = guess_from_filename(vol.name or (str(image) if isinstance(image, (str, Path)) else ""))
+        if source is not None:
+            src = canonical(source)
+            if named is not None and named != src:
+                logger.warning("%s is declared as %s but its file name says %s: using %s as declared",
+                               vol.label, src, named, src)
+        elif named is not None:
+            src = named
+        else:
+            raise ModalityError(
+                f"cannot tell the modality of {vol.label} from its name: pass source= "
+                f"(--source), one of {', '.join(self.modalities)}"
+            )
+        if src not in self.modalities:
+            raise ModalityError(f"source {src!r} is not a modality of this model ({', '.join(self.modalities)})")
+        self._check_divisible()
+        prep = Preprocessing.from_dict(self.pipeline.config.preprocessing)
+        self._tensor, self._inverse = to_model_space(vol, prep)
+        self._volume, self._source = vol, src
+
+    # -- information --------------------------------------------------------------------------------
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.pipeline.modalities
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    @property
+    def volume(self) -> Volume | None:
+        return self._volume
+
+    def __repr__(self) -> str:
+        where = self.resolved.path if self.resolved else "in-memory"
+        bound = f", source={self._source!r}, image={self._volume!r}" if self._volume is not None else ""
+        return f"Translator(model={str(where)!r}, device={self.pipeline.device}{bound})"
+
+    def _check_divisible(self) -> None:
+        grid = self.pipeline.config.preprocessing["grid"]
+        div = self.pipeline.latent_divisor
+        if any(int(g) % div for g in grid):
+            raise UsageError(f"the model's grid {grid} is not a multiple of {div}: the model folder is inconsistent")
+
+    # -- translation -------------------------------------------------------------------------------
+    def to(
+        self,
+        *targets: str,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        progress: bool | None = None,
+    ) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
+        """Translate the bound source into ``targets`` (modality names or aliases) in one batched pass.
+
+        One target returns a ``nibabel.Nifti1Image``; several return a dict keyed by canonical name.
+        """
+        if self._tensor is None or self._inverse is None:
+            raise UsageError("no source image: call the translator with one first, e.g. tr('t1.nii.gz').to('t2')")
+        names = _target_names(targets, self._source, self.modalities)
+        latents = self.translate_tensor(names, steps=steps, eta=eta, seed=seed, progress=progress)
+        images = {}
+        for name, lat in zip(names, latents):
+            img = self._inverse(self.pipeline.decode(lat[None])[0, 0].cpu())
+            img.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name}".encode()[:79]
+            images[name] = img
+        return images[names[0]] if len(names) == 1 else images
+
+    def translate_tensor(
+        self,
+        targets: Sequence[str],
+        *,
+        steps: int | None = None,
+        eta: float | None = None,
+        seed: int | None = None,
+        progress: bool | None = None,
+    ) -> torch.Tensor:
+        """Target latents ``[T, C, ...]`` for the bound source (encode once, sample every target in one batch)."""
+        pipe = self.pipeline
+        ids = [self.modalities.index(t) for t in targets]
+        pipe.plan(self._tensor.shape[2:], len(ids))  # refuses before allocating when it cannot fit
+        seed = self.seed if seed is None else seed
+        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        z = pipe.encode(self._tensor)
+        return pipe.sample(
+            z,
+            ids,
+            steps=_first(steps, self.steps, pipe.config.default_steps),
+            eta=_first(eta, self.eta, pipe.config.default_eta),
+            generator=gen,
+            progress=self.progress if progress is None else progress,
+        )
+
+    def run_record(self, targets: Sequence[str], steps: int | None = None, eta: float | None = None,
+                   seed: int | None = None) -> dict[str, Any]:
+        """What produced an output: for a sidecar JSON written beside it."""
+        pipe = self.pipeline
+        return {
+            "mrtranslate_version": __version__,
+            "model": str(self.resolved.repo_id or self.resolved.path) if self.resolved else None,
+            "model_source": self.resolved.source if self.resolved else None,
+            "model_revision": self.resolved.revision if self.resolved else None,
+            "source_modality": self._source,
+            "targets": list(targets),
+            "steps": _first(steps, self.steps, pipe.config.default_steps),
+            "eta": _first(eta, self.eta, pipe.config.default_eta),
+            "seed": self.seed if seed is None else seed,
+            "device": str(pipe.device),
+            "precision": str(pipe.runtime.dtype).replace("torch.", ""),
+            "intensity": "[0, 1] = the target's 0.5th..99.5th percentile range; 0 outside the source foreground",
+        }
+
+    # -- sharing ------------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | Path) -> Path:
+        card = None
+        if self.resolved is not None and (self.resolved.path / "README.md").is_file():
+            card = (self.resolved.path / "README.md").read_text(encoding="utf-8")
+        return self.pipeline.save_pretrained(folder, model_card=card)
+
+    def push_to_hub(self, repo_id: str, *, folder: str | Path | None = None, **kwargs: Any) -> str:
+        """Upload this model to the Hub (huggingface_hub's upload). Writes a model folder first when needed."""
+        import tempfile
+
+        if folder is not None:
+            return push_to_hub(Path(folder), repo_id, **kwargs)
+        with tempfile.TemporaryDirectory() as tmp:
+            return push_to_hub(self.save_pretrained(Path(tmp) / "model"), repo_id, **kwargs)
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def _target_names(targets: Sequence[str], source: str | None, modalities: Sequence[str]) -> list[str]:
+    flat: list[str] = []
+    for t in targets:
+        flat.extend([t] if isinstance(t, str) else list(t))
+    if not flat:
+        raise UsageError(f"no target given: name one or more of {', '.join(modalities)}")
+    names = canonical_list(flat)
+    for n in names:
+        if n not in modalities:
+            raise ModalityError(f"target {n!r} is not a modality of this model ({', '.join(modalities)})")
+        if n == source:
+            raise UsageError(f"target {n!r} is the source modality: choose another target")
+    return names
