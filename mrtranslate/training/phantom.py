@@ -109,7 +109,7 @@ def nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
     image.set_sform(affine, code=1)
     image.header.set_xyzt_units("mm")
     image.header["descrip"] = b"mrtranslate phantom"
-    return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
+    return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)  # nibabel's default level
 
 
 def case_name(seed: int, index: int) -> str:
