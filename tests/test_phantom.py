@@ -39,8 +39,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "data"
 
 @pytest.fixture(scope="module")
 def tumour_subjects() -> list[PhantomSubject]:
-    """Four 2 mm subjects with tumours; among them both T1 sequence kinds (spin echo, MPRAGE-like)."""
-    subjects = [simulate_subject(seed=0, index=i, spacing=2.0, tumor=True) for i in range(4)]
+    """Three 2 mm subjects with tumours; among them both T1 sequence kinds (spin echo, MPRAGE-like)."""
+    subjects = [simulate_subject(seed=0, index=i, spacing=2.0, tumor=True) for i in (0, 1, 3)]
     kinds = {s.parameters["sequences"]["t1"]["kind"] for s in subjects}
     assert kinds == {"spin_echo", "inversion_recovery"}
     return subjects
