@@ -163,13 +163,17 @@ def plan_memory(
     bytes_per_value: int,
     budget: int,
     latent_factor: int = 4,
+    slab_fraction: float = 0.25,
 ) -> MemoryPlan:
-    """Pick the largest VQ-GAN slab (<= 16 rows) whose estimated peak fits ``budget`` bytes.
+    """Pick the VQ-GAN slab height for translating one ``grid``-sized volume.
 
-    Estimates (in values): the streaming VQ-GAN holds at most three activations of a level at once
-    (input, conv output, and the residual output where widths change), plus per slab a normalised
-    input copy, its halo-padded copy and the conv output and workspace. The sampler holds the UNet's
-    skip activations for the batch of targets. Raises MemoryBudgetError when the one-row plan does not fit.
+    Estimates (in values): the streaming VQ-GAN holds at most three activations of a level at once (input,
+    conv output, and the residual output where widths change) and, per slab row, about six activation
+    rows of temporaries (normalised input with halo, conv output, its copy). The sampler holds the UNet's
+    activations for the batch of targets. The slab is the largest whose temporaries stay within
+    ``slab_fraction`` of the persistent activations (large slabs run at full convolution speed; the
+    fraction bounds the extra memory) and whose peak fits ``budget``; smaller slabs are used when the
+    budget is tight, and MemoryBudgetError is raised before anything is allocated when one row cannot fit.
     """
     d, h, w = (int(g) for g in grid)
     persistent = 0
@@ -179,17 +183,16 @@ def plan_memory(
         persistent = max(persistent, 3 * channels * vox)
         row_cost = max(row_cost, 6 * channels * (h // down) * (w // down))
     lat = (d // latent_factor) * (h // latent_factor) * (w // latent_factor)
-    unet = 0
-    for i, m in enumerate(unet_mult):
-        unet += 6 * unet_channels * m * lat // (8**i)
+    unet = sum(6 * unet_channels * m * lat // (8**i) for i, m in enumerate(unet_mult))
     unet_bytes = n_targets * unet * bytes_per_value * 2
     persistent_bytes = persistent * bytes_per_value
-    for slab in (16, 8, 4, 2, 1):
-        slab_bytes = (slab + 2) * row_cost * bytes_per_value
-        plan = MemoryPlan(slab, persistent_bytes, slab_bytes, unet_bytes)
-        if plan.peak_bytes <= budget:
-            return plan
-    need = MemoryPlan(1, persistent_bytes, 3 * row_cost * bytes_per_value, unet_bytes).peak_bytes
+    row_bytes = row_cost * bytes_per_value
+    preferred = max(1, min(d, int(slab_fraction * persistent_bytes / row_bytes) - 2))
+    fits = (budget - persistent_bytes) // row_bytes - 2
+    if fits >= 1 and unet_bytes <= budget:
+        slab = int(min(preferred, fits))
+        return MemoryPlan(slab, persistent_bytes, (slab + 2) * row_bytes, unet_bytes)
+    need = MemoryPlan(1, persistent_bytes, 3 * row_bytes, unet_bytes).peak_bytes
     raise MemoryBudgetError(
         f"translating a {d}x{h}x{w} grid needs about {need / 2**30:.1f} GiB but only {budget / 2**30:.1f} GiB "
         f"is available: free memory, raise --max-memory, or translate fewer targets at once"

@@ -25,26 +25,23 @@ Pre = Callable[[torch.Tensor], torch.Tensor] | None
 def group_norm_affine(x: torch.Tensor, norm: nn.GroupNorm, slab: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel (scale, shift) such that ``norm(x) == x * scale + shift``.
 
-    Mean and variance of each group are taken over the whole tensor in two slab-wise passes
-    (mean, then centred squares) accumulated in float64.
+    Mean and variance of each group are taken over the whole tensor in two slab-wise passes (mean, then
+    centred squares), reduced per channel in any memory layout and accumulated in float64.
     """
     b, c, d = x.shape[:3]
     g = norm.num_groups
     n = (c // g) * x[0, 0].numel()
-    total = torch.zeros(b, g, dtype=torch.float64, device=x.device)
+    total = torch.zeros(b, c, dtype=torch.float64, device=x.device)
     for d0 in range(0, d, slab):
-        t = x[:, :, d0 : d0 + slab].float().contiguous().view(b, g, -1)
-        total += t.sum(-1, dtype=torch.float64)
-    mean = total / n
-    sq = torch.zeros_like(total)
-    mean32 = mean.float()
+        total += x[:, :, d0 : d0 + slab].float().sum(dim=(2, 3, 4), dtype=torch.float64)
+    mean_g = total.view(b, g, -1).sum(-1) / n
+    mean_c = mean_g.repeat_interleave(c // g, dim=1)
+    m = mean_c.float()[:, :, None, None, None]
+    sq = torch.zeros(b, c, dtype=torch.float64, device=x.device)
     for d0 in range(0, d, slab):
-        t = x[:, :, d0 : d0 + slab].float().contiguous().view(b, g, -1)
-        sq += (t - mean32[:, :, None]).square().sum(-1, dtype=torch.float64)
-    rstd = (sq / n + norm.eps).rsqrt()
-    per_ch = c // g
-    rstd_c = rstd.repeat_interleave(per_ch, dim=1)
-    mean_c = mean.repeat_interleave(per_ch, dim=1)
+        sq += (x[:, :, d0 : d0 + slab].float() - m).square_().sum(dim=(2, 3, 4), dtype=torch.float64)
+    var_g = sq.view(b, g, -1).sum(-1) / n
+    rstd_c = (var_g + norm.eps).rsqrt().repeat_interleave(c // g, dim=1)
     w = norm.weight.double() if norm.weight is not None else torch.ones(c, dtype=torch.float64, device=x.device)
     bias = norm.bias.double() if norm.bias is not None else torch.zeros(c, dtype=torch.float64, device=x.device)
     scale = rstd_c * w
@@ -59,7 +56,7 @@ def norm_silu(x: torch.Tensor, norm: nn.GroupNorm, slab: int) -> Callable[[torch
     sh = shift[:, :, None, None, None]
 
     def apply(s: torch.Tensor) -> torch.Tensor:
-        return F.silu(s.float() * sc + sh).to(s.dtype)
+        return F.silu(torch.addcmul(sh, s.float(), sc), inplace=True).to(s.dtype)
 
     return apply
 
@@ -70,33 +67,53 @@ def _empty_like_layout(x: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 
+def _same_conv_rows(conv: nn.Conv3d, xs: torch.Tensor, src_lo: int, o0: int, o1: int, pad_top: int, pad_bot: int) -> torch.Tensor:
+    """Rows ``[o0, o1)`` of a 'same' convolution whose input rows ``[src_lo, src_lo + len)`` are in ``xs``.
+
+    Missing rows at the volume's borders are the convolution's own zero padding (no padded copy).
+    """
+    p = conv.padding[0]
+    pd = max(pad_top, pad_bot)
+    y = F.conv3d(xs, conv.weight, conv.bias, padding=(pd, p, p))
+    j0 = o0 - src_lo + pd - p
+    return y[:, :, j0 : j0 + (o1 - o0)]
+
+
+def _check_same(conv: nn.Conv3d) -> int:
+    k, p = conv.kernel_size[0], conv.padding[0]
+    if conv.stride != (1, 1, 1) or conv.kernel_size != (k, k, k) or 2 * p != k - 1:
+        raise ValueError("slab-wise execution handles 'same' convolutions with stride 1")
+    return p
+
+
+def _slab_rows(conv: nn.Conv3d, x: torch.Tensor, o0: int, o1: int, pre: Pre, upsample: bool) -> torch.Tensor:
+    """Output rows ``[o0, o1)`` of ``conv(pre(x))`` or ``conv(upsample2x(pre(x)))``."""
+    p = conv.padding[0]
+    full = x.shape[2] * (2 if upsample else 1)
+    src_lo, src_hi = max(o0 - p, 0), min(o1 + p, full)
+    if upsample:
+        xs = x[:, :, src_lo // 2 : (src_hi + 1) // 2]
+        xs = F.interpolate(pre(xs) if pre is not None else xs, scale_factor=2.0, mode="nearest")
+        off = src_lo - 2 * (src_lo // 2)
+        xs = xs[:, :, off : off + (src_hi - src_lo)]
+    else:
+        xs = x[:, :, src_lo:src_hi]
+        xs = pre(xs) if pre is not None else xs
+    return _same_conv_rows(conv, xs, src_lo, o0, o1, src_lo - (o0 - p), (o1 + p) - src_hi)
+
+
 def conv_slabs(conv: nn.Conv3d, x: torch.Tensor, slab: int, pre: Pre = None, upsample: bool = False) -> torch.Tensor:
-    """``conv(pre(x))`` (or ``conv(upsample2x(pre(x)))``) for a stride-1 convolution, computed slab by slab.
+    """``conv(pre(x))`` (or ``conv(upsample2x(pre(x)))``) for a stride-1 'same' convolution, slab by slab.
 
     ``pre`` must be pointwise (it is applied to input slabs including their halo).
     """
-    k, p = conv.kernel_size[0], conv.padding[0]
-    if conv.stride != (1, 1, 1) or conv.kernel_size[0] != conv.kernel_size[1] or 2 * p != k - 1:
-        raise ValueError("conv_slabs handles 'same' convolutions with stride 1")
+    _check_same(conv)
     b, _, d, h, w = x.shape
-    scale = 2 if upsample else 1
-    out_d = d * scale
-    out = _empty_like_layout(x, (b, conv.out_channels, out_d, h * scale, w * scale))
-    for o0 in range(0, out_d, slab):
-        o1 = min(out_d, o0 + slab)
-        lo, hi = o0 - p, o1 + p  # rows of the (upsampled) input this output slab needs
-        src_lo, src_hi = max(lo, 0), min(hi, out_d)
-        if upsample:
-            xs = x[:, :, src_lo // 2 : (src_hi + 1) // 2]
-            xs = pre(xs) if pre is not None else xs
-            xs = F.interpolate(xs, scale_factor=2.0, mode="nearest")
-            xs = xs[:, :, src_lo - 2 * (src_lo // 2) : src_lo - 2 * (src_lo // 2) + (src_hi - src_lo)]
-        else:
-            xs = x[:, :, src_lo:src_hi]
-            xs = pre(xs) if pre is not None else xs
-        if lo < src_lo or hi > src_hi:
-            xs = F.pad(xs, (0, 0, 0, 0, src_lo - lo, hi - src_hi))
-        out[:, :, o0:o1] = F.conv3d(xs, conv.weight, conv.bias, padding=(0, p, p))
+    s = 2 if upsample else 1
+    out = _empty_like_layout(x, (b, conv.out_channels, d * s, h * s, w * s))
+    for o0 in range(0, d * s, slab):
+        o1 = min(d * s, o0 + slab)
+        out[:, :, o0:o1] = _slab_rows(conv, x, o0, o1, pre, upsample)
     return out
 
 
@@ -123,21 +140,19 @@ def downsample_slabs(down: Downsample, x: torch.Tensor, slab: int) -> torch.Tens
 
 
 def resnet_block(blk: ResnetBlock, x: torch.Tensor, slab: int) -> torch.Tensor:
+    """The block's forward; with an identity skip the result overwrites ``x`` slab by slab (conv2 reads h only)."""
     h = conv_slabs(blk.conv1, x, slab, pre=norm_silu(x, blk.norm1, slab))
     pre2 = norm_silu(h, blk.norm2, slab)
+    d = h.shape[2]
     if blk.nin_shortcut is None:
-        # identity skip: the output can overwrite x slab by slab (conv2 reads only h)
-        p = blk.conv2.padding[0]
-        d = h.shape[2]
+        _check_same(blk.conv2)
         for o0 in range(0, d, slab):
             o1 = min(d, o0 + slab)
-            lo, hi = max(o0 - p, 0), min(o1 + p, d)
-            hs = F.pad(pre2(h[:, :, lo:hi]), (0, 0, 0, 0, lo - (o0 - p), (o1 + p) - hi))
-            x[:, :, o0:o1] += F.conv3d(hs, blk.conv2.weight, blk.conv2.bias, padding=(0, p, p))
+            x[:, :, o0:o1] += _slab_rows(blk.conv2, h, o0, o1, pre2, False)
         return x
     out = conv_slabs(blk.conv2, h, slab, pre=pre2)
     del h
-    for d0 in range(0, x.shape[2], slab):
+    for d0 in range(0, d, slab):
         out[:, :, d0 : d0 + slab] += blk.nin_shortcut(x[:, :, d0 : d0 + slab])
     return out
 

@@ -1,0 +1,230 @@
+"""Inference benchmark: the optimised runtime against the authors' structure, each variant in its own process.
+
+    python benchmarks/inference.py --sizes 96x128x96 144x192x144 --targets 3 --steps 10 --repeats 3
+
+Published architecture (VQ-GAN ch 64, UNet 128 channels) with random weights: no trained weights needed.
+
+* naive: float32, contiguous memory, one target at a time (encode, sample, decode for each), untiled
+  VQ-GAN: the structure of the authors' sampler.
+* optimised: the runtime mrtranslate picks (CPU: float32 + channels_last_3d; CUDA: fp16 autocast +
+  channels_last_3d + SDPA), encode once, every target in one batched sampling pass, slab-wise decode.
+
+Reports medians over ``--repeats`` runs of wall time, UNet time per step, decode time per target and
+peak memory (RSS on CPU, max_memory_allocated on CUDA), plus FLOPs of one UNet step (batch 1) and one
+decode (counted on the meta device) and the GFLOP/s achieved. Writes JSON and a Markdown table
+(``benchmarks/RESULTS.md`` by default, one section per machine and date).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def count_flops(size: tuple[int, int, int]) -> dict[str, float]:
+    """FLOPs of one UNet step (batch 1) and one decode at ``size``, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mrtranslate.models import VQGAN, UNet, UNetConfig, VQGANConfig
+
+    lat = [s // 4 for s in size]
+    with torch.device("meta"):
+        unet, vq = UNet(UNetConfig()), VQGAN(VQGANConfig())
+        t = torch.zeros(1, dtype=torch.long)
+        with FlopCounterMode(display=False) as fc:
+            unet(torch.empty(1, 12, *lat), t, t)
+        unet_flops = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            vq.decode(torch.empty(1, 4, *lat))
+        dec_flops = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            vq.encode_continuous(torch.empty(1, 1, *size))
+        enc_flops = fc.get_total_flops()
+    return {"unet_step_gflop": unet_flops / 1e9, "decode_gflop": dec_flops / 1e9, "encode_gflop": enc_flops / 1e9}
+
+
+def worker(variant: str, size: tuple[int, int, int], n_targets: int, steps: int, device_name: str) -> dict:
+    """One measured run in this process."""
+    from mrtranslate.pipeline import ALDMPipeline
+    from mrtranslate.runtime import Runtime
+
+    torch.manual_seed(0)
+    device = torch.device(device_name)
+    pipe = ALDMPipeline.from_configs()
+    if variant == "optimised":
+        pipe.configure(Runtime.create(device))
+    else:
+        pipe.configure(Runtime(device=device, dtype=torch.float32, channels_last=False, streaming=False))
+    x = torch.rand(1, 1, *size) * 2 - 1
+    targets = list(range(1, 1 + n_targets))
+    unet_time = [0.0]
+    unet = pipe.unet
+    orig_forward = unet.forward
+
+    def timed_forward(*a, **k):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = orig_forward(*a, **k)
+        _sync(device)
+        unet_time[0] += time.perf_counter() - t0
+        return out
+
+    unet.forward = timed_forward  # type: ignore[method-assign]
+    decode_time = 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    _sync(device)
+    t_start = time.perf_counter()
+    gen = torch.Generator().manual_seed(0)
+    if variant == "optimised":
+        z = pipe.encode(x)
+        lat = pipe.sample(z, targets, steps=steps, eta=1.0, generator=gen, progress=False)
+        for i in range(len(targets)):
+            _sync(device)
+            t0 = time.perf_counter()
+            pipe.decode(lat[i : i + 1]).cpu()
+            _sync(device)
+            decode_time += time.perf_counter() - t0
+    else:
+        for t in targets:
+            z = pipe.encode(x)
+            lat = pipe.sample(z, [t], steps=steps, eta=1.0, generator=gen, progress=False)
+            _sync(device)
+            t0 = time.perf_counter()
+            pipe.decode(lat).cpu()
+            _sync(device)
+            decode_time += time.perf_counter() - t0
+    _sync(device)
+    wall = time.perf_counter() - t_start
+    n_steps = len(pipe.scheduler.timesteps(steps))
+    unet_calls = n_steps * (1 if variant == "optimised" else n_targets)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+        peak_kind = "max_memory_allocated"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak_kind = "peak RSS"
+    return {
+        "variant": variant,
+        "size": list(size),
+        "targets": n_targets,
+        "steps": steps,
+        "wall_s": wall,
+        "unet_s_per_step": unet_time[0] / unet_calls,
+        "unet_s_per_step_per_target": unet_time[0] / (n_steps * n_targets),
+        "decode_s_per_target": decode_time / n_targets,
+        "peak_bytes": peak,
+        "peak_kind": peak_kind,
+    }
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def _fmt_size(s: list[int]) -> str:
+    return "x".join(map(str, s))
+
+
+def markdown(results: list[dict], flops: dict[str, dict], header: str) -> str:
+    lines = [f"## {header}", "",
+             "| size | variant | wall s | UNet s/step (per target) | decode s/target | peak GB | UNet GFLOP/s | decode GFLOP/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    by_size: dict[str, dict[str, dict]] = {}
+    for r in results:
+        by_size.setdefault(_fmt_size(r["size"]), {})[r["variant"]] = r
+    for size, variants in by_size.items():
+        f = flops[size]
+        for name in ("naive", "optimised"):
+            r = variants.get(name)
+            if r is None:
+                continue
+            lines.append(
+                f"| {size} | {name} | {r['wall_s']:.1f} | {r['unet_s_per_step_per_target']:.2f} | "
+                f"{r['decode_s_per_target']:.1f} | {r['peak_bytes'] / 2**30:.2f} | "
+                f"{f['unet_step_gflop'] / r['unet_s_per_step_per_target']:.0f} | {f['decode_gflop'] / r['decode_s_per_target']:.0f} |"
+            )
+        if "naive" in variants and "optimised" in variants:
+            n, o = variants["naive"], variants["optimised"]
+            lines.append(f"| {size} | **optimised / naive** | **{o['wall_s'] / n['wall_s']:.2f}** | | | "
+                         f"**{o['peak_bytes'] / n['peak_bytes']:.2f}** | | |")
+    lines.append("")
+    lines.append("FLOPs per UNet step (batch 1) / decode / encode: " + "; ".join(
+        f"{s}: {f['unet_step_gflop']:.0f} / {f['decode_gflop']:.0f} / {f['encode_gflop']:.0f} GFLOP" for s, f in flops.items()))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=["96x128x96", "144x192x144"])
+    ap.add_argument("--targets", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--variants", nargs="+", default=["naive", "optimised"], choices=["naive", "optimised"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
+    ap.add_argument("--json", type=Path, default=None, help="default: next to the Markdown file")
+    ap.add_argument("--worker", nargs=4, metavar=("VARIANT", "SIZE", "TARGETS", "STEPS"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        v, size, nt, st = args.worker
+        res = worker(v, tuple(int(s) for s in size.split("x")), int(nt), int(st), args.device)
+        print("RESULT " + json.dumps(res), flush=True)
+        return
+    results, flops = [], {}
+    for size in args.sizes:
+        flops[size] = count_flops(tuple(int(s) for s in size.split("x")))
+        for variant in args.variants:
+            runs = []
+            for rep in range(args.repeats):
+                cmd = [sys.executable, __file__, "--device", args.device, "--worker", variant, size, str(args.targets), str(args.steps)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                runs.append(json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:]))
+                print(f"{size} {variant} run {rep + 1}: {runs[-1]['wall_s']:.1f} s, peak {runs[-1]['peak_bytes'] / 2**30:.2f} GB", flush=True)
+            med = {k: statistics.median(r[k] for r in runs) if isinstance(runs[0][k], (int, float)) else runs[0][k] for k in runs[0]}
+            med["repeats"] = len(runs)
+            results.append(med)
+    date = _dt.date.today().isoformat()
+    header = f"{machine()} ({args.device}), {args.targets} targets, {args.steps} DDIM steps, median of {args.repeats}, {date}"
+    md = markdown(results, flops, header)
+    print(md)
+    path = args.markdown
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path.read_text() if path.exists() else "# Inference benchmark results\n\nMade by `benchmarks/inference.py`.\n\n"
+    path.write_text(existing.rstrip("\n") + "\n\n" + md)
+    json_path = args.json or path.with_suffix(".json")
+    prev = json.loads(json_path.read_text()) if json_path.exists() else []
+    prev.append({"machine": machine(), "device": args.device, "date": date, "results": results, "flops": flops})
+    json_path.write_text(json.dumps(prev, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
