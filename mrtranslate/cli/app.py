@@ -9,11 +9,16 @@ import logging
 import sys
 from collections.abc import Sequence
 
-import click
 import typer
 
 from .. import __version__
 from ..errors import MRTranslateError
+
+# Recent typer runs on its own copy of click (typer._click) and no longer installs the click package; older
+# typer runs on click. Take click's exception classes from typer's public BadParameter so that both work.
+_CLICK = {cls.__name__: cls for cls in typer.BadParameter.__mro__}
+ClickUsageError: type[Exception] = _CLICK["UsageError"]
+ClickException: type[Exception] = _CLICK["ClickException"]
 
 app = typer.Typer(
     name="mrtranslate",
@@ -110,15 +115,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = command.main(args=normalise_argv(raw), prog_name="mrtranslate", standalone_mode=False)
         code = result if isinstance(result, int) else EXIT_OK
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         code = exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        typer.echo("interrupted", err=True)
+    except (KeyboardInterrupt, typer.Abort):  # recent typer turns Ctrl-C into Exit(130) itself
         code = EXIT_INTERRUPTED
-    except click.UsageError as exc:
+    except ClickUsageError as exc:
         exc.show()
         code = EXIT_USAGE
-    except click.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         code = exc.exit_code
     except MRTranslateError as exc:
@@ -131,6 +135,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         typer.echo(f"error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)", err=True)
         code = EXIT_ERROR
+    if code == EXIT_INTERRUPTED:
+        typer.echo("interrupted", err=True)
     if argv is None:
         sys.exit(code)
     return code

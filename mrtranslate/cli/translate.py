@@ -4,28 +4,65 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import typer
 from tqdm.auto import tqdm
 
-from ..errors import MRTranslateError, OutputExistsError, UsageError
+from ..errors import MRTranslateError, OutputExistsError, OutputWriteError, UsageError
 from .app import EXIT_ERROR, EXIT_OK, app
 
 logger = logging.getLogger("mrtranslate.cli")
 
-_NIFTI = (".nii.gz", ".nii")
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".mgz", ".mgh", ".img", ".hdr")
 
 
 def output_path(inp: Path, target: str, out_dir: Path | None) -> Path:
     """``<input stem>_<target>.nii.gz`` beside the input, or in ``out_dir``."""
     name = inp.name
-    for ext in _NIFTI:
+    for ext in _IMAGE_SUFFIXES:
         if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
     return (out_dir or inp.parent) / f"{name}_{target}.nii.gz"
+
+
+def plan_outputs(inputs: Sequence[Path], targets: Sequence[str], out_dir: Path | None) -> dict[Path, dict[str, Path]]:
+    """The output path of every input and target; refuses, before any work, a run that would write over one of
+    its inputs or write one file for two inputs (e.g. same names in different folders with --out-dir)."""
+    given = {p.resolve(): p for p in inputs}
+    writer: dict[Path, Path] = {}
+    plan: dict[Path, dict[str, Path]] = {}
+    for inp in inputs:
+        plan[inp] = {t: output_path(inp, t, out_dir) for t in targets}
+        for out in plan[inp].values():
+            key = out.resolve()
+            if key in given:
+                raise OutputExistsError(
+                    f"output {out} would replace the input {given[key]}: rename it or pass --out-dir"
+                )
+            if key in writer:
+                raise UsageError(f"{writer[key]} and {inp} would both be written to {out}: list each input once, "
+                                 "and give inputs in different folders different names (or no --out-dir)")
+            writer[key] = inp
+    return plan
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Write the run record ``path`` (JSON) atomically: a temporary file in the same folder, then a rename."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputWriteError(f"could not write {path} ({exc}): check free space and permissions") from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @app.command("translate")
@@ -51,8 +88,10 @@ def translate_command(
 ) -> int:
     """Translate each INPUT into the --to modalities; writes <input>_<target>.nii.gz and a .json record beside it.
 
-    Outputs overlay the input exactly (same grid, affine, qform/sform); intensities are in [0, 1], where
-    [0, 1] is the target's 0.5th..99.5th percentile range, and 0 outside the input's brain (voxels > 0).
+    Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are in [0, 1], the target's
+    0.5th..99.5th percentile range, and 0 outside the input's brain (voxels > 0).
+
+    Exit codes: 0 ok, 1 runtime error, 2 usage error, 130 interrupted.
     """
     from ..modalities import canonical, canonical_list
     from ..translator import Translator
@@ -61,20 +100,22 @@ def translate_command(
     if overwrite and skip_existing:
         raise UsageError("--overwrite and --skip-existing contradict each other: pick one")
     targets = canonical_list(to)
-    if source is not None:
-        canonical(source)  # an unknown name fails before any work
+    source_name = canonical(source) if source is not None else None  # an unknown name fails before any work
+    if source_name in targets:
+        raise UsageError(f"target {source_name!r} is the source modality (--source {source}): choose another target")
     for inp in inputs:  # cheap checks before loading any model
         if not inp.exists():
-            raise UsageError(f"input {inp} does not exist: check the path")
+            hint = "" if inp.suffix else f"; if {inp.name!r} was meant as a --to target, it is not a modality name"
+            raise UsageError(f"input {inp} does not exist: check the path{hint}")
+    plan = plan_outputs(inputs, targets, out_dir)
     loaded = Translator.from_pretrained(
         model, revision=revision, local_files_only=offline, device=device, dtype=precision,
         max_memory=max_memory, steps=steps, eta=eta, seed=seed, progress=not quiet,
     )
     failures: list[tuple[Path, str]] = []
-    done = 0
     bar = tqdm(inputs, desc="volumes", unit="vol", disable=quiet or len(inputs) == 1)
     for inp in bar:
-        outs = {t: output_path(inp, t, out_dir) for t in targets}
+        outs = plan[inp]
         try:
             existing = [p for p in outs.values() if p.exists()]
             if existing and skip_existing and len(existing) == len(outs):
@@ -89,18 +130,17 @@ def translate_command(
             record = bound.run_record(wanted)
             record["input"] = str(inp)
             for t, img in images.items():
-                path = save_image(img, outs[t], overwrite=overwrite, inputs=[inp])
-                path.with_name(path.name[: -len(".nii.gz")] + ".json").write_text(
-                    json.dumps({**record, "target": t}, indent=2) + "\n", encoding="utf-8"
-                )
+                path = save_image(img, outs[t], overwrite=overwrite, inputs=inputs)
+                write_record(path.with_name(path.name[: -len(".nii.gz")] + ".json"), {**record, "target": t})
                 if not quiet:
                     tqdm.write(f"wrote {path}")
-            done += 1
-        except MRTranslateError as exc:
+        except Exception as exc:  # noqa: BLE001 - with --continue-on-error one input's failure never stops the batch
             if not continue_on_error:
                 raise
-            failures.append((inp, " ".join(str(exc).split())))
-            tqdm.write(f"error: {inp}: {failures[-1][1]}")
+            logger.debug("%s failed", inp, exc_info=True)  # the traceback, with --debug
+            what = "" if isinstance(exc, MRTranslateError) else f"{type(exc).__name__}: "
+            failures.append((inp, what + " ".join(str(exc).split())))
+            tqdm.write(f"error: {inp}: {failures[-1][1]}", file=sys.stderr)
     if failures:
         typer.echo(f"{len(failures)} of {len(inputs)} inputs failed:", err=True)
         for inp, msg in failures:
