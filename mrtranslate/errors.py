@@ -60,3 +60,7 @@ class DatasetLayoutError(MRTranslateError):
 
 class MissingDependencyError(MRTranslateError):
     """An optional dependency that a feature needs is not installed (the message names the pip extra)."""
+
+
+class OutputWriteError(MRTranslateError):
+    """An output file that could not be written (disk full, no permission, read-only folder)."""
