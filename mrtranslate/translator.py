@@ -171,14 +171,35 @@ class Translator:
 
         One target returns a ``nibabel.Nifti1Image``; several return a dict keyed by canonical name.
         """
+        names = self._bound_targets(targets)
+        latents = self.translate_tensor(names, steps=steps, eta=eta, seed=seed, progress=progress)
+        return self._images(names, latents, "")
+
+    def to_spade_only(self, *targets: str) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
+        """The first stage alone: MS-SPADE's target-like latent of each target, decoded without diffusion.
+
+        An ablation (what the diffusion stage adds); deterministic, no sampling. Works with first-stage-only
+        model folders. Outputs as ``to``: one image, or a dict keyed by canonical name for several targets.
+        """
+        names = self._bound_targets(targets)
+        pipe = self.pipeline
+        pipe.plan(self._tensor.shape[2:], len(names))  # refuses before allocating when it cannot fit
+        latents = pipe.target_like(pipe.encode(self._tensor), [self.modalities.index(t) for t in names])
+        return self._images(names, latents, " MS-SPADE only")
+
+    def _bound_targets(self, targets: Sequence[str]) -> list[str]:
         if self._tensor is None or self._inverse is None:
             raise UsageError("no source image: call the translator with one first, e.g. tr('t1.nii.gz').to('t2')")
-        names = _target_names(targets, self._source, self.modalities)
-        latents = self.translate_tensor(names, steps=steps, eta=eta, seed=seed, progress=progress)
+        return _target_names(targets, self._source, self.modalities)
+
+    def _images(
+        self, names: Sequence[str], latents: torch.Tensor, note: str
+    ) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
+        """Decode each target latent (one at a time: bounded memory) onto the source's own grid."""
         images = {}
         for name, lat in zip(names, latents):
             img = self._inverse(self.pipeline.decode(lat[None])[0, 0].cpu())
-            img.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name}".encode()[:79]
+            img.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name}{note}".encode()[:79]
             images[name] = img
         return images[names[0]] if len(names) == 1 else images
 

@@ -6,3 +6,4 @@ from . import translate  # noqa: F401
 from . import compare  # noqa: F401
 from . import download  # noqa: F401
 from . import phantom  # noqa: F401
+from . import evaluate  # noqa: F401

@@ -1,0 +1,297 @@
+"""`mrtranslate evaluate`: report files, figures, resumability, and the 1-D lookup-table baseline."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import nibabel as nib
+import numpy as np
+import pytest
+from _tiny import save_tiny
+
+from mrtranslate.cli import main
+from mrtranslate.errors import DatasetLayoutError, UsageError
+from mrtranslate.evaluate import evaluate, task_pairs
+from mrtranslate.evaluate_figures import DPI, PANEL_INCHES, VIEWS
+from mrtranslate.evaluate_lut import N_BINS, IntensityLUT, LUTFitter, fit_luts
+from mrtranslate.layout import find_subjects
+from mrtranslate.metrics import compute_metrics, normalize
+from mrtranslate.translator import Translator
+
+pytest.importorskip("nilearn")  # the phantom simulator needs the train extra
+from mrtranslate.training.phantom import write_dataset  # noqa: E402
+
+SPACING = 8.0  # 32^3 phantoms: the cheapest that still hold a brain-shaped head
+METHODS = ("aldm", "spade", "lut")
+TASKS = (("t1", "t2"), ("t1", "flair"))
+EXPECTED_COLUMNS = [
+    "case", "method", "source", "target",
+    "psnr_brain", "psnr_volume", "nmse_brain", "nmse_volume", "mae_brain", "mae_volume", "ssim_brain", "ssim_volume",
+    "seconds", "reused",
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluate")
+    write_dataset(root / "test", 2, seed=11, spacing=SPACING, progress=False)
+    write_dataset(root / "train", 2, seed=12, spacing=SPACING, progress=False)
+    model = save_tiny(root / "model", grid=(24, 28, 24), spacing=(SPACING,) * 3)
+    return root, model
+
+
+def _args(root: Path, model: Path, out: Path, *extra: str) -> list[str]:
+    return ["evaluate", "--data", str(root / "test"), "--model", str(model), "--source", "t1", "--to", "t2", "flair",
+            "--method", "aldm", "spade", "--baseline", "lut", "--fit-data", str(root / "train"),
+            "--out", str(out), "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def report(setup):
+    root, model = setup
+    out = root / "report"
+    assert main(_args(root, model, out)) == 0
+    return root, model, out
+
+
+def _rows(out: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with (out / "cases.csv").open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def _pred_files(out: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in sorted((out / "pred").rglob("*.nii.gz"))}
+
+
+# -- the report --------------------------------------------------------------------------------------------------
+
+
+def test_csv_has_one_row_per_case_task_and_method_with_the_metrics_of_the_saved_predictions(report):
+    root, _, out = report
+    columns, rows = _rows(out)
+    assert columns == EXPECTED_COLUMNS
+    cases = [s.case for s in find_subjects(root / "test")]
+    keys = sorted((r["case"], r["method"], r["source"], r["target"]) for r in rows)
+    assert keys == sorted((c, m, s, t) for c in cases for m in METHODS for s, t in TASKS)
+    for r in rows:
+        assert all(math.isfinite(float(r[c])) for c in EXPECTED_COLUMNS[4:])
+        assert -1.0 <= float(r["ssim_brain"]) <= 1.0 and float(r["nmse_brain"]) > 0
+    # The aldm row of case 0, t1 -> flair, is what compute_metrics gives for the saved prediction and the target.
+    subject = find_subjects(root / "test")[0]
+    row = next(r for r in rows if r["case"] == subject.case and r["method"] == "aldm" and r["target"] == "flair")
+    pred_path = out / "pred" / "aldm" / subject.case / f"{subject.case}_flair_from_t1.nii.gz"
+    pred, target = nib.load(pred_path), nib.load(subject.files["flair"])
+    assert pred.shape == target.shape and np.allclose(pred.affine, target.affine)
+    expected = compute_metrics(pred.get_fdata(), target.get_fdata(), mask=target.get_fdata() > 0)
+    assert float(row["psnr_brain"]) == pytest.approx(expected["psnr"]["brain"], rel=1e-9)
+    assert float(row["ssim_volume"]) == pytest.approx(expected["ssim"]["volume"], rel=1e-9)
+
+
+def test_markdown_table_has_one_row_per_task_and_method_with_mean_std_and_difference_to_lut(report):
+    _, _, out = report
+    _, rows = _rows(out)
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    table = [line for line in text.splitlines() if re.match(r"\| (T1|T1ce|T2|FLAIR) → ", line)]
+    assert len(table) == len(TASKS) * len(METHODS)
+    labels = {"aldm": "ALDM", "spade": "MS-SPADE only", "lut": "LUT (1-D)"}
+    names = {"t1": "T1", "t2": "T2", "flair": "FLAIR"}
+    for (source, target), chunk in zip(TASKS, (table[:3], table[3:])):
+        lut_psnr = np.mean([float(r["psnr_brain"]) for r in rows if r["target"] == target and r["method"] == "lut"])
+        for method, line in zip(METHODS, chunk):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            assert cells[:3] == [f"{names[source]} → {names[target]}", labels[method], "2"]
+            psnr = [float(r["psnr_brain"]) for r in rows if r["target"] == target and r["method"] == method]
+            assert cells[3] == f"{np.mean(psnr):.2f} ± {np.std(psnr, ddof=1):.2f}"
+            assert re.fullmatch(r"\d\.\d{4} ± \d\.\d{4}", cells[4]) and re.fullmatch(r"-?\d\.\d{4} ± \d\.\d{4}", cells[5])
+            if method == "lut":
+                assert cells[6:] == ["", "", ""]
+            else:
+                assert cells[6] == f"{np.mean(psnr) - lut_psnr:+.2f}"
+    assert "brain = target voxels > 0" in text
+
+
+def test_summary_json_holds_statistics_settings_and_the_fitted_tables(report):
+    root, _, out = report
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [(e["source"], e["target"], e["method"]) for e in summary["tasks"]] == [
+        (s, t, m) for s, t in TASKS for m in METHODS
+    ]
+    assert all(e["n"] == 2 for e in summary["tasks"])
+    assert summary["settings"]["steps"] == 3 and summary["settings"]["seed"] == 0
+    assert summary["settings"]["fit_cases"] == [s.case for s in find_subjects(root / "train")]
+    assert sorted(summary["luts"]) == ["t1->flair", "t1->t2"]
+    assert all(len(lut["values"]) == N_BINS for lut in summary["luts"].values())
+
+
+def test_lut_rows_are_reproduced_by_the_saved_tables_and_stay_inside_the_brain(report):
+    root, _, out = report
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    _, rows = _rows(out)
+    lut = IntensityLUT.from_dict(summary["luts"]["t1->t2"])
+    for subject in find_subjects(root / "test"):
+        source = nib.load(subject.files["t1"]).get_fdata()
+        target = nib.load(subject.files["t2"]).get_fdata()
+        pred = lut.predict(source)
+        outside = source <= 0
+        assert outside.sum() > 1000 and not pred[outside].any()  # never applied outside the brain
+        assert pred[~outside].min() > 0
+        row = next(r for r in rows if r["case"] == subject.case and r["method"] == "lut" and r["target"] == "t2")
+        assert float(row["psnr_brain"]) == pytest.approx(compute_metrics(pred, target, target > 0)["psnr"]["brain"])
+
+
+def test_spade_predictions_are_the_translator_spade_only_output(report):
+    root, model, out = report
+    subject = find_subjects(root / "test")[1]
+    bound = Translator.from_pretrained(model, progress=False)(subject.files["t1"], source="t1")
+    direct = bound.to_spade_only("t2", "flair")["t2"]  # the same batch as evaluate's
+    saved = nib.load(out / "pred" / "spade" / subject.case / f"{subject.case}_t2_from_t1.nii.gz")
+    np.testing.assert_array_equal(saved.get_fdata(), direct.get_fdata())
+    assert not saved.get_fdata()[nib.load(subject.files["t1"]).get_fdata() <= 0].any()
+
+
+def test_each_figure_opens_with_three_views_of_every_column_and_no_blank_panel(report):
+    _, _, out = report
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    columns = ["source", "target"] + [c for m in METHODS for c in (m, f"{m} |error|")]
+    for source, target in TASKS:
+        path = out / "figures" / f"{source}_to_{target}.png"
+        info = summary["figures"][f"{source}_to_{target}"]
+        image = mpimg.imread(path)
+        height, width = image.shape[:2]
+        assert [width, height] == info["size"]
+        assert width == round(PANEL_INCHES * DPI * len(columns))
+        assert height == round((PANEL_INCHES * len(VIEWS) + 0.5) * DPI)
+        assert [(p["column"], p["view"]) for p in info["panels"]] == [(c, v) for c in columns for v in VIEWS]
+        for panel in info["panels"]:
+            x0, y0, x1, y1 = panel["box"]
+            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height and x1 - x0 > 100
+            pixels = image[y0:y1, x0:x1, :3]
+            assert pixels.std() > 0.02, f"{path.name}: {panel['column']} {panel['view']} is blank"
+            assert (pixels.max(axis=-1) > 0.2).mean() > 0.05  # a visible brain, not a few stray pixels
+
+
+# -- resuming ------------------------------------------------------------------------------------------------------
+
+
+def test_second_run_reuses_predictions_and_a_new_seed_recomputes_only_the_sampled_ones(report):
+    root, model, out = report
+    before = _pred_files(out)
+    _, rows_before = _rows(out)
+    assert len(before) == 2 * 2 * 2 and all(r["reused"] == "0" for r in rows_before)
+    assert main(_args(root, model, out)) == 0
+    assert _pred_files(out) == before
+    _, rows_again = _rows(out)
+    assert all(r["reused"] == ("0" if r["method"] == "lut" else "1") for r in rows_again)
+    metric = [c for c in EXPECTED_COLUMNS if c.endswith(("_brain", "_volume"))]
+    assert [[r[c] for c in metric] for r in rows_again] == [[r[c] for c in metric] for r in rows_before]
+
+    assert main(_args(root, model, out, "--seed", "5", "--cases", "1")) == 0
+    after = _pred_files(out)
+    case = find_subjects(root / "test")[0].case
+    for path, mtime in before.items():
+        resampled = path.parts[-3] == "aldm" and path.parent.name == case
+        assert (after[path] != mtime) == resampled, path
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["settings"]["seed"] == 5 and summary["settings"]["cases"] == [case]
+
+
+# -- the lookup table ------------------------------------------------------------------------------------------
+
+
+def _ball(shape=(40, 40, 40), radius=17.0) -> np.ndarray:
+    idx = np.indices(shape) - (np.asarray(shape)[:, None, None, None] - 1) / 2
+    return np.sqrt((idx**2).sum(axis=0)) < radius
+
+
+def test_lut_recovers_an_exact_intensity_map_within_the_bin_error():
+    rng = np.random.default_rng(0)
+    brain = _ball()
+    source = np.where(brain, rng.uniform(20.0, 220.0, brain.shape), 0.0)
+    s_norm = normalize(source, brain)
+    f = lambda s: 3.0 + np.sin(5.0 * s) + 2.0 * s**2  # noqa: E731  (not monotone)
+    target = np.where(brain, f(s_norm), 0.0)  # the target is exactly a function of the source
+    fitter = LUTFitter([("t1", "t2")])
+    fitter.add({"t1": source, "t2": target})
+    lut = fitter.finish()[("t1", "t2")]
+    t_norm = normalize(target, brain)
+    lo, hi = np.percentile(target[brain], (0.5, 99.5))
+    grid = np.linspace(0.0, 1.0, 10001)
+    slope = np.abs(np.gradient(f(grid), grid)).max() / (hi - lo)  # of the normalised target vs normalised source
+    bound = slope * (1.0 / N_BINS) / 2  # half a bin: the farthest any intensity is from a bin centre
+    error = np.abs(lut.predict(source) - t_norm)[brain]
+    assert error.max() <= bound
+    assert error.mean() <= bound / 10
+    assert lut.counts.sum() == brain.sum() and (lut.counts > 0).all()
+    assert not lut.predict(source)[~brain].any()
+    assert np.ptp(t_norm[brain]) > 20 * bound  # the bound is far tighter than the target's range
+
+
+def test_empty_bins_are_interpolated_between_their_filled_neighbours():
+    rng = np.random.default_rng(1)
+    brain = _ball()
+    low = rng.uniform(0.0, 1.0, brain.shape) < 0.5
+    source = np.where(brain, np.where(low, rng.uniform(10, 30, brain.shape), rng.uniform(80, 100, brain.shape)), 0.0)
+    target = np.where(brain, source + 5.0, 0.0)
+    fitter = LUTFitter([("t2", "flair")])
+    fitter.add({"t2": source, "flair": target})
+    lut = fitter.finish()[("t2", "flair")]
+    empty = lut.counts == 0
+    assert empty[20:40].all() and not empty[:5].any() and not empty[-5:].any()
+    centres = (np.arange(N_BINS) + 0.5) / N_BINS
+    np.testing.assert_allclose(lut.values[empty], np.interp(centres[empty], centres[~empty], lut.values[~empty]))
+    assert lut.values[20] < lut.values[30] < lut.values[39]  # a rising ramp across the gap, no zeros
+    again = IntensityLUT.from_dict(json.loads(json.dumps(lut.to_dict())))
+    np.testing.assert_array_equal(again.predict(source), lut.predict(source))
+
+
+def test_fit_needs_subjects_with_both_modalities(setup):
+    root, _ = setup
+    subject = find_subjects(root / "train")[0]
+    subject.files = {"t1": subject.files["t1"]}
+    with pytest.raises(DatasetLayoutError, match="t1 and t2"):
+        fit_luts([subject], [("t1", "t2")])
+
+
+# -- arguments ---------------------------------------------------------------------------------------------------
+
+
+def test_task_pairs():
+    assert len(task_pairs("all", None)) == 12 and ("flair", "t1ce") in task_pairs("all", None)
+    assert task_pairs("T1w", ["t2f", "t2"]) == [("t1", "flair"), ("t1", "t2")]
+    assert task_pairs("t2", None) == [("t2", "t1"), ("t2", "t1ce"), ("t2", "flair")]
+    with pytest.raises(UsageError, match="source modality"):
+        task_pairs("t1", ["t1", "t2"])
+
+
+def test_bad_arguments_fail_before_any_work(setup, tmp_path, capsys):
+    root, model = setup
+    with pytest.raises(UsageError, match="--fit-data"):
+        evaluate(root / "test", model, "t1", ["t2"], ["aldm"], tmp_path / "r", baseline="lut")
+    with pytest.raises(UsageError, match="unknown method"):
+        evaluate(root / "test", model, "t1", ["t2"], ["diffusion"], tmp_path / "r")
+    with pytest.raises(UsageError, match="figure case"):
+        evaluate(root / "test", model, "t1", ["t2"], ["spade"], tmp_path / "r", figure_case="nobody")
+    code = main(["evaluate", "--data", str(root / "test"), "--model", str(model), "--to", "t2",
+                 "--baseline", "lut", "--out", str(tmp_path / "r")])
+    assert code == 2 and "--fit-data" in capsys.readouterr().err
+    code = main(["evaluate", "--data", str(root / "test"), "--model", str(model), "--to", "t2",
+                 "--method", "aldm", "ddpm", "--out", str(tmp_path / "r")])
+    assert code == 2 and "'ddpm'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_first_stage_only_model_evaluates_spade_but_refuses_aldm(setup, tmp_path):
+    root, _ = setup
+    model = save_tiny(tmp_path / "first", grid=(24, 28, 24), spacing=(SPACING,) * 3, first_stage_only=True)
+    with pytest.raises(UsageError, match="--method spade"):
+        evaluate(root / "test", model, "t2", ["flair"], ["aldm"], tmp_path / "r", progress=False)
+    summary = evaluate(root / "test", model, "t2", ["flair"], ["spade"], tmp_path / "r", cases=1, progress=False,
+                       figures=False)
+    assert [(e["task"], e["method"], e["n"]) for e in summary["tasks"]] == [("t2->flair", "spade", 1)]
+    assert not (tmp_path / "r" / "figures").exists()
