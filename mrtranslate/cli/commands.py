@@ -6,4 +6,6 @@ from . import translate  # noqa: F401
 from . import compare  # noqa: F401
 from . import download  # noqa: F401
 from . import phantom  # noqa: F401
+from . import train  # noqa: F401
+from . import export  # noqa: F401
 from . import evaluate  # noqa: F401

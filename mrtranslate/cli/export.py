@@ -1,0 +1,29 @@
+"""`mrtranslate export RUN --out FOLDER`: a training run -> a model folder with a model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+
+
+@app.command("export")
+def export_command(
+    run: Path = typer.Argument(..., help="A training run folder (diffusion: full model; autoencoder/spade: first stage)."),
+    out: Path = typer.Option(..., "--out", help="Model folder to write."),
+    weights: str = typer.Option("ema", "--weights", help="UNet weights of a diffusion run: ema (as the authors sample) or raw."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in model_index.json and the model card."),
+    default_steps: Optional[int] = typer.Option(None, "--default-steps", help="DDIM steps the model suggests (default 200)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+) -> None:
+    """Export a run's latest checkpoint as a model folder (safetensors + JSON + README.md model card)."""
+    from ..training.export import export
+
+    folder = export(run, out, weights=weights, name=name, default_steps=default_steps, overwrite=overwrite)
+    if not quiet:
+        typer.echo(f"wrote {folder}")

@@ -1,0 +1,93 @@
+"""`mrtranslate train autoencoder|spade|diffusion`: the three ALDM training stages, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import app
+
+train_app = typer.Typer(
+    help=(
+        "Train the ALDM stages in order: autoencoder -> spade (--first-stage the autoencoder run) -> diffusion "
+        "(--first-stage the spade run); then `mrtranslate export`. Ctrl-C saves a checkpoint; --resume continues. "
+        "Several GPUs: torchrun --nproc-per-node N -m mrtranslate -- train ... (the -- keeps torchrun from reading --run)"
+    ),
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(train_app, name="train")
+
+DATA = typer.Option(None, "--data", help="Dataset folder (BraTS 2021/2023 or BIDS layout). On --resume: the recorded one.")
+RUN = typer.Option(..., "--run", help="Run folder: config, metrics.csv, checkpoint/ (created).")
+CONFIG = typer.Option(None, "--config", help="JSON file of settings overriding the published defaults.")
+RESUME = typer.Option(False, "--resume", help="Continue the run in --run from its checkpoint, exactly.")
+MAX_MINUTES = typer.Option(None, "--max-minutes", help="Checkpoint and stop before this many minutes have passed.")
+DEVICE = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N.")
+STEPS = typer.Option(None, "--steps", help="Total steps (overrides the config; on --resume: to train longer).")
+THREADS = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice, one per core).")
+QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary.")
+DEBUG = typer.Option(False, "--debug", help="Show tracebacks of errors.")
+
+
+def _argv(stage: str, **opts: object) -> list[str]:
+    argv = ["mrtranslate", "train", stage]
+    for name, value in opts.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def _train(stage: str, data: Optional[Path], run: Path, config: Optional[Path], resume: bool,
+           max_minutes: Optional[float], device: Optional[str], steps: Optional[int],
+           first_stage: Optional[str], threads: Optional[int], quiet: bool) -> int:
+    from ..training.trainer import train
+
+    argv = _argv(stage, data=data, run=run, config=config, first_stage=first_stage, resume=resume,
+                 steps=steps, max_minutes=max_minutes, device=device, threads=threads)
+    result = train(stage, run, data, config, resume=resume, max_minutes=max_minutes, device=device, steps=steps,
+                   first_stage=first_stage, progress=not quiet, command=argv, threads=threads)
+    if not quiet and result.main_process:
+        losses = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k not in ("step", "elapsed_s", "lr"))
+        typer.echo(
+            f"{result.stage}: step {result.step}/{result.steps} ({result.status.replace('_', ' ')}), "
+            f"{result.elapsed_s / 60:.1f} min in all; {losses}; checkpoint in {result.run / 'checkpoint'}",
+            err=True,
+        )
+    return result.exit_code
+
+
+@train_app.command("autoencoder")
+def train_autoencoder(
+    data: Optional[Path] = DATA, run: Path = RUN, config: Optional[Path] = CONFIG, resume: bool = RESUME,
+    max_minutes: Optional[float] = MAX_MINUTES, device: Optional[str] = DEVICE, steps: Optional[int] = STEPS,
+    threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
+) -> int:
+    """Stage 1: the VQ-GAN (L1 + codebook [+ PatchGAN] [+ perceptual]) on random crops."""
+    return _train("autoencoder", data, run, config, resume, max_minutes, device, steps, None, threads, quiet)
+
+
+@train_app.command("spade")
+def train_spade(
+    data: Optional[Path] = DATA, run: Path = RUN, config: Optional[Path] = CONFIG,
+    first_stage: Optional[str] = typer.Option(None, "--first-stage", help="The autoencoder run folder (or a model folder)."),
+    resume: bool = RESUME, max_minutes: Optional[float] = MAX_MINUTES, device: Optional[str] = DEVICE,
+    steps: Optional[int] = STEPS, threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
+) -> int:
+    """Stage 2: MS-SPADE on the frozen first stage's latents (L1 + latent discriminator [+ cycle])."""
+    return _train("spade", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet)
+
+
+@train_app.command("diffusion")
+def train_diffusion(
+    data: Optional[Path] = DATA, run: Path = RUN, config: Optional[Path] = CONFIG,
+    first_stage: Optional[str] = typer.Option(None, "--first-stage", help="The spade run folder (or a model folder)."),
+    resume: bool = RESUME, max_minutes: Optional[float] = MAX_MINUTES, device: Optional[str] = DEVICE,
+    steps: Optional[int] = STEPS, threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
+) -> int:
+    """Stage 3: the latent diffusion UNet (epsilon MSE, EMA weights)."""
+    return _train("diffusion", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet)

@@ -1,0 +1,119 @@
+"""Build a stage with its data: images for the autoencoder, cached first-stage latents for spade and diffusion."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ModelFormatError, UsageError
+from ..models import VQGAN, VQGANConfig
+from ..volumes import Preprocessing
+from .autoencoder import AutoencoderStage
+from .checkpoint import load_checkpoint, load_module
+from .config import AutoencoderConfig, DiffusionConfig, SpadeConfig, TrainConfig
+from .data import dataset_subjects, describe_dataset, load_images
+from .diffusion import DiffusionStage
+from .distributed import DistContext
+from .first_stage import FirstStage, cached, encode_codes, load_first_stage, translate_codes
+from .runs import RunFolder
+from .spade import SpadeStage
+from .stage import FIRST_STAGE_ENCODER, Stage, weights_hash
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    stage: Stage
+    data_info: dict[str, Any] | None  # for run.json of a new run
+    record: dict[str, Any] = field(default_factory=dict)  # more run.json entries of a new run
+
+
+def _need_data(data: Path | str | None, stage: str) -> Path:
+    if data is None:
+        raise UsageError(f"the {stage} stage needs --data DIR, the dataset folder")
+    return Path(data)
+
+
+def build_stage(
+    cfg: TrainConfig, ctx: DistContext, folder: RunFolder, data: Path | str | None,
+    record: dict[str, Any] | None, progress: bool,
+) -> Built:
+    """The stage object of ``cfg`` with its data; ``record`` is the run.json of a resumed run (None: new run)."""
+    if isinstance(cfg, AutoencoderConfig):
+        root = _need_data(data, cfg.stage)
+        subjects = dataset_subjects(root, 1)
+        prep = Preprocessing.from_dict(cfg.preprocessing)
+        images = load_images(subjects, prep, ctx.rank, ctx.world_size, progress)
+        return Built(AutoencoderStage(cfg, ctx, images), describe_dataset(root, subjects))
+    if not isinstance(cfg, (SpadeConfig, DiffusionConfig)):
+        raise UsageError(f"unknown stage config {type(cfg).__name__}")
+
+    if record is None:
+        if not cfg.first_stage:
+            raise UsageError(
+                f"the {cfg.stage} stage needs first_stage (--first-stage): an autoencoder/spade run or a model folder"
+            )
+        first = load_first_stage(cfg.first_stage)
+        extras = {"first_stage": first.source, "provenance": first.provenance}
+    else:
+        first = _first_stage_of_run(folder, record)
+        extras = {}
+    if isinstance(cfg, DiffusionConfig) and first.source.get("stage") == "autoencoder":
+        logger.warning("the first stage is an autoencoder run: its MS-SPADE is untrained; train a spade run first")
+    data_info = None
+    subjects = None
+    if record is None:
+        root = _need_data(data, cfg.stage)
+        subjects = dataset_subjects(root, 2)
+        data_info = describe_dataset(root, subjects)
+
+    translate = isinstance(cfg, DiffusionConfig) and cfg.cache_spade
+    prefixes = FIRST_STAGE_ENCODER + (("spade.",) if translate else ())
+    prep = Preprocessing.from_dict(first.preprocessing)
+    key = {
+        "weights": weights_hash(first.vqgan, prefixes),
+        "preprocessing": prep.to_dict(),
+        "rank": ctx.rank,
+        "world_size": ctx.world_size,
+        "spade": translate,
+    }
+
+    def compute() -> dict[str, torch.Tensor]:
+        nonlocal subjects
+        if subjects is None:
+            subjects = dataset_subjects(_need_data(data, cfg.stage), 2)
+        images = load_images(subjects, prep, ctx.rank, ctx.world_size, progress)
+        vqgan = first.vqgan.to(ctx.device)
+        out = {"codes": encode_codes(vqgan, images, ctx.device, progress), "available": images.available}
+        del images
+        if translate:
+            out["translated"] = translate_codes(vqgan, out["codes"], out["available"], ctx.device, progress)
+        first.vqgan.to("cpu")
+        return out
+
+    folder.path.mkdir(parents=True, exist_ok=True)
+    latents = cached(folder.latents_path(ctx.rank, ctx.world_size), key, compute)
+    codes, available = latents["codes"], latents["available"].bool()
+    if isinstance(cfg, SpadeConfig):
+        stage: Stage = SpadeStage(cfg, ctx, first, codes, available)
+    else:
+        stage = DiffusionStage(cfg, ctx, first, codes, available, latents.get("translated"))
+    return Built(stage, data_info, extras)
+
+
+def _first_stage_of_run(folder: RunFolder, record: dict[str, Any]) -> FirstStage:
+    """The VQ-GAN a resumed spade/diffusion run holds in its own checkpoint."""
+    tensors, scalars = load_checkpoint(folder.checkpoint_dir, prefix="model/vqgan/")
+    origin = str(folder.checkpoint_dir)
+    try:
+        vqgan = VQGAN(VQGANConfig.from_dict(scalars["vqgan_config"], origin=origin))
+        prep = dict(scalars["preprocessing"])
+    except KeyError as exc:
+        raise ModelFormatError(f"{origin}: checkpoint lacks {exc}") from None
+    load_module("model/vqgan", vqgan, tensors, origin)
+    return FirstStage(vqgan, prep, dict(record.get("first_stage") or {}), list(record.get("provenance", [])))

@@ -1,0 +1,294 @@
+"""Training configurations: one dataclass per stage, defaults = the published ALDM values (ALDM_FACTS.md).
+
+A JSON file passed with ``--config`` overrides defaults key by key; unknown keys and wrong types are
+errors (a typo must not silently train with a default). The resolved config is saved to ``RUN/config.json``.
+
+Values the published code leaves open are marked "not published" with the choice made here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..errors import MRTranslateError, UsageError
+from ..models import UNetConfig, VQGANConfig
+from ..pipeline_config import PUBLISHED_PREPROCESSING
+from ..schedulers import SchedulerConfig
+
+STAGES = ("autoencoder", "spade", "diffusion")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings shared by the three stages. ``batch_size`` is per process (per GPU under torchrun)."""
+
+    stage: ClassVar[str] = ""
+
+    seed: int = 0
+    steps: int = 100_000
+    batch_size: int = 4
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    checkpoint_minutes: float = 10.0
+    log_every: int = 10
+    device: str = "auto"
+    amp: bool = True  # automatic mixed precision, CUDA only (bfloat16 where supported, else float16 + scaler)
+    channels_last: bool = True  # channels_last_3d memory format for the convolutions on CPU
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"stage": self.stage}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            d[f.name] = list(v) if isinstance(v, tuple) else v
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "config") -> TrainConfig:
+        """Defaults overridden by ``data``; unknown keys or wrong types raise UsageError."""
+        if not isinstance(data, dict):
+            raise UsageError(f"{origin}: expected a JSON object of settings, got {type(data).__name__}")
+        data = dict(data)
+        stage = data.pop("stage", cls.stage)
+        if stage != cls.stage:
+            raise UsageError(f"{origin}: is a config of the {stage!r} stage, not of {cls.stage!r}")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise UsageError(
+                f"{origin}: unknown setting(s) {', '.join(unknown)} for the {cls.stage} stage; "
+                f"known: {', '.join(sorted(fields))}"
+            )
+        defaults = cls()
+        kwargs = {k: _coerce(origin, k, v, getattr(defaults, k)) for k, v in data.items()}
+        cfg = cls(**kwargs)
+        cfg.validate(origin)
+        return cfg
+
+    def validate(self, origin: str = "config") -> None:
+        _positive_int(origin, "steps", self.steps, minimum=0)
+        _positive_int(origin, "batch_size", self.batch_size)
+        _positive_int(origin, "log_every", self.log_every)
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UsageError(f"{origin}: lr = {self.lr} must be a positive number")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UsageError(f"{origin}: betas = {list(self.betas)} must be two numbers in [0, 1)")
+        if self.weight_decay < 0:
+            raise UsageError(f"{origin}: weight_decay must be >= 0")
+        if not self.checkpoint_minutes > 0:
+            raise UsageError(f"{origin}: checkpoint_minutes must be > 0")
+
+
+@dataclasses.dataclass
+class AutoencoderConfig(TrainConfig):
+    """Stage 1: the VQ-GAN. ``model`` is a VQGANConfig dict; ``crop`` random crops (None: whole volumes)."""
+
+    stage: ClassVar[str] = "autoencoder"
+
+    model: dict[str, Any] = dataclasses.field(default_factory=lambda: VQGANConfig().to_dict())
+    preprocessing: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PUBLISHED_PREPROCESSING))
+    crop: list[int] | None = dataclasses.field(default_factory=lambda: [96, 96, 96])  # the authors' advice
+    codebook_beta: float = 0.25
+    codebook_weight: float = 1.0
+    # PatchGAN hinge loss. Published weight 0 (off); start step and depth: taming-transformers' usual values.
+    disc_weight: float = 0.0
+    disc_start: int = 50_001
+    disc_layers: int = 3
+    disc_channels: int = 64
+    # Perceptual loss on the VQ-GAN encoder features of a user-supplied model folder (off as published).
+    perceptual_weight: float = 0.0
+    perceptual_model: str | None = None
+
+    def validate(self, origin: str = "config") -> None:
+        super().validate(origin)
+        vq = self.vqgan_config(origin)
+        _check_preprocessing(origin, self.preprocessing)
+        if self.crop is not None:
+            if len(self.crop) != 3 or any(not isinstance(c, int) or c <= 0 for c in self.crop):
+                raise UsageError(f"{origin}: crop = {self.crop} must be three positive integers or null")
+            f = vq.downsampling_factor
+            if any(c % f for c in self.crop):
+                raise UsageError(f"{origin}: crop {self.crop} sides must be multiples of the VQ-GAN factor {f}")
+            if any(c > g for c, g in zip(self.crop, self.preprocessing["grid"], strict=True)):
+                raise UsageError(f"{origin}: crop {self.crop} is larger than the grid {self.preprocessing['grid']}")
+        for name in ("codebook_beta", "codebook_weight", "disc_weight", "perceptual_weight"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{origin}: {name} must be >= 0")
+        _positive_int(origin, "disc_start", self.disc_start, minimum=0)
+        _positive_int(origin, "disc_layers", self.disc_layers)
+        _positive_int(origin, "disc_channels", self.disc_channels)
+        side = min(self.crop or self.preprocessing["grid"])
+        need = 3 * 2**self.disc_layers  # PatchGAN3D.min_side
+        if self.disc_weight > 0 and side < need:
+            raise UsageError(
+                f"{origin}: a {self.disc_layers}-layer PatchGAN needs crops of at least {need} voxels a side, "
+                f"got {side}: enlarge crop or lower disc_layers"
+            )
+        if self.perceptual_weight > 0 and not self.perceptual_model:
+            raise UsageError(
+                f"{origin}: perceptual_weight > 0 needs perceptual_model, the path of an mrtranslate model folder "
+                "whose VQ-GAN encoder features serve as the perceptual network"
+            )
+
+    def vqgan_config(self, origin: str = "config") -> VQGANConfig:
+        return _model_config(VQGANConfig, self.model, f"{origin}: model")
+
+
+@dataclasses.dataclass
+class SpadeConfig(TrainConfig):
+    """Stage 2: MS-SPADE on frozen first-stage latents. ``first_stage``: autoencoder run or model folder."""
+
+    stage: ClassVar[str] = "spade"
+
+    steps: int = 50_000  # not published
+    lr: float = 2e-5
+    first_stage: str | None = None
+    l1_weight: float = 1.0
+    adv_weight: float = 1.0  # not published
+    cycle_weight: float = 0.0  # the paper's cycle-consistency term; absent from the published code
+    disc_channels: int = 64
+
+    def validate(self, origin: str = "config") -> None:
+        super().validate(origin)
+        for name in ("l1_weight", "adv_weight", "cycle_weight"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{origin}: {name} must be >= 0")
+        _positive_int(origin, "disc_channels", self.disc_channels)
+
+
+@dataclasses.dataclass
+class DiffusionConfig(TrainConfig):
+    """Stage 3: the latent diffusion UNet. ``first_stage``: a spade run (or a model folder)."""
+
+    stage: ClassVar[str] = "diffusion"
+
+    steps: int = 62_600  # 200 epochs of the 1251 BraTS 2021 subjects at batch 4
+    betas: tuple[float, float] = (0.9, 0.999)  # torch AdamW defaults, as the LDM code
+    weight_decay: float = 0.01
+    first_stage: str | None = None
+    model: dict[str, Any] = dataclasses.field(default_factory=lambda: UNetConfig().to_dict())
+    scheduler: dict[str, Any] = dataclasses.field(default_factory=lambda: SchedulerConfig().to_dict())
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # LitEma: decay = min(ema_decay, (1 + n) / (10 + n)) after n updates
+    # Compute MS-SPADE(source -> target) of every pair once and keep it (memory: 12 latents per subject)
+    # instead of running the frozen MS-SPADE in every step.
+    cache_spade: bool = True
+
+    def validate(self, origin: str = "config") -> None:
+        super().validate(origin)
+        self.unet_config(origin)
+        self.scheduler_config(origin)
+        if not 0 <= self.ema_decay < 1:
+            raise UsageError(f"{origin}: ema_decay must be in [0, 1)")
+
+    def unet_config(self, origin: str = "config") -> UNetConfig:
+        return _model_config(UNetConfig, self.model, f"{origin}: model")
+
+    def scheduler_config(self, origin: str = "config") -> SchedulerConfig:
+        return _model_config(SchedulerConfig, self.scheduler, f"{origin}: scheduler")
+
+
+CONFIGS: dict[str, type[TrainConfig]] = {c.stage: c for c in (AutoencoderConfig, SpadeConfig, DiffusionConfig)}
+
+
+def config_class(stage: str) -> type[TrainConfig]:
+    if stage not in CONFIGS:
+        raise UsageError(f"unknown training stage {stage!r}: use one of {', '.join(STAGES)}")
+    return CONFIGS[stage]
+
+
+def load_config(stage: str, path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The stage's defaults, overridden by the JSON file at ``path`` and then by ``overrides``."""
+    data: dict[str, Any] = {}
+    origin = "config"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.is_file():
+            raise UsageError(f"config file {path} does not exist: pass a JSON file of settings")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UsageError(f"config file {path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise UsageError(f"config file {path}: expected a JSON object of settings")
+    data = {**data, **(overrides or {})}
+    return config_class(stage).from_dict(data, origin)
+
+
+def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of the default (ints accepted for floats, lists for tuples)."""
+    def bad(kind: str) -> UsageError:
+        return UsageError(f"{origin}: {key} = {value!r} must be {kind}")
+
+    if key in ("model", "scheduler", "preprocessing"):
+        if not isinstance(value, dict):
+            raise bad("a JSON object")
+        merged = dict(default)
+        merged.update(value)
+        return merged
+    if key == "crop":
+        if value is None:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise bad("a list of three integers or null")
+        return list(value)
+    if key in ("perceptual_model", "first_stage"):
+        if value is not None and not isinstance(value, str):
+            raise bad("a path string or null")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a number")
+        return float(value)
+    if isinstance(default, tuple):
+        if not isinstance(value, list) or len(value) != len(default):
+            raise bad(f"a list of {len(default)} numbers")
+        return tuple(_coerce(origin, key, v, d) for v, d in zip(value, default, strict=True))
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    return value
+
+
+def _positive_int(origin: str, name: str, value: int, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UsageError(f"{origin}: {name} = {value!r} must be an integer >= {minimum}")
+
+
+def _model_config(cls: type, data: dict[str, Any], origin: str) -> Any:
+    from ..errors import ModelFormatError
+
+    known = {f.name for f in dataclasses.fields(cls)} | {"_class_name", "_format_version"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"{origin}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    try:
+        return cls.from_dict(data, origin=origin)
+    except ModelFormatError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_preprocessing(origin: str, prep: dict[str, Any]) -> None:
+    from ..volumes import Preprocessing
+
+    unknown = sorted(set(prep) - set(PUBLISHED_PREPROCESSING))
+    if unknown:
+        raise UsageError(f"{origin}: preprocessing has unknown key(s) {', '.join(unknown)}")
+    try:
+        Preprocessing.from_dict(prep)
+    except MRTranslateError as exc:
+        raise UsageError(f"{origin}: preprocessing: {exc}") from None

@@ -1,0 +1,101 @@
+"""Stage 3: the latent diffusion UNet, first stage (VQ-GAN with trained MS-SPADE) frozen.
+
+For a pair (source, target) of one subject: z_src, z_tgt = quantized latents; t ~ U{0..T-1}; noise ~ N(0, I);
+x_t = sqrt(acp_t) z_tgt + sqrt(1 - acp_t) noise; loss = MSE(UNet(cat[x_t, z_src, spade(z_src, target)], t, target),
+noise). AdamW; an EMA of the UNet weights (LitEma's warm-up) is what export writes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import UsageError
+from ..models import UNet
+from ..schedulers import DDIMScheduler
+from .config import DiffusionConfig
+from .data import sample_pairs, step_generator
+from .distributed import DistContext
+from .first_stage import FirstStage, check_latent_grid
+from .stage import Stage, frozen, quantized
+
+
+class DiffusionStage(Stage):
+    name = "diffusion"
+    metric_names = ["loss"]
+
+    def __init__(
+        self,
+        cfg: DiffusionConfig,
+        ctx: DistContext,
+        first: FirstStage,
+        codes: torch.Tensor,
+        available: torch.Tensor,
+        translated: torch.Tensor | None = None,
+    ):
+        super().__init__(cfg, ctx)
+        self.cfg: DiffusionConfig = cfg
+        self.first = first
+        self.codes = codes
+        self.available = available
+        self.translated = translated
+        vq = first.vqgan.config
+        unet_cfg = cfg.unet_config()
+        if unet_cfg.in_channels != 3 * vq.embed_dim or unet_cfg.out_channels != vq.embed_dim:
+            raise UsageError(
+                f"config model: in_channels {unet_cfg.in_channels} / out_channels {unet_cfg.out_channels} must be "
+                f"{3 * vq.embed_dim} / {vq.embed_dim} for the first stage's embed_dim {vq.embed_dim}"
+            )
+        if unet_cfg.num_classes != vq.num_classes:
+            raise UsageError(f"config model: num_classes must be {vq.num_classes}, as the first stage's")
+        check_latent_grid(first.preprocessing, vq, unet_cfg.downsampling_factor, "first stage")
+        self.vqgan = self.place(frozen(first.vqgan))
+        self.nets["vqgan"] = self.vqgan
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            unet = UNet(unet_cfg)
+        self.unet = self.place(unet)
+        self.nets["unet"] = self.unet
+        self.net = ctx.wrap(self.unet)
+        self.optimizers["unet"] = self.adam(list(self.unet.parameters()), decoupled=True)
+        self.init_ema("unet", self.unet)
+        self.scheduler = DDIMScheduler(cfg.scheduler_config())
+        self.latent_shape = (vq.embed_dim, *codes.shape[2:])
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        g = step_generator(self.cfg.seed, step, self.ctx.rank)
+        n = self.cfg.batch_size
+        subjects, src, tgt = sample_pairs(self.available, n, g)
+        t = torch.randint(self.scheduler.config.num_train_timesteps, (n,), generator=g)
+        noise = torch.randn((n, *self.latent_shape), generator=g)
+        out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "tgt": tgt}
+        out.update({"t": t, "noise": noise})
+        if self.translated is not None:
+            out["cond"] = self.translated[subjects, src, tgt]
+        return out
+
+    def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        self.unet.train()
+        z_src = self.tensor(quantized(self.vqgan, batch["src_codes"].to(self.device)))
+        z_tgt = self.tensor(quantized(self.vqgan, batch["tgt_codes"].to(self.device)))
+        tgt = batch["tgt"].to(self.device)
+        t = batch["t"].to(self.device)
+        noise = self.tensor(batch["noise"])
+        if "cond" in batch:
+            cond = self.tensor(batch["cond"])
+        else:
+            with torch.no_grad(), self.autocast():
+                cond = self.vqgan.spade(z_src, tgt).float()
+        x_t = self.scheduler.add_noise(z_tgt, noise, t)
+        with self.autocast():
+            eps = self.net(torch.cat([x_t, z_src, cond], dim=1), t, tgt)
+        loss = F.mse_loss(eps.float(), noise.float())
+        self.optimize(loss, self.optimizers["unet"])
+        self.update_ema("unet", self.unet, self.cfg.ema_decay, self.cfg.ema_warmup)
+        self.finish_step()
+        return {"loss": loss.detach().float()}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"vqgan_config": self.vqgan.config.to_dict(), "preprocessing": dict(self.first.preprocessing)}

@@ -1,0 +1,173 @@
+"""``export()``: a run's latest checkpoint -> a model folder with a model card.
+
+A diffusion run gives the complete model (VQ-GAN with its trained MS-SPADE, the EMA UNet, the scheduler);
+an autoencoder or spade run gives a first-stage-only folder (reconstruction and MS-SPADE, no sampling).
+The model card (README.md) lists the data, the exact command lines of every stage that led to the
+weights (each run records its own and copies its upstream runs'), steps, wall time and final losses.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import ModelFormatError, OutputExistsError, UsageError
+from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
+from ..pipeline import ALDMPipeline
+from ..pipeline_config import PipelineConfig
+from ..schedulers import DDIMScheduler, SchedulerConfig
+from .checkpoint import load_checkpoint, load_module
+from .first_stage import run_summary
+from .runs import RunFolder
+
+CITATION = """@inproceedings{kim2024aldm,
+  title     = {Adaptive Latent Diffusion Model for 3D Medical Image to Image Translation:
+               Multi-modal Magnetic Resonance Imaging Study},
+  author    = {Kim, Jonghun and Park, Hyunjin},
+  booktitle = {IEEE/CVF Winter Conference on Applications of Computer Vision (WACV)},
+  year      = {2024}
+}"""
+
+
+def export(
+    run: Path | str,
+    out: Path | str,
+    *,
+    weights: str = "ema",
+    name: str | None = None,
+    default_steps: int | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the model folder ``out`` from the run folder ``run``; returns ``out``.
+
+    ``weights``: ``ema`` (what the authors sample with) or ``raw`` UNet weights of a diffusion run.
+    ``default_steps``: the DDIM steps the folder suggests (default: the published 200).
+    """
+    folder = RunFolder(run)
+    if not folder.is_run():
+        raise UsageError(f"{folder.path} is not a training run folder (no config.json and run.json)")
+    if not folder.has_checkpoint():
+        raise UsageError(f"{folder.path} has no checkpoint yet: train it first")
+    if weights not in ("ema", "raw"):
+        raise UsageError(f"--weights {weights!r}: use ema or raw")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise OutputExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
+    tensors, scalars = load_checkpoint(folder.checkpoint_dir)
+    origin = str(folder.checkpoint_dir)
+    stage = scalars.get("stage")
+    try:
+        vqgan = VQGAN(VQGANConfig.from_dict(scalars["vqgan_config"], origin=origin))
+        prep = dict(scalars["preprocessing"])
+        cfg = scalars["config"]
+    except KeyError as exc:
+        raise ModelFormatError(f"{origin}: checkpoint lacks {exc}") from None
+    load_module("model/vqgan", vqgan, tensors, origin)
+    unet = scheduler = None
+    if stage == "diffusion":
+        unet = UNet(UNetConfig.from_dict(cfg["model"], origin=origin))
+        load_module("model/unet", unet, tensors, origin)
+        if weights == "ema":
+            with torch.no_grad():
+                for k, p in unet.named_parameters():
+                    p.copy_(tensors[f"ema/unet/{k}"])
+        scheduler = DDIMScheduler(SchedulerConfig.from_dict(cfg["scheduler"], origin=origin))
+    summary = run_summary(folder)
+    stages = list(folder.read_run().get("provenance", [])) + [summary]
+    title = name or f"ALDM {'model' if unet is not None else 'first stage'} ({folder.path.name}, step {scalars['step']})"
+    pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=1.0)
+    pcfg.validate("model_index.json")
+    pipe = ALDMPipeline(vqgan.eval(), unet, scheduler, pcfg)
+    card = model_card(title, pipe, stages, weights if unet is not None else None)
+    return pipe.save_pretrained(out, model_card=card)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    return str(datetime.timedelta(seconds=round(float(seconds))))
+
+
+def _losses(metrics: dict[str, float]) -> str:
+    shown = {k: v for k, v in metrics.items() if k not in ("step", "elapsed_s", "lr")}
+    if "loss" in shown:
+        shown = {"loss": shown.pop("loss"), **shown}
+    return ", ".join(f"{k} {v:.4g}" for k, v in shown.items()) or "-"
+
+
+def _data_lines(data: dict[str, Any] | None) -> list[str]:
+    if not data:
+        return ["- not recorded"]
+    cases = data.get("cases", [])
+    shown = ", ".join(cases[:12]) + (f", ... ({len(cases) - 12} more)" if len(cases) > 12 else "")
+    lines = [f"- folder: `{data.get('folder')}`", f"- subjects: {data.get('n_subjects')} ({shown})"]
+    phantom = data.get("phantom")
+    if phantom:
+        lines.append(
+            "- synthetic phantoms (`mrtranslate phantom`): "
+            + ", ".join(f"{k} {v}" for k, v in phantom.items() if k != "generator")
+            + f" ({phantom.get('generator', 'mrtranslate')})"
+        )
+    return lines
+
+
+def _command_lines(stage: dict[str, Any]) -> list[str]:
+    lines = []
+    for c in stage.get("commands", []):
+        argv = list(c.get("argv") or [])
+        if c.get("world_size", 1) > 1 and argv[:1] == ["mrtranslate"]:
+            argv = ["torchrun", "--nproc-per-node", str(c["world_size"]), "-m", "mrtranslate", "--", *argv[1:]]
+        text = shlex.join(argv) if argv else "(called from Python)"
+        lines.append(f"{text}    # from step {c.get('start_step', 0)}, {c.get('started', '')}")
+    return lines
+
+
+def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], weights: str | None) -> str:
+    p = pipe.config.preprocessing
+    runs = [s for s in stages if s.get("stage") in ("autoencoder", "spade", "diffusion")]
+    data = next((s.get("data") for s in reversed(runs) if s.get("data")), None)
+    lines = [
+        "---",
+        "library_name: mrtranslate",
+        "tags: [mri, brain, image-to-image, diffusion, aldm, medical-imaging]",
+        "---",
+        f"# {title}",
+        "",
+        "An Adaptive Latent Diffusion Model (ALDM, Kim & Park, WACV 2024) trained with "
+        f"[mrtranslate](https://pypi.org/project/mrtranslate/) {__version__} (`mrtranslate train`).",
+        "",
+        f"- components: {', '.join(pipe.config.components)}"
+        + (f" (UNet: {weights} weights)" if weights else " (first stage only: reconstruction and MS-SPADE, no sampling)"),
+        f"- modalities: {', '.join(pipe.modalities)}",
+        f"- model space: {p['spacing_mm']} mm RAS grid {p['grid']}, intensities: percentiles "
+        f"{p['lower_percentile']} / {p['upper_percentile']} -> -1 / +1",
+        "",
+        "## Data",
+        *_data_lines(data),
+        "",
+        "## Training",
+        "| stage | steps | wall time | final losses |",
+        "| --- | --- | --- | --- |",
+    ]
+    for s in runs:
+        lines.append(f"| {s['stage']} | {s.get('step')} | {_duration(s.get('elapsed_s'))} | {_losses(s.get('metrics') or {})} |")
+    for s in stages:
+        if s.get("stage") == "model":
+            lines += ["", f"First stage taken from the model folder `{s.get('path')}`."]
+    lines += ["", "Commands, in order (each run folder records its own in `run.json`):", "", "```"]
+    for s in runs:
+        lines += [f"# {s['stage']} (run folder {s.get('run')})", *_command_lines(s)]
+    lines += ["```", "", "## Use", "", "```python"]
+    if weights:
+        lines += ["from mrtranslate import Translator", "",
+                  'out = Translator.from_pretrained("path/to/this/folder")("t1.nii.gz", source="t1").to("t2", "flair")']
+    else:
+        lines += ["from mrtranslate.pipeline import ALDMPipeline", "",
+                  'pipe = ALDMPipeline.from_pretrained("path/to/this/folder")  # encode, target_like, decode']
+    lines += ["```", "", "## Citation", "", "```bibtex", CITATION, "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,262 @@
+"""Training: data reader and preprocessing, configs, the three stages, exact resume, signals, CLI and export."""
+
+from __future__ import annotations
+
+import csv
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("nilearn")  # the phantom simulator needs the train extra
+
+from _tiny import TINY_VQ, save_tiny  # noqa: E402
+from _training_utils import (  # noqa: E402
+    PHANTOM_SPACING,
+    PREP,
+    autoencoder_config,
+    checkpoint_differences,
+    diffusion_config,
+    spade_config,
+    write_json,
+    write_subjects,
+)
+
+from mrtranslate.cli import main  # noqa: E402
+from mrtranslate.errors import InputImageError, OutputExistsError, UsageError  # noqa: E402
+from mrtranslate.layout import find_subjects  # noqa: E402
+from mrtranslate.models import UNetConfig, VQGANConfig  # noqa: E402
+from mrtranslate.pipeline import ALDMPipeline  # noqa: E402
+from mrtranslate.training import builders  # noqa: E402
+from mrtranslate.training.autoencoder import AutoencoderStage  # noqa: E402
+from mrtranslate.training.checkpoint import load_checkpoint  # noqa: E402
+from mrtranslate.training.config import AutoencoderConfig, DiffusionConfig, SpadeConfig, load_config  # noqa: E402
+from mrtranslate.training.data import (  # noqa: E402
+    load_images,
+    preprocess_subject,
+    sample_pairs,
+    sample_scans,
+    shard,
+    step_generator,
+)
+from mrtranslate.training.first_stage import load_first_stage  # noqa: E402
+from mrtranslate.training.phantom import write_dataset  # noqa: E402
+from mrtranslate.training.trainer import train  # noqa: E402
+from mrtranslate.volumes import Preprocessing, to_model_space  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from a second thread, and on a shared 2-core machine OpenMP threads that
+    wait for a busy core make every small op many times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---- data ------------------------------------------------------------------------------------------------
+def test_preprocessing_shares_the_t1_box_and_matches_inference_for_t1(tmp_path: Path) -> None:
+    subject = find_subjects(write_subjects(tmp_path, n=1))[0]
+    prep = Preprocessing.from_dict(PREP)
+    images, available = preprocess_subject(subject, prep)
+    assert images.shape == (4, 16, 16, 16) and available.all()
+    # the T1 goes through exactly what inference does with its own foreground box
+    t1_alone, _ = to_model_space(subject.files["t1"], prep)
+    assert torch.equal(images[0], t1_alone[0, 0])
+    # T2 reaches beyond the T1 box: training crops it to the T1 box, inference would not
+    t2_alone, _ = to_model_space(subject.files["t2"], prep)
+    assert not torch.equal(images[2], t2_alone[0, 0])
+    fg_t1 = (images[0] > -1).nonzero()
+    fg_t2 = (images[2] > -1).nonzero()
+    assert (fg_t2.min(0).values >= fg_t1.min(0).values).all() and (fg_t2.max(0).values <= fg_t1.max(0).values).all()
+    for m in range(4):  # percentile scaling to [-1, 1], not clipped
+        lo, hi = np.percentile(images[m].numpy(), [0.5, 99.5])
+        assert lo == pytest.approx(-1, abs=1e-5) and hi == pytest.approx(1, abs=1e-5)
+
+
+def test_brats2023_layout_missing_modalities_and_pair_sampling(tmp_path: Path) -> None:
+    write_subjects(tmp_path, n=2, layout="2023", missing={0: "t1", 1: "flair"})
+    subjects = find_subjects(tmp_path)
+    data = load_images(subjects, Preprocessing.from_dict(PREP), progress=False)
+    assert data.cases == ["BraTS-GLI-00000-000", "BraTS-GLI-00001-000"]
+    assert data.available.tolist() == [[False, True, True, True], [True, True, True, False]]
+    assert not data.images[0, 0].any()  # missing scans stay empty; the union box was used without a T1
+    g = step_generator(0, 0)
+    subj, src, tgt = sample_pairs(data.available, 300, g)
+    assert bool(data.available[subj, src].all() and data.available[subj, tgt].all()) and bool((src != tgt).all())
+    subj, mods = sample_scans(data.available, 300, g)
+    assert bool(data.available[subj, mods].all())
+    assert set(mods[subj == 1].tolist()) == {0, 1, 2}
+
+
+def test_data_at_another_spacing_is_a_clear_error(tmp_path: Path) -> None:
+    subject = find_subjects(write_subjects(tmp_path, n=1, spacing=5.0))[0]
+    with pytest.raises(InputImageError, match="resample"):
+        preprocess_subject(subject, Preprocessing.from_dict(PREP))
+
+
+def test_sampling_depends_only_on_seed_step_and_rank() -> None:
+    draw = lambda *key: torch.rand(4, generator=step_generator(*key))  # noqa: E731
+    assert torch.equal(draw(1, 7, 0), draw(1, 7, 0))
+    assert not torch.equal(draw(1, 7, 0), draw(1, 8, 0))
+    assert not torch.equal(draw(1, 7, 0), draw(1, 7, 1))
+    assert not torch.equal(draw(1, 7, 0), draw(2, 7, 0))
+    assert shard(list(range(5)), 1, 2) == [1, 3]
+
+
+# ---- configs ---------------------------------------------------------------------------------------------
+def test_defaults_are_the_published_values() -> None:
+    ae, sp, df = AutoencoderConfig(), SpadeConfig(), DiffusionConfig()
+    assert (ae.lr, ae.betas, ae.batch_size, ae.codebook_beta, ae.disc_weight) == (1e-5, (0.5, 0.9), 4, 0.25, 0.0)
+    assert ae.vqgan_config() == VQGANConfig() and ae.preprocessing["grid"] == [144, 192, 144]
+    assert sp.lr == 2e-5 and sp.cycle_weight == 0.0
+    assert (df.lr, df.ema_decay, df.unet_config()) == (1e-5, 0.9999, UNetConfig())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"learning_rate": 1e-4}, "unknown setting"),
+        ({"lr": "fast"}, "must be a number"),
+        ({"crop": [9, 8, 8]}, "multiples"),
+        ({"perceptual_weight": 1.0}, "perceptual_model"),
+        ({"model": {**TINY_VQ.to_dict(), "chanels": 3}}, "unknown key"),
+        ({"disc_weight": 0.5, "disc_layers": 3}, "PatchGAN"),
+    ],
+)
+def test_config_errors_name_the_setting(override: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        load_config("autoencoder", overrides=autoencoder_config(**override))
+
+
+# ---- the three stages, resumed exactly ---------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("phantoms")
+    write_dataset(root, n=2, seed=0, spacing=PHANTOM_SPACING, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def chain(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The three stages trained 4 steps each without interruption, through the CLI."""
+    base = tmp_path_factory.mktemp("chain")
+    perceptual = save_tiny(base / "perceptual-model")
+    configs = {
+        "autoencoder": autoencoder_config(disc_weight=0.5, disc_start=1, disc_layers=1, disc_channels=4,
+                                          perceptual_weight=0.1, perceptual_model=str(perceptual)),
+        "spade": spade_config(cycle_weight=0.5),
+        "diffusion": diffusion_config(),
+    }
+    runs = {stage: base / stage for stage in configs}
+    upstream = {"spade": runs["autoencoder"], "diffusion": runs["spade"]}
+    for stage, cfg in configs.items():
+        args = ["train", stage, "--data", str(phantoms), "--run", str(runs[stage]),
+                "--config", str(write_json(base / f"{stage}.json", cfg)), "--quiet"]
+        if stage in upstream:
+            args += ["--first-stage", str(upstream[stage])]
+        assert main(args) == 0
+    return runs
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv", newline="") as fh:
+        return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in csv.DictReader(fh)]
+
+
+def test_autoencoder_interrupted_by_sigint_resumes_exactly(chain: dict[str, Path], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "ae"
+    cfg = write_json(tmp_path / "ae.json", {**load_checkpoint(chain["autoencoder"] / "checkpoint")[1]["config"]})
+    original = AutoencoderStage.train_step
+
+    def interrupted(self, batch, step):
+        out = original(self, batch, step)
+        if step == 1:
+            signal.raise_signal(signal.SIGINT)  # as Ctrl-C during the second step
+        return out
+
+    monkeypatch.setattr(AutoencoderStage, "train_step", interrupted)
+    assert main(["train", "autoencoder", "--data", _data_of(chain), "--run", str(run), "--config", str(cfg), "--quiet"]) == 130
+    assert load_checkpoint(run / "checkpoint")[1]["step"] == 2
+    monkeypatch.setattr(AutoencoderStage, "train_step", original)
+    # a fresh start over a run with a checkpoint is refused
+    with pytest.raises(OutputExistsError):
+        train("autoencoder", run, _data_of(chain), cfg, progress=False)
+    assert main(["train", "autoencoder", "--run", str(run), "--resume", "--quiet"]) == 0  # data: the recorded folder
+    assert checkpoint_differences(chain["autoencoder"], run) == []
+    assert _rows(run) == _rows(chain["autoencoder"])
+    assert sorted(p.suffix for p in (run / "checkpoint").iterdir()) == [".json", ".safetensors"]  # no pickle
+
+
+def _data_of(chain: dict[str, Path]) -> str:
+    import json
+
+    return json.loads((chain["autoencoder"] / "run.json").read_text())["data"]["folder"]
+
+
+def test_spade_resumes_exactly_from_its_cached_latents(chain: dict[str, Path], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tmp_path / "spade"
+    result = train("spade", run, _data_of(chain), spade_config(cycle_weight=0.5), steps=2,
+                   first_stage=str(chain["autoencoder"]), progress=False)
+    assert (result.step, result.status) == (2, "finished")
+
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("the latents cache should have been used")
+
+    monkeypatch.setattr(builders, "encode_codes", no_encoding)
+    result = train("spade", run, None, resume=True, steps=4, progress=False)
+    assert (result.step, result.status) == (4, "finished")
+    assert checkpoint_differences(chain["spade"], run) == []
+    assert _rows(run) == _rows(chain["spade"])
+
+
+def test_diffusion_resumes_exactly(chain: dict[str, Path], tmp_path: Path) -> None:
+    run = tmp_path / "diffusion"
+    train("diffusion", run, _data_of(chain), diffusion_config(), steps=2, first_stage=str(chain["spade"]), progress=False)
+    train("diffusion", run, resume=True, steps=4, progress=False)
+    assert checkpoint_differences(chain["diffusion"], run) == []
+    tensors, scalars = load_checkpoint(run / "checkpoint")
+    assert scalars["ema_updates"] == 4
+    raw, ema = tensors["model/unet/out.2.weight"], tensors["ema/unet/out.2.weight"]
+    assert not torch.equal(raw, ema)  # the EMA lags the trained weights
+
+
+def test_max_minutes_stops_cleanly_after_one_step(phantoms: Path, tmp_path: Path) -> None:
+    result = train("autoencoder", tmp_path / "run", phantoms, autoencoder_config(), max_minutes=0, progress=False)
+    assert (result.step, result.status, result.exit_code) == (1, "time_limit", 0)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint")[1]["step"] == 1
+
+
+def test_stages_chain_only_from_first_stages(chain: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="autoencoder or spade"):
+        load_first_stage(chain["diffusion"])
+    assert main(["train", "spade", "--data", _data_of(chain), "--run", str(tmp_path / "x"), "--quiet"]) == 2
+    assert main(["train", "spade", "--run", str(tmp_path / "y"), "--resume", "--quiet"]) == 2
+
+
+def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path], tmp_path: Path) -> None:
+    assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "model"), "--default-steps", "3", "-q"]) == 0
+    pipe = ALDMPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.config.components == ("vqgan", "unet", "scheduler")
+    assert pipe.config.preprocessing["spacing_mm"] == [PHANTOM_SPACING] * 3
+    tensors, _ = load_checkpoint(chain["diffusion"] / "checkpoint")
+    assert torch.equal(pipe.unet.state_dict()["out.2.weight"], tensors["ema/unet/out.2.weight"])
+    assert torch.equal(pipe.vqgan.state_dict()["spade.block.0.conv_0.weight"],
+                       load_checkpoint(chain["spade"] / "checkpoint")[0]["model/vqgan/spade.block.0.conv_0.weight"])
+    card = (tmp_path / "model" / "README.md").read_text()
+    for stage in ("autoencoder", "spade", "diffusion"):
+        assert f"mrtranslate train {stage} --data" in card
+    assert "Phantom_0_00000" in card and "seed 0" in card and "| diffusion | 4 |" in card
+    out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], steps=2, progress=False)
+    assert out.shape == (1, 1, 20, 24, 20) and torch.isfinite(out).all()
+    # a first-stage run exports a first-stage-only folder, usable as the first stage of a later run
+    assert main(["export", str(chain["spade"]), "--out", str(tmp_path / "fs"), "-q"]) == 0
+    assert ALDMPipeline.from_pretrained(tmp_path / "fs").config.components == ("vqgan",)
+    a, b = load_first_stage(tmp_path / "fs").vqgan, load_first_stage(chain["spade"]).vqgan
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert main(["export", str(chain["spade"]), "--out", str(tmp_path / "fs"), "-q"]) == 2  # not empty
