@@ -78,7 +78,8 @@ _TOKEN_SPLIT = re.compile(r"[^a-z0-9-]+")
 def guess_from_filename(filename: str) -> str | None:
     """The modality a file name names unambiguously (e.g. ``sub-01_T1w.nii.gz``, ``BraTS_001_t2f``), else None.
 
-    Tokens are split on ``_``, ``.`` and path separators; BIDS ``ce-gadolinium`` entities mark T1ce.
+    Tokens are split on ``_``, ``.`` and path separators; BIDS ``ce-gadolinium`` entities mark T1ce; the last
+    part of a name of three or more hyphenated parts counts too (BraTS 2023: ``BraTS-GLI-00000-000-t1n``).
     """
     base = str(filename).replace("\\", "/").rsplit("/", 1)[-1].lower()
     for ext in (".nii.gz", ".nii", ".mgz", ".gz"):
@@ -87,5 +88,9 @@ def guess_from_filename(filename: str) -> str | None:
             break
     if re.search(r"(^|_)ce-[a-z0-9]+(_|$)", base) and re.search(r"(^|_)t1w($|_)", base):
         return "t1ce"
-    found = {_ALIASES[t] for t in _TOKEN_SPLIT.split(base) if t in _ALIASES}
+    tokens = _TOKEN_SPLIT.split(base)
+    # BraTS 2023 joins everything with hyphens (BraTS-GLI-00000-000-t1n): its last part names the scan.
+    # Two-part BIDS entities (acq-t2, ce-gd) are labels, not the scan's modality, and stay whole.
+    tokens += [t.rsplit("-", 1)[1] for t in tokens if t.count("-") >= 2]
+    found = {_ALIASES[t] for t in tokens if t in _ALIASES}
     return found.pop() if len(found) == 1 else None

@@ -293,14 +293,15 @@ class ALDMPipeline:
         steps: int = 200,
         eta: float = 1.0,
         x_T: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: bool = True,
     ) -> torch.Tensor:
         """DDIM for every target in one batched pass; returns the target latents ``[T, C, ...]``.
 
         ``z_q`` of batch 1 is broadcast over the targets. The UNet sees ``cat([x_t, z_src, spade(z_src)])``
         and the target class as its label. Noise (``x_T`` when not given, and the per-step noise when
-        ``eta > 0``) is drawn from ``generator`` so that a seed reproduces a run.
+        ``eta > 0``) is drawn from ``generator`` so that a seed reproduces a run; with one generator per
+        target, each target's result does not depend on which other targets share the batch.
         """
         if self.unet is None or self.scheduler is None:
             raise UsageError("this model folder has no diffusion UNet (first stage only): it cannot sample")
@@ -349,7 +350,7 @@ class ALDMPipeline:
         targets: torch.Tensor | Sequence[int],
         steps: int | None = None,
         eta: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: bool = True,
     ) -> torch.Tensor:
         """Source image ``[1, 1, D, H, W]`` -> one image per target ``[T, 1, D, H, W]``."""
@@ -365,7 +366,12 @@ class ALDMPipeline:
         return self.decode(lat)
 
 
-def _randn(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+def _randn(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:
+    """Standard normal noise; with a list of generators, sample ``i`` is drawn from generator ``i``."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise UsageError(f"got {len(generator)} generators for a batch of {shape[0]}")
+        return torch.cat([_randn((1, *shape[1:]), g) for g in generator])
     device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
 

@@ -171,8 +171,8 @@ def plan_memory(
     conv output, and the residual output where widths change) and, per slab row, about six activation
     rows of temporaries (normalised input with halo, conv output, its copy). The sampler holds the UNet's
     activations for the batch of targets. The slab is the largest whose temporaries stay within
-    ``slab_fraction`` of the persistent activations (large slabs run at full convolution speed; the
-    fraction bounds the extra memory) and whose peak fits ``budget``; smaller slabs are used when the
+    ``slab_fraction`` of the persistent activations or 256 MiB, whichever is more (large slabs run at
+    full convolution speed; the fraction bounds the extra memory) and whose peak fits ``budget``; smaller slabs are used when the
     budget is tight, and MemoryBudgetError is raised before anything is allocated when one row cannot fit.
     """
     d, h, w = (int(g) for g in grid)
@@ -187,13 +187,18 @@ def plan_memory(
     unet_bytes = n_targets * unet * bytes_per_value * 2
     persistent_bytes = persistent * bytes_per_value
     row_bytes = row_cost * bytes_per_value
-    preferred = max(1, min(d, int(slab_fraction * persistent_bytes / row_bytes) - 2))
+    # large slabs run at full convolution speed: allow at least ~256 MiB of temporaries
+    preferred = max(1, min(d, max(int(slab_fraction * persistent_bytes / row_bytes), (256 << 20) // row_bytes) - 2))
     fits = (budget - persistent_bytes) // row_bytes - 2
     if fits >= 1 and unet_bytes <= budget:
         slab = int(min(preferred, fits))
         return MemoryPlan(slab, persistent_bytes, (slab + 2) * row_bytes, unet_bytes)
     need = MemoryPlan(1, persistent_bytes, 3 * row_bytes, unet_bytes).peak_bytes
     raise MemoryBudgetError(
-        f"translating a {d}x{h}x{w} grid needs about {need / 2**30:.1f} GiB but only {budget / 2**30:.1f} GiB "
-        f"is available: free memory, raise --max-memory, or translate fewer targets at once"
+        f"translating a {d}x{h}x{w} grid needs about {_size(need)} but only {_size(budget)} is available: "
+        "free memory, raise --max-memory, or translate fewer targets at once"
     )
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"

@@ -217,7 +217,9 @@ class Translator:
         ids = [self.modalities.index(t) for t in targets]
         pipe.plan(self._tensor.shape[2:], len(ids))  # refuses before allocating when it cannot fit
         seed = self.seed if seed is None else seed
-        gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        # one generator per target, seeded by (seed, target): a target's output does not depend on which
+        # other targets are translated with it (a resumed batch reproduces a full run)
+        gen = [torch.Generator().manual_seed(int(seed) * 1009 + i) for i in ids] if seed is not None else None
         z = pipe.encode(self._tensor)
         return pipe.sample(
             z,

@@ -13,7 +13,8 @@ SHARED = ROOT.parent / "shared"
 REFERENCE = SHARED / "reference" / "aldm-tiny"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# CI runs alone on 2 cores; on a shared machine MRTRANSLATE_TEST_THREADS=1 avoids oversubscription.
+torch.set_num_threads(int(os.environ.get("MRTRANSLATE_TEST_THREADS", min(2, torch.get_num_threads()))))
 
 
 def require_reference(path: Path = REFERENCE) -> Path:
