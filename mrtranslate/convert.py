@@ -19,7 +19,7 @@ import torch
 
 from .errors import ModelFormatError, UnsafeCheckpointError, UsageError
 from .models import VQGAN, UNet, UNetConfig, VQGANConfig
-from .pipeline import ALDMPipeline
+from .pipeline import ALDMPipeline, load_state_strict
 from .pipeline_config import PipelineConfig
 from .schedulers import DDIMScheduler, SchedulerConfig
 
@@ -163,23 +163,6 @@ def infer_unet_config(state: dict[str, torch.Tensor], num_head_channels: int = 3
     return cfg
 
 
-def _strict_load(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        msg = []
-        if missing:
-            msg.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            msg.append(f"unknown {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
-        raise ModelFormatError(f"{what}: keys do not match the ALDM layout ({'; '.join(msg)})")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise ModelFormatError(f"{what}: {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
-    module.load_state_dict({k: v.float() for k, v in state.items()})
-
-
 def _split_ldm(state: dict[str, torch.Tensor]) -> tuple[dict, dict, dict, dict]:
     raw, ema, first, other = {}, {}, {}, {}
     for k, v in state.items():
@@ -269,7 +252,7 @@ def convert_checkpoints(
             raise ModelFormatError("the LDM checkpoint holds no first_stage_model.* tensors: pass --vqgan too")
     vq_cfg = infer_vqgan_config(vq_state, num_groups=hints.get("vq_num_groups", 32))
     vq = VQGAN(vq_cfg)
-    _strict_load(vq, vq_state, "VQ-GAN checkpoint")
+    load_state_strict(vq, vq_state, "VQ-GAN checkpoint")
     if ldm_parts is not None and vqgan is not None and ldm_parts[2]:
         first = {k: v for k, v in ldm_parts[2].items() if not k.startswith("loss.")}
         same = set(first) == set(vq_state) and all(torch.equal(first[k].float(), vq_state[k].float()) for k in first)
@@ -290,7 +273,7 @@ def convert_checkpoints(
     state = raw if weights == "raw" else _ema_state(unet, ema) if ema else None
     if state is None:
         raise ModelFormatError("the LDM checkpoint has no EMA weights (model_ema.*): convert with --weights raw")
-    _strict_load(unet, state, f"LDM checkpoint ({weights} weights)")
+    load_state_strict(unet, state, f"LDM checkpoint ({weights} weights)")
     sched = DDIMScheduler(_scheduler_config(other, hints))
     pcfg.components = ("vqgan", "unet", "scheduler")
     if unet_cfg.num_classes != vq_cfg.num_classes:

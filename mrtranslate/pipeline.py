@@ -47,30 +47,33 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _load_weights(module: nn.Module, path: Path) -> None:
-    """Load a safetensors file into ``module``; missing, unexpected or mis-shaped tensors are errors."""
-    if not path.is_file():
-        raise ModelFormatError(f"model folder is missing {path}: re-download or re-export the model")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFormatError(f"{path} is not a readable safetensors file ({exc}): re-download it") from None
+def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load ``state`` into ``module`` in float32; missing, unexpected or mis-shaped tensors are errors naming them."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {', '.join(missing[:3])})")
+            parts.append(f"missing {len(missing)} tensors ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
         if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {', '.join(unexpected[:3])})")
-        raise ModelFormatError(f"{path} does not match its config.json: {'; '.join(parts)}")
+            parts.append(f"unknown {len(unexpected)} tensors ({', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''})")
+        raise ModelFormatError(f"{origin}: tensors do not match the model's configuration: {'; '.join(parts)}")
     for k, v in state.items():
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise ModelFormatError(
-                f"{path}: tensor {k} has shape {tuple(v.shape)}, config.json implies {tuple(expected[k].shape)}"
-            )
-    module.load_state_dict(state, strict=True)
+            raise ModelFormatError(f"{origin}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
+    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+
+
+def _load_weights(module: nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``module`` (see ``load_state_strict``)."""
+    if not path.is_file():
+        raise ModelFormatError(f"model folder is missing {path}: re-download or re-export the model")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFormatError(f"{path} is not a readable safetensors file ({exc}): re-download it") from None
+    load_state_strict(module, state, f"{path} (with its config.json)")
 
 
 def _save_weights(module: nn.Module, path: Path) -> None:
