@@ -260,3 +260,21 @@ def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path]
     a, b = load_first_stage(tmp_path / "fs").vqgan, load_first_stage(chain["spade"]).vqgan
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert main(["export", str(chain["spade"]), "--out", str(tmp_path / "fs"), "-q"]) == 2  # not empty
+
+
+def test_dead_code_restart_moves_unused_codes_and_resumes_exactly(phantoms: Path, tmp_path: Path) -> None:
+    """With codebook_restart_every, codes no sample chose are moved onto encoder outputs; resume stays exact."""
+    cfg = autoencoder_config(codebook_restart_every=2, steps=4)
+    straight, split, plain = tmp_path / "straight", tmp_path / "split", tmp_path / "plain"
+    train("autoencoder", straight, phantoms, cfg, progress=False)
+    train("autoencoder", split, phantoms, cfg, steps=3, progress=False)
+    train("autoencoder", split, resume=True, steps=4, progress=False)
+    assert checkpoint_differences(straight, split) == []
+    with (straight / "metrics.csv").open() as fh:
+        restarted = [float(r["codes_restarted"]) for r in csv.DictReader(fh)]
+    assert restarted[0] == 0 and restarted[1] > 0  # usage is checked after steps 2 and 4 only
+    # the same run without restarts is identical up to step 2; there the dead codes were moved
+    train("autoencoder", plain, phantoms, autoencoder_config(steps=4), progress=False)
+    key = "model/vqgan/quantize.embedding.weight"
+    a, b = load_checkpoint(straight / "checkpoint")[0][key], load_checkpoint(plain / "checkpoint")[0][key]
+    assert int((a != b).any(1).sum()) >= restarted[1]

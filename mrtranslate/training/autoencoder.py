@@ -38,11 +38,20 @@ class _Autoencode(nn.Module):
         super().__init__()
         self.vqgan = vqgan
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         z_e = self.vqgan.encode_continuous(x)
-        z_q = self.vqgan.quantize.lookup(self.vqgan.quantize.codes(z_e))  # float32, gradient to the codebook
+        codes = self.vqgan.quantize.codes(z_e)
+        z_q = self.vqgan.quantize.lookup(codes)  # float32, gradient to the codebook
         z_st = z_e + (z_q.to(z_e.dtype) - z_e).detach()
-        return self.vqgan.decode(z_st), z_e, z_q
+        return self.vqgan.decode(z_st), z_e, z_q, codes
+
+
+class CodeUsage(nn.Module):
+    """How often each code was chosen since the last restart (a buffer, so checkpoints keep it)."""
+
+    def __init__(self, n_embed: int):
+        super().__init__()
+        self.register_buffer("counts", torch.zeros(n_embed))
 
 
 class AutoencoderStage(Stage):
@@ -72,6 +81,11 @@ class AutoencoderStage(Stage):
             self.nets["discriminator"] = self.disc
             self.disc_pair = ctx.wrap(RealFake(self.disc))
             self.optimizers["discriminator"] = self.adam(list(self.disc.parameters()))
+        self.usage: CodeUsage | None = None
+        if cfg.codebook_restart_every > 0:
+            self.usage = self.place(CodeUsage(self.vqgan.config.n_embed))
+            self.nets["codebook_usage"] = self.usage
+            self.metric_names = [*self.metric_names, "codes_restarted"]
         self.features: EncoderFeatures | None = None
         if cfg.perceptual_weight > 0 and cfg.perceptual_model:
             from ..pipeline import ALDMPipeline
@@ -91,7 +105,7 @@ class AutoencoderStage(Stage):
         x = self.tensor(batch["x"])
         self.vqgan.train()
         with self.autocast():
-            rec, z_e, z_q = self.net(x)
+            rec, z_e, z_q, codes = self.net(x)
         rec_loss = (x.float() - rec.float()).abs().mean()
         nll = rec_loss
         zero = torch.zeros((), device=self.device)
@@ -120,7 +134,32 @@ class AutoencoderStage(Stage):
         self.finish_step()
         out = {"loss": loss, "rec": rec_loss, "codebook": cb, "perceptual": p_loss, "g_adv": g_adv}
         out.update({"d_weight": d_weight, "d_loss": d_loss})
+        if self.usage is not None:
+            out["codes_restarted"] = self._restart_dead_codes(codes, z_e, step)
         return {k: v.detach().float() for k, v in out.items()}
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, codes: torch.Tensor, z_e: torch.Tensor, step: int) -> torch.Tensor:
+        """Count code usage; every ``codebook_restart_every`` steps move the unused codes onto random encoder
+        outputs of this batch (averaged over processes, so every process gets the same codebook)."""
+        usage = self.usage.counts
+        usage += torch.bincount(codes.reshape(-1), minlength=usage.numel()).to(usage)
+        if (step + 1) % self.cfg.codebook_restart_every:
+            return torch.zeros((), device=self.device)
+        dead = self.ctx.mean(usage) == 0
+        n_dead = int(dead.sum())
+        if n_dead:
+            flat = z_e.detach().float().movedim(1, -1).reshape(-1, z_e.shape[1])
+            g = step_generator(self.cfg.seed, step, 0, stream=1)  # the same draw on every process
+            idx = torch.randint(0, flat.shape[0], (n_dead,), generator=g).to(flat.device)
+            weight = self.vqgan.quantize.embedding.weight
+            weight[dead] = self.ctx.mean(flat[idx]).to(weight.dtype)
+            state = self.optimizers["vqgan"].state.get(weight, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][dead] = 0
+        usage.zero_()
+        return torch.tensor(float(n_dead), device=self.device)
 
     def _gan_weight(self, nll: torch.Tensor, g_adv: torch.Tensor) -> torch.Tensor:
         last = self.vqgan.decoder.conv_out.weight

@@ -94,6 +94,9 @@ class AutoencoderConfig(TrainConfig):
     crop: list[int] | None = dataclasses.field(default_factory=lambda: [96, 96, 96])  # the authors' advice
     codebook_beta: float = 0.25
     codebook_weight: float = 1.0
+    # Not in the published code (0 = off): every N steps, codes no sample used since the last restart are
+    # moved onto random encoder outputs of the current batch (dead-code restart against codebook collapse).
+    codebook_restart_every: int = 0
     # PatchGAN hinge loss. Published weight 0 (off); start step and depth: taming-transformers' usual values.
     disc_weight: float = 0.0
     disc_start: int = 50_001
@@ -119,6 +122,7 @@ class AutoencoderConfig(TrainConfig):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")
         _positive_int(origin, "disc_start", self.disc_start, minimum=0)
+        _positive_int(origin, "codebook_restart_every", self.codebook_restart_every, minimum=0)
         _positive_int(origin, "disc_layers", self.disc_layers)
         _positive_int(origin, "disc_channels", self.disc_channels)
         side = min(self.crop or self.preprocessing["grid"])
