@@ -7,6 +7,7 @@ folder (``model_index.json`` + one subfolder per component, safetensors and JSON
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -209,6 +210,8 @@ class ALDMPipeline:
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> ALDMPipeline:
         for m in self.modules():
             m.to(device=device, dtype=dtype)
+        if device is not None:  # the memory planner and autocast follow the weights
+            self.runtime = dataclasses.replace(self.runtime, device=torch.device(device))
         return self
 
     def configure(self, runtime: Runtime) -> ALDMPipeline:
