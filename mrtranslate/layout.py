@@ -74,23 +74,36 @@ def file_role(filename: str) -> str | None:
     return None
 
 
+def _is_layout_name(case: str, path: Path) -> bool:
+    """``<case>_<modality>`` or ``<case>-<modality>``: the exact name of the BraTS layouts (one token after the case)."""
+    stem = _stem(path.name) or ""
+    rest = stem[len(case):] if stem.startswith(case.lower()) else ""
+    return len(rest) > 1 and rest[0] in "_-" and not re.search(r"[_-]", rest[1:])
+
+
 def _subject_from_files(case: str, folder: Path) -> Subject | None:
     subject = Subject(case=case)
+    found: dict[str, list[Path]] = {}
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         role = file_role(path.name)
-        if role is None:
-            continue
-        previous = subject.seg if role == "seg" else subject.files.get(role)
-        if previous is not None:
-            what = "label maps" if role == "seg" else f"{role} images"
-            raise DatasetLayoutError(
-                f"subject {case!r} has two {what}: {previous.name} and {path.name} in {folder}; "
-                "keep one (move or rename the other)"
-            )
+        if role is not None:
+            found.setdefault(role, []).append(path)
+    for role, paths in found.items():
+        if len(paths) > 1:
+            # e.g. <case>_flair.nii.gz beside a derived <case>_t1_flair.nii.gz (a translation written next to
+            # its input): the exact layout name wins; otherwise the choice is the user's
+            exact = [p for p in paths if _is_layout_name(case, p)]
+            if len(exact) != 1:
+                what = "label maps" if role == "seg" else f"{role} images"
+                raise DatasetLayoutError(
+                    f"subject {case!r} has two {what}: {paths[0].name} and {paths[1].name} in {folder}; "
+                    "keep one (move or rename the other)"
+                )
+            paths = exact
         if role == "seg":
-            subject.seg = path
+            subject.seg = paths[0]
         else:
-            subject.files[role] = path
+            subject.files[role] = paths[0]
     if not subject.files:
         return None
     subject.files = {m: subject.files[m] for m in MODALITIES if m in subject.files}

@@ -142,3 +142,10 @@ def test_two_label_maps_are_ambiguous(tmp_path: Path) -> None:
     touch(tmp_path, "c/c_t1.nii.gz", "c/c_seg.nii.gz", "c/c-seg.nii")
     with pytest.raises(DatasetLayoutError, match="two label maps"):
         find_subjects(tmp_path)
+
+
+def test_translations_written_beside_their_inputs_do_not_confuse_the_reader(tmp_path: Path) -> None:
+    """`mrtranslate c_t1.nii.gz --to flair` writes c_t1_flair.nii.gz next to c_flair.nii.gz: the layout name wins."""
+    touch(tmp_path, "c/c_t1.nii.gz", "c/c_flair.nii.gz", "c/c_t1_flair.nii.gz")
+    (subject,) = find_subjects(tmp_path)
+    assert subject.files == {"t1": tmp_path / "c" / "c_t1.nii.gz", "flair": tmp_path / "c" / "c_flair.nii.gz"}
