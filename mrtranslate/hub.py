@@ -16,7 +16,6 @@ repository's pickles, other files, and names that try to leave the folder are ne
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import re
 from collections.abc import Iterator
@@ -47,8 +46,6 @@ COMPONENT_FILES: dict[str, tuple[str, ...]] = {
 MODEL_FILES: tuple[str, ...] = (INDEX_NAME, CARD_NAME) + tuple(
     f"{component}/{name}" for component, names in COMPONENT_FILES.items() for name in names
 )
-#: JSON files in a model folder are a few kB; anything far larger is not ours and is not read into memory.
-MAX_JSON_BYTES = 16 << 20
 
 _SIMPLE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,95}")
 _REPO_ID = re.compile(r"([A-Za-z0-9][\w.-]{0,95})/([A-Za-z0-9][\w.-]{0,95})")
@@ -73,21 +70,6 @@ class ResolvedModel:
 def is_simple_name(name: object) -> bool:
     """True for a plain file or folder name: no separators, no '..', not absolute, not hidden."""
     return isinstance(name, str) and _SIMPLE_NAME.fullmatch(name) is not None and ".." not in name
-
-
-def _read_json(path: Path, origin: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelFormatError(f"{origin} is missing: the model folder is incomplete (re-download or re-export it)")
-    size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise ModelFormatError(f"{origin} is {size} bytes, far larger than a config: the model folder is corrupted")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{origin} is not valid JSON ({exc}): the model folder is corrupted") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{origin} must hold a JSON object, not {type(data).__name__}")
-    return data
 
 
 def _check_safetensors(path: Path, origin: str) -> None:
@@ -117,10 +99,12 @@ def validate_model_folder(path: Path) -> None:
     ``config.json`` is a JSON object; every ``model.safetensors`` has a valid header and at least one tensor.
     Raises ModelNotFoundError (no such folder) or ModelFormatError.
     """
+    from .pipeline import read_model_json  # torch: imported only when a folder is checked
+
     path = Path(path)
     if not path.is_dir():
         raise ModelNotFoundError(f"{path} is not a model folder (no such directory)")
-    index = _read_json(path / INDEX_NAME, str(path / INDEX_NAME))
+    index = read_model_json(path / INDEX_NAME, str(path / INDEX_NAME))
     components = index.get("components")
     if isinstance(components, list):
         for name in components:
@@ -137,7 +121,7 @@ def validate_model_folder(path: Path) -> None:
         for name in COMPONENT_FILES[component]:
             file = path / component / name
             if name.endswith(".json"):
-                _read_json(file, str(file))
+                read_model_json(file, str(file))
             else:
                 _check_safetensors(file, str(file))
 

@@ -35,13 +35,25 @@ CONFIG_NAME = "config.json"
 INDEX_NAME = "model_index.json"
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+#: JSON files in a model folder are a few kB; anything far larger is not ours and is not read into memory.
+MAX_JSON_BYTES = 16 << 20
+
+
+def read_model_json(path: Path, origin: str | None = None) -> dict[str, Any]:
+    """A model folder's JSON object; missing, oversized, unparsable or non-object files are ModelFormatError."""
+    origin = origin or str(path)
     if not path.is_file():
-        raise ModelFormatError(f"model folder is missing {path.name} at {path}: re-download or re-export the model")
+        raise ModelFormatError(f"{origin} is missing: the model folder is incomplete (re-download or re-export it)")
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ModelFormatError(f"{origin} is {size} bytes, far larger than a config: the model folder is corrupted")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{path} is not valid JSON ({exc}): re-download or re-export the model") from None
+        raise ModelFormatError(f"{origin} is not valid JSON ({exc}): the model folder is corrupted") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{origin} must hold a JSON object, not {type(data).__name__}")
+    return data
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -83,7 +95,7 @@ def _save_weights(module: nn.Module, path: Path) -> None:
 
 
 def _load_config(cls: type[ModelConfig], path: Path) -> Any:
-    return cls.from_dict(_read_json(path), origin=str(path))
+    return cls.from_dict(read_model_json(path), origin=str(path))
 
 
 class ALDMPipeline:

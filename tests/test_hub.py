@@ -155,9 +155,13 @@ def test_unreadable_json(content: str, tmp_path: Path) -> None:
 
 def test_oversized_json_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = make_model_folder(tmp_path / "m")
-    monkeypatch.setattr(hub, "MAX_JSON_BYTES", 64)
+    import mrtranslate.pipeline
+
+    monkeypatch.setattr(mrtranslate.pipeline, "MAX_JSON_BYTES", 64)  # the one reader of model-folder JSON
     with pytest.raises(ModelFormatError, match="far larger than a config"):
         validate_model_folder(folder)
+    with pytest.raises(ModelFormatError, match="far larger than a config"):
+        mrtranslate.pipeline.ALDMPipeline.from_pretrained(folder)
 
 
 def test_newer_format_version(tmp_path: Path) -> None:
