@@ -61,8 +61,15 @@ def count_flops(size: tuple[int, int, int]) -> dict[str, float]:
     return {"unet_step_gflop": unet_flops / 1e9, "decode_gflop": dec_flops / 1e9, "encode_gflop": enc_flops / 1e9}
 
 
-def worker(variant: str, size: tuple[int, int, int], n_targets: int, steps: int, device_name: str) -> dict:
-    """One measured run in this process."""
+def worker(
+    variant: str, size: tuple[int, int, int], n_targets: int, steps: int, device_name: str,
+    warmup: bool = False, save: Path | None = None, repeats: int = 1,
+) -> list[dict]:
+    """``repeats`` measured runs in this process (after an untimed 2-step run at the same size when ``warmup``).
+
+    Every target draws its noise from its own generator (seed 1000 + target), so that both variants sample
+    the same noise and their outputs can be compared; ``save`` writes them (float32 .npy) for that.
+    """
     from mrtranslate.pipeline import ALDMPipeline
     from mrtranslate.runtime import Runtime
 
@@ -88,52 +95,79 @@ def worker(variant: str, size: tuple[int, int, int], n_targets: int, steps: int,
         return out
 
     unet.forward = timed_forward  # type: ignore[method-assign]
-    decode_time = 0.0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    _sync(device)
-    t_start = time.perf_counter()
-    gen = torch.Generator().manual_seed(0)
-    if variant == "optimised":
-        z = pipe.encode(x)
-        lat = pipe.sample(z, targets, steps=steps, eta=1.0, generator=gen, progress=False)
-        for i in range(len(targets)):
-            _sync(device)
-            t0 = time.perf_counter()
-            pipe.decode(lat[i : i + 1]).cpu()
-            _sync(device)
-            decode_time += time.perf_counter() - t0
-    else:
-        for t in targets:
+
+    def gens(ts: list[int]) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(1000 + t) for t in ts]
+
+    def run(n_steps: int) -> tuple[float, list[torch.Tensor]]:
+        decode_time, outputs = 0.0, []
+        if variant == "optimised":
             z = pipe.encode(x)
-            lat = pipe.sample(z, [t], steps=steps, eta=1.0, generator=gen, progress=False)
-            _sync(device)
-            t0 = time.perf_counter()
-            pipe.decode(lat).cpu()
-            _sync(device)
-            decode_time += time.perf_counter() - t0
-    _sync(device)
-    wall = time.perf_counter() - t_start
+            lat = pipe.sample(z, targets, steps=n_steps, eta=1.0, generator=gens(targets), progress=False)
+            del z
+            for i in range(len(targets)):
+                _sync(device)
+                t0 = time.perf_counter()
+                outputs.append(pipe.decode(lat[i : i + 1]).cpu())
+                _sync(device)
+                decode_time += time.perf_counter() - t0
+        else:
+            for t in targets:
+                z = pipe.encode(x)
+                lat = pipe.sample(z, [t], steps=n_steps, eta=1.0, generator=gens([t]), progress=False)
+                _sync(device)
+                t0 = time.perf_counter()
+                outputs.append(pipe.decode(lat).cpu())
+                _sync(device)
+                decode_time += time.perf_counter() - t0
+        return decode_time, outputs
+
+    cold = None
     n_steps = len(pipe.scheduler.timesteps(steps))
     unet_calls = n_steps * (1 if variant == "optimised" else n_targets)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated()
-        peak_kind = "max_memory_allocated"
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        peak_kind = "peak RSS"
-    return {
-        "variant": variant,
-        "size": list(size),
-        "targets": n_targets,
-        "steps": steps,
-        "wall_s": wall,
-        "unet_s_per_step": unet_time[0] / unet_calls,
-        "unet_s_per_step_per_target": unet_time[0] / (n_steps * n_targets),
-        "decode_s_per_target": decode_time / n_targets,
-        "peak_bytes": peak,
-        "peak_kind": peak_kind,
-    }
+    results = []
+    with torch.inference_mode():
+        if warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+            run(2)
+            _sync(device)
+            cold = time.perf_counter() - t0
+        for rep in range(repeats):
+            unet_time[0] = 0.0
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            _sync(device)
+            t_start = time.perf_counter()
+            decode_time, outputs = run(steps)
+            _sync(device)
+            wall = time.perf_counter() - t_start
+            if save is not None and rep == 0:
+                import numpy as np
+
+                np.save(save, torch.cat(outputs).float().numpy())
+            del outputs
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated()
+                peak_kind = "max_memory_allocated"
+            else:
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                peak_kind = "peak RSS of the process"
+            results.append({
+                "variant": variant,
+                "size": list(size),
+                "targets": n_targets,
+                "steps": steps,
+                "wall_s": wall,
+                "unet_s_per_step": unet_time[0] / unet_calls,
+                "unet_s_per_step_per_target": unet_time[0] / (n_steps * n_targets),
+                "decode_s_per_target": decode_time / n_targets,
+                "peak_bytes": peak,
+                "peak_kind": peak_kind,
+                "warmup_2_steps_s": cold,
+                "precision": str(pipe.runtime.dtype).replace("torch.", ""),
+            })
+    return results
 
 
 def machine() -> str:
@@ -154,7 +188,7 @@ def _fmt_size(s: list[int]) -> str:
     return "x".join(map(str, s))
 
 
-def markdown(results: list[dict], flops: dict[str, dict], header: str) -> str:
+def markdown(results: list[dict], flops: dict[str, dict], header: str, agreement: dict[str, dict] | None = None) -> str:
     lines = [f"## {header}", "",
              "| size | variant | wall s | UNet s/step (per target) | decode s/target | peak GB | UNet GFLOP/s | decode GFLOP/s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -168,8 +202,8 @@ def markdown(results: list[dict], flops: dict[str, dict], header: str) -> str:
             if r is None:
                 continue
             lines.append(
-                f"| {size} | {name} | {r['wall_s']:.1f} | {r['unet_s_per_step_per_target']:.2f} | "
-                f"{r['decode_s_per_target']:.1f} | {r['peak_bytes'] / 2**30:.2f} | "
+                f"| {size} | {name} | {r['wall_s']:.3g} | {r['unet_s_per_step_per_target']:.3g} | "
+                f"{r['decode_s_per_target']:.3g} | {r['peak_bytes'] / 2**30:.2f} | "
                 f"{f['unet_step_gflop'] / r['unet_s_per_step_per_target']:.0f} | {f['decode_gflop'] / r['decode_s_per_target']:.0f} |"
             )
         if "naive" in variants and "optimised" in variants:
@@ -177,12 +211,30 @@ def markdown(results: list[dict], flops: dict[str, dict], header: str) -> str:
             lines.append(f"| {size} | **optimised / naive** | **{o['wall_s'] / n['wall_s']:.2f}** | | | "
                          f"**{o['peak_bytes'] / n['peak_bytes']:.2f}** | | |")
     lines.append("")
+    for size, a in (agreement or {}).items():
+        lines.append(f"Outputs at {size}, optimised vs naive (same weights and noise): relative L2 {a['rel_l2']:.2e}, "
+                     f"max |difference| / max |naive| {a['max_abs_over_range']:.2e}.")
+    lines.append("")
     lines.append("FLOPs per UNet step (batch 1) / decode / encode: " + "; ".join(
         f"{s}: {f['unet_step_gflop']:.0f} / {f['decode_gflop']:.0f} / {f['encode_gflop']:.0f} GFLOP" for s, f in flops.items()))
     return "\n".join(lines) + "\n"
 
 
+def compare_outputs(a_path: Path, b_path: Path) -> dict[str, float]:
+    """How far the optimised outputs are from the naive ones (same weights, same noise)."""
+    import numpy as np
+
+    a, b = np.load(a_path).astype(np.float64), np.load(b_path).astype(np.float64)
+    diff = b - a
+    return {
+        "rel_l2": float(np.linalg.norm(diff) / max(np.linalg.norm(a), 1e-30)),
+        "max_abs_over_range": float(np.abs(diff).max() / max(np.abs(a).max(), 1e-30)),
+    }
+
+
 def main() -> None:
+    import tempfile
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=["96x128x96", "144x192x144"])
     ap.add_argument("--targets", type=int, default=3)
@@ -190,31 +242,57 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=["naive", "optimised"], choices=["naive", "optimised"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
+                    help="an untimed 2-step run in each process first (default: on CUDA only)")
+    ap.add_argument("--worker-timeout", type=float, default=None, help="seconds before a run is given up")
     ap.add_argument("--markdown", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--json", type=Path, default=None, help="default: next to the Markdown file")
     ap.add_argument("--worker", nargs=4, metavar=("VARIANT", "SIZE", "TARGETS", "STEPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--save", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    warmup = args.device.startswith("cuda") if args.warmup is None else args.warmup
     if args.worker:
         v, size, nt, st = args.worker
-        res = worker(v, tuple(int(s) for s in size.split("x")), int(nt), int(st), args.device)
-        print("RESULT " + json.dumps(res), flush=True)
+        for res in worker(v, tuple(int(s) for s in size.split("x")), int(nt), int(st), args.device, warmup, args.save,
+                          args.repeats):
+            print("RESULT " + json.dumps(res), flush=True)
         return
-    results, flops = [], {}
+    results, flops, agreement = [], {}, {}
+    tmp = Path(tempfile.mkdtemp(prefix="mrtranslate-bench-"))
     for size in args.sizes:
         flops[size] = count_flops(tuple(int(s) for s in size.split("x")))
         for variant in args.variants:
-            runs = []
-            for rep in range(args.repeats):
-                cmd = [sys.executable, __file__, "--device", args.device, "--worker", variant, size, str(args.targets), str(args.steps)]
-                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-                runs.append(json.loads(next(ln for ln in out.splitlines() if ln.startswith("RESULT "))[7:]))
-                print(f"{size} {variant} run {rep + 1}: {runs[-1]['wall_s']:.1f} s, peak {runs[-1]['peak_bytes'] / 2**30:.2f} GB", flush=True)
-            med = {k: statistics.median(r[k] for r in runs) if isinstance(runs[0][k], (int, float)) else runs[0][k] for k in runs[0]}
+            save = tmp / f"{size}-{variant}.npy"
+            cmd = [sys.executable, __file__, "--device", args.device, "--worker", variant, size, str(args.targets),
+                   str(args.steps), "--repeats", str(args.repeats), "--save", str(save),
+                   "--warmup" if warmup else "--no-warmup"]
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.worker_timeout)
+                stdout, failed = proc.stdout, proc.returncode != 0
+                if failed:
+                    print(f"{size} {variant} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
+            except subprocess.TimeoutExpired as exc:
+                out = exc.stdout or ""
+                stdout = out.decode() if isinstance(out, bytes) else out
+                print(f"{size} {variant}: gave up after {args.worker_timeout} s", flush=True)
+            runs = [json.loads(ln[7:]) for ln in stdout.splitlines() if ln.startswith("RESULT ")]
+            for rep, r in enumerate(runs):
+                print(f"{size} {variant} run {rep + 1}: {r['wall_s']:.2f} s, peak {r['peak_bytes'] / 2**30:.2f} GB", flush=True)
+            if not runs:
+                continue
+            med = {k: statistics.median(r[k] for r in runs) if isinstance(runs[0][k], (int, float)) else runs[0][k]
+                   for k in runs[0]}
             med["repeats"] = len(runs)
+            med["wall_s_all"] = [r["wall_s"] for r in runs]
             results.append(med)
+        a, b = tmp / f"{size}-naive.npy", tmp / f"{size}-optimised.npy"
+        if a.exists() and b.exists():
+            agreement[size] = compare_outputs(a, b)
+            print(f"{size} optimised vs naive outputs: {agreement[size]}", flush=True)
     date = _dt.date.today().isoformat()
-    header = f"{machine()} ({args.device}), {args.targets} targets, {args.steps} DDIM steps, median of {args.repeats}, {date}"
-    md = markdown(results, flops, header)
+    header = (f"{machine()} ({args.device}), {args.targets} targets, {args.steps} DDIM steps, median of {args.repeats}"
+              f"{', after a 2-step warm-up run in each process' if warmup else ''}, {date}")
+    md = markdown(results, flops, header, agreement)
     print(md)
     path = args.markdown
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +300,8 @@ def main() -> None:
     path.write_text(existing.rstrip("\n") + "\n\n" + md)
     json_path = args.json or path.with_suffix(".json")
     prev = json.loads(json_path.read_text()) if json_path.exists() else []
-    prev.append({"machine": machine(), "device": args.device, "date": date, "results": results, "flops": flops})
+    prev.append({"machine": machine(), "device": args.device, "date": date, "results": results, "flops": flops,
+                 "agreement": agreement, "argv": sys.argv[1:]})
     json_path.write_text(json.dumps(prev, indent=2) + "\n")
 
 

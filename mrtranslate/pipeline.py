@@ -230,6 +230,9 @@ class ALDMPipeline:
         """Adopt ``runtime``: move the weights (float32; low precision runs through CUDA autocast), set the
         memory layout, and use slab-wise VQ-GAN execution when it asks for it."""
         self.runtime = runtime
+        if runtime.device.type == "cuda":
+            # one volume's shapes repeat for every DDIM step: let cuDNN time its algorithms once and keep the best
+            torch.backends.cudnn.benchmark = True
         for m in self.modules():
             m.to(device=runtime.device, dtype=torch.float32)
             m.to(memory_format=runtime.memory_format)

@@ -193,8 +193,10 @@ class VectorQuantizer(nn.Module):
         """Indices ``[B, *spatial]`` of the nearest codebook vectors of ``z`` ``[B, C, *spatial]``."""
         flat = z.movedim(1, -1).reshape(-1, z.shape[1]).float()
         e = self.embedding.weight.float()
-        # ||z||^2 + ||e||^2 - 2 z.e, the expansion the published quantizer uses (same argmin near ties)
-        d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2.0 * flat @ e.t()
+        # ||z||^2 + ||e||^2 - 2 z.e, the expansion the published quantizer uses (same argmin near ties); in
+        # float32 even under autocast: a half-precision product would pick a wrong code near ties
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2.0 * flat @ e.t()
         return d.argmin(1).view(z.shape[0], *z.shape[2:])
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
