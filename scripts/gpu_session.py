@@ -27,16 +27,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Clock:
-    def __init__(self, total_s: float, log: Path):
-        self.start = time.monotonic()
-        self.deadline = self.start + total_s
-        self.log = log
+    """Seconds since the session's start and until its deadline (wall clock, shared by the processes)."""
+
+    def __init__(self, start: float, deadline: float, log: Path):
+        self.start, self.deadline, self.log = start, deadline, log
 
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - time.time()
 
     def say(self, msg: str) -> None:
-        line = f"[{time.monotonic() - self.start:6.1f}s] {msg}"
+        line = f"[{time.time() - self.start:6.1f}s] {msg}"
         print(line, flush=True)
         with self.log.open("a") as fh:
             fh.write(line + "\n")
@@ -50,12 +50,13 @@ def run_variant(args: argparse.Namespace) -> int:
     from mrtranslate.training.trainer import train
 
     work = Path(args.work)
-    clock = Clock(args.left_s, work / "meta" / "session.log")
+    clock = Clock(args.start, args.deadline, work / "meta" / "session.log")
     v, runs, cfg = args.variant, work / "runs" / args.variant, ROOT / "configs" / "phantom-demo" / args.variant
     data = work / "data"
     runs.mkdir(parents=True, exist_ok=True)
     first = None
-    for stage, share, reserve in (("autoencoder", 0.40, 40), ("spade", 0.25, 40), ("diffusion", 1.0, 35)):
+    ae_share, spade_share = args.shares
+    for stage, share, reserve in (("autoencoder", ae_share, 40), ("spade", spade_share, 40), ("diffusion", 1.0, 35)):
         minutes = max(0.2, (clock.left() - reserve) * share / 60.0)
         run = runs / stage
         argv = ["mrtranslate", "train", stage, "--data", str(data), "--run", str(run), "--config", str(cfg / f"{stage}.json")]
@@ -86,8 +87,12 @@ def main() -> int:
     ap.add_argument("--variants", nargs="+", default=["f2", "f4"])
     ap.add_argument("--work", default="/tmp/mrt")
     ap.add_argument("--threads", type=int, default=4, help="CPU threads of each variant's process")
+    ap.add_argument("--shares", nargs=2, type=float, default=[0.40, 0.25], metavar=("AE", "SPADE"),
+                    help="share of the time left that the autoencoder, then MS-SPADE, get (diffusion: the rest)")
+    ap.add_argument("--skip-bench", action="store_true", help="no inference benchmark: all the time for training")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
-    ap.add_argument("--left-s", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--start", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.variant:
         return run_variant(args)
@@ -96,7 +101,8 @@ def main() -> int:
     work = Path(args.work)
     meta = work / "meta"
     meta.mkdir(parents=True, exist_ok=True)
-    clock = Clock(args.total_s, meta / "session.log")
+    now = time.time()
+    clock = Clock(now, now + args.total_s, meta / "session.log")
     import torch
 
     clock.say(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
@@ -108,23 +114,25 @@ def main() -> int:
          f"write_dataset(sys.argv[1], n={args.subjects}, seed=1, spacing=2.0, tumor_fraction=0.5, workers=6, progress=False)",
          str(work / "data")], stdout=(meta / "phantom.log").open("w"), stderr=subprocess.STDOUT, env=env)
     clock.say("benchmark")
-    with (meta / "bench.log").open("w") as fh:
-        try:
-            rc = subprocess.run(
-                [sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--device", args.device, "--sizes",
-                 *args.bench_sizes, "--steps", str(args.bench_steps), "--targets", "3", "--repeats", "3",
-                 "--worker-timeout", "60", "--markdown", str(meta / "RESULTS.md")],
-                stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=args.bench_s).returncode
-        except subprocess.TimeoutExpired:
-            rc = "timeout"
+    rc: int | str = "skipped"
+    if not args.skip_bench:
+        with (meta / "bench.log").open("w") as fh:
+            try:
+                rc = subprocess.run(
+                    [sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--device", args.device, "--sizes",
+                     *args.bench_sizes, "--steps", str(args.bench_steps), "--targets", "3", "--repeats", "3",
+                     "--worker-timeout", "60", "--markdown", str(meta / "RESULTS.md")],
+                    stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=args.bench_s).returncode
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
     clock.say(f"benchmark: {rc}")
     clock.say(f"phantoms: rc {phantom.wait()}, {len(list((work / 'data').glob('Phantom_*')))} subjects")
 
     procs = []
     for v in args.variants:
         cmd = [sys.executable, __file__, "--variant", v, "--device", args.device, "--work", str(work),
-               "--threads", str(args.threads),
-               "--left-s", str(clock.left() - 20)]
+               "--threads", str(args.threads), "--shares", *map(str, args.shares),
+               "--start", str(clock.start), "--deadline", str(clock.deadline - 20)]
         procs.append((v, subprocess.Popen(cmd, stdout=(meta / f"{v}.log").open("w"), stderr=subprocess.STDOUT, env=env)))
     for v, p in procs:
         try:

@@ -25,27 +25,34 @@ Pre = Callable[[torch.Tensor], torch.Tensor] | None
 def group_norm_affine(x: torch.Tensor, norm: nn.GroupNorm, slab: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample, per-channel (scale, shift) such that ``norm(x) == x * scale + shift``.
 
-    Mean and variance of each group are taken over the whole tensor in two slab-wise passes (mean, then
-    centred squares), reduced per channel in any memory layout and accumulated in float64.
+    Mean and variance of each group are taken over the whole tensor in ONE slab-wise pass: each slab's
+    per-channel mean and variance (``torch.var_mean``), combined across slabs and then across the channels
+    of a group with Chan et al.'s pairwise formula in float64 (exact up to rounding, no cancellation).
     """
     b, c, d = x.shape[:3]
     g = norm.num_groups
-    n = (c // g) * x[0, 0].numel()
-    total = torch.zeros(b, c, dtype=torch.float64, device=x.device)
+    k = c // g
+    seen = 0
+    mean = torch.zeros(b, c, dtype=torch.float64, device=x.device)
+    m2 = torch.zeros(b, c, dtype=torch.float64, device=x.device)  # sums of squared deviations
     for d0 in range(0, d, slab):
-        total += x[:, :, d0 : d0 + slab].float().sum(dim=(2, 3, 4), dtype=torch.float64)
-    mean_g = total.view(b, g, -1).sum(-1) / n
-    mean_c = mean_g.repeat_interleave(c // g, dim=1)
-    m = mean_c.float()[:, :, None, None, None]
-    sq = torch.zeros(b, c, dtype=torch.float64, device=x.device)
-    for d0 in range(0, d, slab):
-        sq += (x[:, :, d0 : d0 + slab].float() - m).square_().sum(dim=(2, 3, 4), dtype=torch.float64)
-    var_g = sq.view(b, g, -1).sum(-1) / n
-    rstd_c = (var_g + norm.eps).rsqrt().repeat_interleave(c // g, dim=1)
+        part = x[:, :, d0 : d0 + slab]
+        n = part[0, 0].numel()
+        var_s, mean_s = torch.var_mean(part.float(), dim=(2, 3, 4), correction=0)
+        delta = mean_s.double() - mean
+        total = seen + n
+        mean += delta * (n / total)
+        m2 += var_s.double() * n + delta.square() * (seen * n / total)
+        seen = total
+    mean_c = mean.view(b, g, k)
+    mean_g = mean_c.mean(-1)
+    var_g = (m2.view(b, g, k).sum(-1) + seen * (mean_c - mean_g[..., None]).square().sum(-1)) / (seen * k)
+    rstd_c = (var_g + norm.eps).rsqrt().repeat_interleave(k, dim=1)
+    mean_gc = mean_g.repeat_interleave(k, dim=1)
     w = norm.weight.double() if norm.weight is not None else torch.ones(c, dtype=torch.float64, device=x.device)
     bias = norm.bias.double() if norm.bias is not None else torch.zeros(c, dtype=torch.float64, device=x.device)
     scale = rstd_c * w
-    shift = bias - mean_c * scale
+    shift = bias - mean_gc * scale
     return scale.float(), shift.float()
 
 

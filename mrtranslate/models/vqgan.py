@@ -193,11 +193,19 @@ class VectorQuantizer(nn.Module):
         """Indices ``[B, *spatial]`` of the nearest codebook vectors of ``z`` ``[B, C, *spatial]``."""
         flat = z.movedim(1, -1).reshape(-1, z.shape[1]).float()
         e = self.embedding.weight.float()
+        e_sq = e.pow(2).sum(1)
+        codes = torch.empty(flat.shape[0], dtype=torch.long, device=z.device)
+        # the distance matrix of a whole latent is large (a 36x48x36 latent and 8192 codes: 2 GB in float32):
+        # rows in chunks of at most 2^24 distances; each row's argmin does not depend on the chunking
+        rows = max(1, (1 << 24) // max(1, e.shape[0]))
         # ||z||^2 + ||e||^2 - 2 z.e, the expansion the published quantizer uses (same argmin near ties); in
         # float32 even under autocast: a half-precision product would pick a wrong code near ties
         with torch.autocast(device_type=z.device.type, enabled=False):
-            d = flat.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2.0 * flat @ e.t()
-        return d.argmin(1).view(z.shape[0], *z.shape[2:])
+            for r0 in range(0, flat.shape[0], rows):
+                f = flat[r0 : r0 + rows]
+                d = f.pow(2).sum(1, keepdim=True) + e_sq - 2.0 * f @ e.t()
+                codes[r0 : r0 + rows] = d.argmin(1)
+        return codes.view(z.shape[0], *z.shape[2:])
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codebook vectors ``[B, C, *spatial]`` of indices ``[B, *spatial]``."""
