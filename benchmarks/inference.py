@@ -101,25 +101,25 @@ def worker(
 
     def run(n_steps: int) -> tuple[float, list[torch.Tensor]]:
         decode_time, outputs = 0.0, []
+
+        def timed_decode(lat: torch.Tensor) -> None:
+            nonlocal decode_time
+            _sync(device)
+            t0 = time.perf_counter()
+            outputs.append(pipe.decode(lat).cpu())
+            _sync(device)
+            decode_time += time.perf_counter() - t0
+
         if variant == "optimised":
             z = pipe.encode(x)
             lat = pipe.sample(z, targets, steps=n_steps, eta=1.0, generator=gens(targets), progress=False)
             del z
             for i in range(len(targets)):
-                _sync(device)
-                t0 = time.perf_counter()
-                outputs.append(pipe.decode(lat[i : i + 1]).cpu())
-                _sync(device)
-                decode_time += time.perf_counter() - t0
+                timed_decode(lat[i : i + 1])
         else:
             for t in targets:
                 z = pipe.encode(x)
-                lat = pipe.sample(z, [t], steps=n_steps, eta=1.0, generator=gens([t]), progress=False)
-                _sync(device)
-                t0 = time.perf_counter()
-                outputs.append(pipe.decode(lat).cpu())
-                _sync(device)
-                decode_time += time.perf_counter() - t0
+                timed_decode(pipe.sample(z, [t], steps=n_steps, eta=1.0, generator=gens([t]), progress=False))
         return decode_time, outputs
 
     cold = None
@@ -258,7 +258,8 @@ def main() -> None:
             print("RESULT " + json.dumps(res), flush=True)
         return
     results, flops, agreement = [], {}, {}
-    tmp = Path(tempfile.mkdtemp(prefix="mrtranslate-bench-"))
+    tmp_dir = tempfile.TemporaryDirectory(prefix="mrtranslate-bench-")  # the outputs to compare
+    tmp = Path(tmp_dir.name)
     for size in args.sizes:
         flops[size] = count_flops(tuple(int(s) for s in size.split("x")))
         for variant in args.variants:
@@ -289,6 +290,7 @@ def main() -> None:
         if a.exists() and b.exists():
             agreement[size] = compare_outputs(a, b)
             print(f"{size} optimised vs naive outputs: {agreement[size]}", flush=True)
+    tmp_dir.cleanup()
     date = _dt.date.today().isoformat()
     header = (f"{machine()} ({args.device}), {args.targets} targets, {args.steps} DDIM steps, median of {args.repeats}"
               f"{', after a 2-step warm-up run in each process' if warmup else ''}, {date}")

@@ -113,13 +113,6 @@ def main() -> None:
             print(table[:6000], flush=True)
         except Exception as exc:  # noqa: BLE001
             print("profiler failed:", exc, flush=True)
-        m16 = UNet(UNetConfig()).eval()
-        m16.load_state_dict(base.state_dict())
-        m16 = m16.to(dev, dtype=torch.float16).to(memory_format=cl)
-        timed("half_weights_channels_last", m16, xl.half(), none)
-        m16.to(memory_format=torch.contiguous_format)
-        timed("half_weights_contiguous", m16, xc.half(), none)
-        del m16
         if time.monotonic() - start < args.budget_s - 60:
             try:
                 comp = torch.compile(m32)
