@@ -8,6 +8,8 @@ Published architecture (VQ-GAN ch 64, UNet 128 channels) with random weights: no
   VQ-GAN: the structure of the authors' sampler.
 * optimised: the runtime mrtranslate picks (CPU: float32 + channels_last_3d; CUDA: fp16 autocast +
   channels_last_3d + SDPA), encode once, every target in one batched sampling pass, slab-wise decode.
+* compiled (opt-in, not run by default): optimised plus ``torch.compile`` of the UNet
+  (``Runtime.create(compile=True)``); the compilation happens in the warm-up run, so pair it with ``--warmup``.
 
 Reports medians over ``--repeats`` runs of wall time, UNet time per step, decode time per target and
 peak memory (RSS on CPU, max_memory_allocated on CUDA), plus FLOPs of one UNet step (batch 1) and one
@@ -32,6 +34,9 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+
+
+VARIANTS = ("naive", "optimised", "compiled")
 
 
 def _sync(device: torch.device) -> None:
@@ -76,8 +81,8 @@ def worker(
     torch.manual_seed(0)
     device = torch.device(device_name)
     pipe = ALDMPipeline.from_configs()
-    if variant == "optimised":
-        pipe.configure(Runtime.create(device))
+    if variant in ("optimised", "compiled"):
+        pipe.configure(Runtime.create(device, compile=variant == "compiled"))
     else:
         pipe.configure(Runtime(device=device, dtype=torch.float32, channels_last=False, streaming=False))
     x = torch.rand(1, 1, *size) * 2 - 1
@@ -110,7 +115,7 @@ def worker(
             _sync(device)
             decode_time += time.perf_counter() - t0
 
-        if variant == "optimised":
+        if variant != "naive":
             z = pipe.encode(x)
             lat = pipe.sample(z, targets, steps=n_steps, eta=1.0, generator=gens(targets), progress=False)
             del z
@@ -124,7 +129,7 @@ def worker(
 
     cold = None
     n_steps = len(pipe.scheduler.timesteps(steps))
-    unet_calls = n_steps * (1 if variant == "optimised" else n_targets)
+    unet_calls = n_steps * (n_targets if variant == "naive" else 1)
     results = []
     with torch.inference_mode():
         if warmup:
@@ -197,7 +202,7 @@ def markdown(results: list[dict], flops: dict[str, dict], header: str, agreement
         by_size.setdefault(_fmt_size(r["size"]), {})[r["variant"]] = r
     for size, variants in by_size.items():
         f = flops[size]
-        for name in ("naive", "optimised"):
+        for name in VARIANTS:
             r = variants.get(name)
             if r is None:
                 continue
@@ -206,13 +211,15 @@ def markdown(results: list[dict], flops: dict[str, dict], header: str, agreement
                 f"{r['decode_s_per_target']:.3g} | {r['peak_bytes'] / 2**30:.2f} | "
                 f"{f['unet_step_gflop'] / r['unet_s_per_step_per_target']:.0f} | {f['decode_gflop'] / r['decode_s_per_target']:.0f} |"
             )
-        if "naive" in variants and "optimised" in variants:
-            n, o = variants["naive"], variants["optimised"]
-            lines.append(f"| {size} | **optimised / naive** | **{o['wall_s'] / n['wall_s']:.2f}** | | | "
-                         f"**{o['peak_bytes'] / n['peak_bytes']:.2f}** | | |")
+        for name in VARIANTS[1:]:
+            if "naive" in variants and name in variants:
+                n, o = variants["naive"], variants[name]
+                lines.append(f"| {size} | **{name} / naive** | **{o['wall_s'] / n['wall_s']:.2f}** | | | "
+                             f"**{o['peak_bytes'] / n['peak_bytes']:.2f}** | | |")
     lines.append("")
-    for size, a in (agreement or {}).items():
-        lines.append(f"Outputs at {size}, optimised vs naive (same weights and noise): relative L2 {a['rel_l2']:.2e}, "
+    for key, a in (agreement or {}).items():
+        size, name = key.split(" ")
+        lines.append(f"Outputs at {size}, {name} vs naive (same weights and noise): relative L2 {a['rel_l2']:.2e}, "
                      f"max |difference| / max |naive| {a['max_abs_over_range']:.2e}.")
     lines.append("")
     lines.append("FLOPs per UNet step (batch 1) / decode / encode: " + "; ".join(
@@ -240,7 +247,7 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--variants", nargs="+", default=["naive", "optimised"], choices=["naive", "optimised"])
+    ap.add_argument("--variants", nargs="+", default=["naive", "optimised"], choices=VARIANTS)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
                     help="an untimed 2-step run in each process first (default: on CUDA only)")
@@ -286,10 +293,12 @@ def main() -> None:
             med["repeats"] = len(runs)
             med["wall_s_all"] = [r["wall_s"] for r in runs]
             results.append(med)
-        a, b = tmp / f"{size}-naive.npy", tmp / f"{size}-optimised.npy"
-        if a.exists() and b.exists():
-            agreement[size] = compare_outputs(a, b)
-            print(f"{size} optimised vs naive outputs: {agreement[size]}", flush=True)
+        a = tmp / f"{size}-naive.npy"
+        for name in VARIANTS[1:]:
+            b = tmp / f"{size}-{name}.npy"
+            if a.exists() and b.exists():
+                agreement[f"{size} {name}"] = compare_outputs(a, b)
+                print(f"{size} {name} vs naive outputs: {agreement[f'{size} {name}']}", flush=True)
     tmp_dir.cleanup()
     date = _dt.date.today().isoformat()
     header = (f"{machine()} ({args.device}), {args.targets} targets, {args.steps} DDIM steps, median of {args.repeats}"

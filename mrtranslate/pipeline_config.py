@@ -29,6 +29,7 @@ class PipelineConfig(ModelConfig):
     preprocessing: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PUBLISHED_PREPROCESSING))
     default_steps: int = 200
     default_eta: float = 1.0
+    default_strength: float = 1.0  # 1: sample from pure noise, as the authors do (see DDIMScheduler.steps)
     components: tuple[str, ...] = COMPONENTS
     name: str = ""
 
@@ -48,6 +49,10 @@ class PipelineConfig(ModelConfig):
         if ("unet" in self.components) != ("scheduler" in self.components):
             raise ModelFormatError(f"{origin}: 'unet' and 'scheduler' come together")
         check_int(origin, "default_steps", self.default_steps, 1, 1000)
+        if isinstance(self.default_strength, bool) or not isinstance(self.default_strength, (int, float)) or not (
+            0.0 < float(self.default_strength) <= 1.0
+        ):
+            raise ModelFormatError(f"{origin}: default_strength must be a number in (0, 1], got {self.default_strength!r}")
         p = self.preprocessing
         if not isinstance(p, dict):
             raise ModelFormatError(f"{origin}: preprocessing must be an object")

@@ -52,9 +52,11 @@ class Translator:
         dtype: str | torch.dtype | None = None,
         steps: int | None = None,
         eta: float | None = None,
+        strength: float | None = None,
         seed: int | None = DEFAULT_SEED,
         progress: bool = True,
         max_memory: int | str | None = None,
+        compile: bool = False,
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
         _pipeline: ALDMPipeline | None = None,
@@ -64,12 +66,13 @@ class Translator:
             _resolved = resolve_model(
                 model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, progress=progress
             )
-            runtime = Runtime.create(device, dtype, max_memory=max_memory)
+            runtime = Runtime.create(device, dtype, max_memory=max_memory, compile=compile)
             _pipeline = ALDMPipeline.from_pretrained(_resolved.path, runtime=runtime)
         self.pipeline = _pipeline
         self.resolved = _resolved
         self.steps = steps
         self.eta = eta
+        self.strength = strength
         self.seed = seed
         self.progress = progress
         self._source: str | None = None
@@ -93,17 +96,22 @@ class Translator:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
         max_memory: int | str | None = None,
+        compile: bool = False,
         steps: int | None = None,
         eta: float | None = None,
+        strength: float | None = None,
         seed: int | None = DEFAULT_SEED,
         progress: bool = True,
     ) -> Translator:
         """Load a model: a Hub repo id (``org/name``, optional ``@revision``), a local model folder, or the name
         of a bundled model (None: the bundled default). ``device``: auto (CUDA when available), cpu or cuda;
-        ``dtype``: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."""
+        ``dtype``: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16. ``compile``: ``torch.compile`` the UNet
+        (opt-in; the first volume pays the compilation, tens of seconds, later ones run faster). ``steps``,
+        ``eta``, ``strength`` (see ``ALDMPipeline.sample``): None takes the model's defaults."""
         return cls(
             model=model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device,
-            dtype=dtype, max_memory=max_memory, steps=steps, eta=eta, seed=seed, progress=progress,
+            dtype=dtype, max_memory=max_memory, compile=compile, steps=steps, eta=eta, strength=strength, seed=seed,
+            progress=progress,
         )
 
     def __call__(self, image: Any, source: str | None = None) -> Translator:
@@ -166,13 +174,14 @@ class Translator:
         eta: float | None = None,
         seed: int | None = None,
         progress: bool | None = None,
+        strength: float | None = None,
     ) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
         """Translate the bound source into ``targets`` (modality names or aliases) in one batched pass.
 
         One target returns a ``nibabel.Nifti1Image``; several return a dict keyed by canonical name.
         """
         names = self._bound_targets(targets)
-        latents = self.translate_tensor(names, steps=steps, eta=eta, seed=seed, progress=progress)
+        latents = self.translate_tensor(names, steps=steps, eta=eta, seed=seed, progress=progress, strength=strength)
         return self._images(names, latents, "")
 
     def to_spade_only(self, *targets: str) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
@@ -211,6 +220,7 @@ class Translator:
         eta: float | None = None,
         seed: int | None = None,
         progress: bool | None = None,
+        strength: float | None = None,
     ) -> torch.Tensor:
         """Target latents ``[T, C, ...]`` for the bound source (encode once, sample every target in one batch)."""
         pipe = self.pipeline
@@ -228,10 +238,11 @@ class Translator:
             eta=_first(eta, self.eta, pipe.config.default_eta),
             generator=gen,
             progress=self.progress if progress is None else progress,
+            strength=_first(strength, self.strength, pipe.config.default_strength),
         )
 
     def run_record(self, targets: Sequence[str], steps: int | None = None, eta: float | None = None,
-                   seed: int | None = None) -> dict[str, Any]:
+                   seed: int | None = None, strength: float | None = None) -> dict[str, Any]:
         """What produced an output: for a sidecar JSON written beside it."""
         pipe = self.pipeline
         return {
@@ -243,6 +254,7 @@ class Translator:
             "targets": list(targets),
             "steps": _first(steps, self.steps, pipe.config.default_steps),
             "eta": _first(eta, self.eta, pipe.config.default_eta),
+            "strength": _first(strength, self.strength, pipe.config.default_strength),
             "seed": self.seed if seed is None else seed,
             "device": str(pipe.device),
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),

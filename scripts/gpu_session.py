@@ -83,7 +83,9 @@ def main() -> int:
     ap.add_argument("--subjects", type=int, default=120)
     ap.add_argument("--bench-sizes", nargs="+", default=["144x192x144"])
     ap.add_argument("--bench-steps", type=int, default=200)
-    ap.add_argument("--bench-s", type=float, default=130)
+    ap.add_argument("--bench-s", type=float, default=180)
+    ap.add_argument("--bench-variants", nargs="+", default=["naive", "optimised", "compiled"])
+    ap.add_argument("--bench-worker-s", type=float, default=110, help="seconds before one variant's run is given up")
     ap.add_argument("--variants", nargs="+", default=["f2", "f4"])
     ap.add_argument("--work", default="/tmp/mrt")
     ap.add_argument("--threads", type=int, default=4, help="CPU threads of each variant's process")
@@ -121,7 +123,8 @@ def main() -> int:
                 rc = subprocess.run(
                     [sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--device", args.device, "--sizes",
                      *args.bench_sizes, "--steps", str(args.bench_steps), "--targets", "3", "--repeats", "3",
-                     "--worker-timeout", "60", "--markdown", str(meta / "RESULTS.md")],
+                     "--variants", *args.bench_variants, "--worker-timeout", str(args.bench_worker_s),
+                     "--markdown", str(meta / "RESULTS.md")],
                     stdout=fh, stderr=subprocess.STDOUT, env=env, timeout=args.bench_s).returncode
             except subprocess.TimeoutExpired:
                 rc = "timeout"

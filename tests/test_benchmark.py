@@ -28,7 +28,7 @@ def test_benchmark_script_runs_and_variants_agree(tmp_path):
         assert r["wall_s"] > 0 and r["peak_bytes"] > 0 and r["precision"] == "float32"
     assert variants["optimised"]["unet_s_per_step"] > 0
     # same weights, same per-target noise: float32 paths agree to rounding
-    assert record["agreement"]["16x32x16"]["rel_l2"] < 1e-4
+    assert record["agreement"]["16x32x16 optimised"]["rel_l2"] < 1e-4
     text = md.read_text()
     assert "**optimised / naive**" in text and "relative L2" in text
     assert record["flops"]["16x32x16"]["unet_step_gflop"] > 0

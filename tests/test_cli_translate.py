@@ -67,10 +67,23 @@ def test_writes_each_target_on_the_input_grid_with_a_run_record(small_model: Pat
         assert record["target"] == target and record["targets"] == ["t2", "flair"]
         assert record["source_modality"] == "t1"
         assert (record["model"], record["model_source"]) == (str(small_model.resolve()), "local")
-        assert (record["steps"], record["eta"], record["seed"]) == (1, 1.0, 0)
+        assert (record["steps"], record["eta"], record["strength"], record["seed"]) == (1, 1.0, 1.0, 0)
         assert record["input"] == str(inp) and record["mrtranslate_version"] == mrtranslate.__version__
     assert not np.array_equal(np.asarray(nib.load(str(tmp_path / "sub-01_T1w_t2.nii.gz")).dataobj),
                               np.asarray(nib.load(str(tmp_path / "sub-01_T1w_flair.nii.gz")).dataobj))
+
+
+def test_strength_changes_the_output_and_is_recorded(small_model: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    inp = write_head(tmp_path / "sub-01_T1w.nii.gz")
+    outputs = {}
+    for strength in ("1", "0.5"):
+        code, _, err = run(capsys, inp, "--to", "t2", "--model", small_model, "--steps", "4", "--strength", strength,
+                           "-q", "-o", tmp_path / strength)
+        assert code == 0, err
+        assert json.loads((tmp_path / strength / "sub-01_T1w_t2.json").read_text())["strength"] == float(strength)
+        outputs[strength] = np.asarray(nib.load(str(tmp_path / strength / "sub-01_T1w_t2.nii.gz")).dataobj)
+    assert not np.array_equal(outputs["1"], outputs["0.5"])
 
 
 def test_out_dir_is_created_and_each_output_is_reported(small_model: Path, tmp_path: Path,
@@ -234,6 +247,8 @@ USER_ERRORS = {
                                       (d / "empty").mkdir() or d / "empty"], 1, "model_index.json is missing"),
     "bad device": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--device", "tpu"], 2, "unknown device"),
     "bad steps": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--steps", "0"], 2, "steps"),
+    "bad strength": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--strength", "0"], 2,
+                     "strength = 0.0: use a number in (0, 1]"),
     "memory budget": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--max-memory", "1KB"], 1,
                       "needs about"),
     "bad memory size": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--max-memory", "lots"], 2,
@@ -369,7 +384,7 @@ def test_info_text_and_json(small_model: Path, capsys: pytest.CaptureFixture) ->
     assert (info["grid"], info["spacing_mm"]) == ([16, 24, 16], [4.0, 4.0, 4.0])
     assert info["components"] == ["vqgan", "unet", "scheduler"]
     assert info["vqgan_parameters"] > 0 and info["unet_parameters"] > 0
-    assert (info["default_steps"], info["default_eta"]) == (3, 1.0)
+    assert (info["default_steps"], info["default_eta"], info["default_strength"]) == (3, 1.0, 1.0)
 
     code, out, _ = run(capsys, "info", small_model)
     assert code == 0

@@ -65,6 +65,59 @@ def test_seeded_sampling_is_reproducible_and_seed_dependent() -> None:
     assert not torch.allclose(a, c)
 
 
+def test_strength_runs_the_low_noise_steps_from_the_noised_spade_latent() -> None:
+    """strength s < 1: start at the first DDIM timestep <= s*T from sqrt(a) spade + sqrt(1-a) x_T, then the
+    usual updates; strength 1 is the published sampler (pure noise, every step)."""
+    pipe = tiny_pipeline()
+    z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    x_T = torch.randn(2, 4, 16, 16, 16)
+    targets = [1, 3]
+    calls: list[int] = []
+    forward = pipe.unet.forward
+
+    def spy(x, t, y):
+        calls.append(int(t[0]))
+        return forward(x, t, y)
+
+    pipe.unet.forward = spy
+    full = pipe.sample(z, targets, steps=10, eta=0.0, x_T=x_T, progress=False)
+    assert calls == [901, 801, 701, 601, 501, 401, 301, 201, 101, 1]
+    assert torch.equal(full, pipe.sample(z, targets, steps=10, eta=0.0, x_T=x_T, progress=False, strength=1.0))
+
+    calls.clear()
+    got = pipe.sample(z, targets, steps=10, eta=0.0, x_T=x_T, progress=False, strength=0.35)
+    assert calls == [301, 201, 101, 1]
+    # the same by hand: coefficients from the schedule itself
+    acp = pipe.scheduler.alphas_cumprod.double()
+    spade = pipe.target_like(z.expand(2, -1, -1, -1, -1), targets).double()
+    zs = z.expand(2, -1, -1, -1, -1).double()
+    x = acp[301].sqrt() * spade + (1 - acp[301]).sqrt() * x_T.double()
+    with torch.no_grad():
+        for t, t_prev in ((301, 201), (201, 101), (101, 1), (1, 0)):
+            eps = forward(torch.cat([x, zs, spade], 1).float(), torch.full((2,), t), torch.tensor(targets)).double()
+            x0 = (x - (1 - acp[t]).sqrt() * eps) / acp[t].sqrt()
+            x = acp[t_prev].sqrt() * x0 + (1 - acp[t_prev]).sqrt() * eps
+    assert float((got.double() - x).norm() / x.norm()) < 1e-4
+    assert float((got - full).norm() / full.norm()) > 1e-3
+
+    # the pipeline's default comes from model_index.json
+    pipe.config.default_strength = 0.35
+    calls.clear()
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    img = torch.rand(1, 1, 32, 32, 32) * 2 - 1
+    assert torch.equal(pipe.translate(img, [2], steps=10, eta=0.0, generator=g1, progress=False),
+                       pipe.translate(img, [2], steps=10, eta=0.0, generator=g2, progress=False, strength=0.35))
+    assert calls == [301, 201, 101, 1] * 2
+
+
+@pytest.mark.parametrize("strength, match", [(0.0, "use a number in"), (1.5, "use a number in"),
+                                             (True, "use a number in"), (0.0005, "leaves no DDIM step")])
+def test_bad_strength_is_refused(strength, match) -> None:
+    pipe = tiny_pipeline()
+    with pytest.raises(UsageError, match=match):
+        pipe.sample(torch.zeros(1, 4, 16, 16, 16), [0], steps=10, strength=strength)
+
+
 def test_first_stage_only_folder(tmp_path: Path) -> None:
     pipe = tiny_pipeline(first_stage_only=True)
     pipe.save_pretrained(tmp_path / "fs")
@@ -100,6 +153,8 @@ def _edit_json(path: Path, **changes) -> None:
         ("vqgan/config.json", {"_format_version": 99}, "newer"),
         ("model_index.json", {"components": ["vqgan", "unet", "scheduler", "../../etc"]}, "unknown component"),
         ("unet/config.json", {"in_channels": 9}, "in/out channels"),
+        ("model_index.json", {"default_strength": 0}, "default_strength"),
+        ("model_index.json", {"default_strength": 2.0}, "default_strength"),
     ],
 )
 def test_absurd_or_foreign_configs_are_refused_before_allocation(tmp_path: Path, where, changes, match) -> None:

@@ -240,9 +240,13 @@ def test_stages_chain_only_from_first_stages(chain: dict[str, Path], tmp_path: P
 
 
 def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path], tmp_path: Path) -> None:
-    assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "model"), "--default-steps", "3", "-q"]) == 0
+    assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--default-strength", "0", "-q"]) == 2
+    assert not (tmp_path / "bad").exists()
+    assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "model"), "--default-steps", "3",
+                 "--default-strength", "0.5", "-q"]) == 0
     pipe = ALDMPipeline.from_pretrained(tmp_path / "model")
     assert pipe.config.components == ("vqgan", "unet", "scheduler")
+    assert (pipe.config.default_steps, pipe.config.default_strength) == (3, 0.5)
     assert pipe.config.preprocessing["spacing_mm"] == [PHANTOM_SPACING] * 3
     tensors, _ = load_checkpoint(chain["diffusion"] / "checkpoint")
     assert torch.equal(pipe.unet.state_dict()["out.2.weight"], tensors["ema/unet/out.2.weight"])

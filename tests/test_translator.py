@@ -159,6 +159,20 @@ def test_same_seed_same_output_other_seed_differs(small_model: Path, tmp_path: P
     assert np.array_equal(other, _arr(seeded(path).to("t2")))  # seed= at load time is the default of .to()
 
 
+def test_compiled_unet_gives_the_uncompiled_output(small_model: Path, tmp_path: Path) -> None:
+    """compile=True (the CLI's --compile) runs the UNet through torch.compile: same result in float32."""
+    path = write_head(tmp_path / "sub-01_T1w.nii.gz")
+    plain = Translator.from_pretrained(small_model, steps=2, eta=1.0, progress=False)
+    compiled = Translator.from_pretrained(small_model, steps=2, eta=1.0, progress=False, compile=True)
+    assert compiled.pipeline.runtime.compile and not plain.pipeline.runtime.compile
+    assert type(compiled.pipeline.unet).__name__ == "OptimizedModule"
+    a, b = plain(path).to("t2", "flair"), compiled(path).to("t2", "flair")
+    assert set(a) == set(b) == {"t2", "flair"}
+    for target in a:
+        ref = _arr(a[target])
+        np.testing.assert_allclose(_arr(b[target]), ref, rtol=0, atol=1e-4 * float(np.abs(ref).max()))
+
+
 def test_a_targets_output_does_not_depend_on_its_batch_mates(small_model: Path, tmp_path: Path) -> None:
     """Resuming a batch with --skip-existing must reproduce what the full run would have written."""
     path = write_head(tmp_path / "sub-01_T1w.nii.gz")

@@ -17,6 +17,7 @@ def export_command(
     weights: str = typer.Option("ema", "--weights", help="UNet weights of a diffusion run: ema (as the authors sample) or raw."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in model_index.json and the model card."),
     default_steps: Optional[int] = typer.Option(None, "--default-steps", help="DDIM steps the model suggests (default 200)."),
+    default_strength: float = typer.Option(1.0, "--default-strength", help="Sampling strength the model suggests: 1 (as published) samples from pure noise; below 1 starts from the noised MS-SPADE latent."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
@@ -24,6 +25,7 @@ def export_command(
     """Export a run's latest checkpoint as a model folder (safetensors + JSON + README.md model card)."""
     from ..training.export import export
 
-    folder = export(run, out, weights=weights, name=name, default_steps=default_steps, overwrite=overwrite)
+    folder = export(run, out, weights=weights, name=name, default_steps=default_steps,
+                    default_strength=default_strength, overwrite=overwrite)
     if not quiet:
         typer.echo(f"wrote {folder}")

@@ -75,10 +75,12 @@ def translate_command(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Folder for outputs (default: beside each input)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's, e.g. 200 for the published model)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta: 0 deterministic, 1 as the authors sample (default: the model's)."),
+    strength: Optional[float] = typer.Option(None, "--strength", help="1: sample from pure noise, as the authors do; below 1: start from the MS-SPADE latent noised to that fraction of the schedule (fewer steps; default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical outputs."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget, e.g. 8GB (default: what is free)."),
+    compile_unet: bool = typer.Option(False, "--compile", help="torch.compile the UNet: the first volume pays tens of seconds of compilation, later steps run faster (on an H100 the published model's 200 steps for 3 targets: 3.2 s instead of 5.7 s)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose outputs all exist (resume a batch)."),
     continue_on_error: bool = typer.Option(False, "--continue-on-error", help="Go on with the other inputs after a failure; summary at the end."),
@@ -110,7 +112,8 @@ def translate_command(
     plan = plan_outputs(inputs, targets, out_dir)
     loaded = Translator.from_pretrained(
         model, revision=revision, local_files_only=offline, device=device, dtype=precision,
-        max_memory=max_memory, steps=steps, eta=eta, seed=seed, progress=not quiet,
+        max_memory=max_memory, compile=compile_unet, steps=steps, eta=eta, strength=strength, seed=seed,
+        progress=not quiet,
     )
     failures: list[tuple[Path, str]] = []
     bar = tqdm(inputs, desc="volumes", unit="vol", disable=quiet or len(inputs) == 1)
@@ -179,6 +182,7 @@ def info_command(
         "unet_parameters": sum(t.numel() for t in pipe.unet.parameters()) if pipe.unet is not None else 0,
         "default_steps": pipe.config.default_steps,
         "default_eta": pipe.config.default_eta,
+        "default_strength": pipe.config.default_strength,
     }
     if as_json:
         typer.echo(json.dumps(info))

@@ -91,10 +91,17 @@ class DDIMScheduler:
         # we start from the last trained timestep instead.
         return ts.clamp_(max=T - 1)
 
-    def steps(self, steps: int, eta: float) -> list[DDIMStep]:
-        """Per-step coefficients (DDIM eq. 16): alpha_t, alpha_{t-1} and sigma_t(eta), in sampling order."""
+    def steps(self, steps: int, eta: float, strength: float = 1.0) -> list[DDIMStep]:
+        """Per-step coefficients (DDIM eq. 16): alpha_t, alpha_{t-1} and sigma_t(eta), in sampling order.
+
+        ``strength`` < 1 keeps only the steps whose timestep is at most ``strength * T`` (sampling then starts
+        from a noised latent at the first kept timestep instead of pure noise, see ``ALDMPipeline.sample``);
+        the coefficients of the kept steps are those of the full list.
+        """
         if not 0.0 <= float(eta) <= 10.0:
             raise UsageError(f"eta = {eta!r}: use a value between 0 (deterministic) and 1 (DDPM-like)")
+        if isinstance(strength, bool) or not 0.0 < float(strength) <= 1.0:
+            raise UsageError(f"strength = {strength!r}: use a number in (0, 1] (1: from pure noise, as published)")
         ts = self.timesteps(steps)
         acp = self.alphas_cumprod
         alphas = acp[ts].to(torch.float64)
@@ -107,6 +114,14 @@ class DDIMScheduler:
             DDIMStep(i, int(ts[i]), float(alphas[i]), float(alphas_prev[i]), float(sigmas[i]))
             for i in range(len(ts))
         ]
+        if float(strength) < 1.0:
+            limit = float(strength) * self.config.num_train_timesteps
+            out = [st for st in out if st.timestep <= limit]
+            if not out:
+                raise UsageError(
+                    f"strength {strength} with {steps} steps leaves no DDIM step (the smallest timestep is "
+                    f"{int(ts[0])} of {self.config.num_train_timesteps}): raise the strength or the steps"
+                )
         return out[::-1]
 
     def coefficients(self, steps: int, eta: float) -> dict[str, torch.Tensor]:

@@ -41,12 +41,14 @@ def export(
     weights: str = "ema",
     name: str | None = None,
     default_steps: int | None = None,
+    default_strength: float = 1.0,
     overwrite: bool = False,
 ) -> Path:
     """Write the model folder ``out`` from the run folder ``run``; returns ``out``.
 
     ``weights``: ``ema`` (what the authors sample with) or ``raw`` UNet weights of a diffusion run.
-    ``default_steps``: the DDIM steps the folder suggests (default: the published 200).
+    ``default_steps``: the DDIM steps the folder suggests (default: the published 200); ``default_strength``
+    the sampling strength it suggests (1: from pure noise, as published; see ``ALDMPipeline.sample``).
     """
     folder = RunFolder(run)
     if not folder.is_run():
@@ -55,6 +57,8 @@ def export(
         raise UsageError(f"{folder.path} has no checkpoint yet: train it first")
     if weights not in ("ema", "raw"):
         raise UsageError(f"--weights {weights!r}: use ema or raw")
+    if isinstance(default_strength, bool) or not 0.0 < float(default_strength) <= 1.0:
+        raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise OutputExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
@@ -80,7 +84,8 @@ def export(
     summary = run_summary(folder)
     stages = list(folder.read_run().get("provenance", [])) + [summary]
     title = name or f"ALDM {'model' if unet is not None else 'first stage'} ({folder.path.name}, step {scalars['step']})"
-    pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=1.0)
+    pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=1.0,
+                          default_strength=default_strength)
     pcfg.validate("model_index.json")
     pipe = ALDMPipeline(vqgan.eval(), unet, scheduler, pcfg)
     card = model_card(title, pipe, stages, weights if unet is not None else None)
