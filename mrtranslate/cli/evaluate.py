@@ -37,7 +37,8 @@ def _method_list(given: List[str], extra: List[str]) -> list[str]:
         "Methods: aldm (the full model), spade (MS-SPADE only, decoded without diffusion). --baseline lut adds the "
         "1-D intensity lookup table (the mean target intensity of each of 64 source-intensity bins) fitted on the "
         "subjects of --fit-data. "
-        "Brain = target voxels > 0. Resumable: predictions made with the same model, steps, eta, strength and seed are reused."
+        "Brain = target voxels > 0. Resumable: predictions made with the same model, steps, eta, strength and seed "
+        "are reused."
     ),
 )
 def evaluate_command(
@@ -68,7 +69,8 @@ def evaluate_command(
 
     summary = evaluate(
         data, model, source, to or None, _method_list(method, list(ctx.args)), out, cases=cases, steps=steps,
-        seed=seed, baseline=baseline, fit_data=fit_data, progress=not quiet, eta=eta, strength=strength, device=device, dtype=precision,
+        seed=seed, baseline=baseline, fit_data=fit_data, progress=not quiet, eta=eta, strength=strength,
+        device=device, dtype=precision,
         revision=revision, local_files_only=offline, figures=not no_figures, figure_case=figure_case,
     )
     if not quiet:
