@@ -352,7 +352,7 @@ class ALDMPipeline:
             raise UsageError(f"x_T has shape {tuple(x.shape)}, expected {shape}")
         if float(strength) < 1.0:
             a = torch.tensor(plan[0].alpha, dtype=torch.float32)
-            x = a.sqrt() * spade.to(torch.float32) + (1.0 - a).sqrt() * x
+            x = a.sqrt() * spade + (1.0 - a).sqrt() * x  # target_like returns float32
         del spade
         for st in tqdm(plan, desc="sampling", unit="step", disable=not progress, leave=False):
             ts = torch.full((n,), st.timestep, device=self.device, dtype=torch.long)

@@ -8,6 +8,7 @@ from typing import Any
 from .errors import ModelFormatError
 from .modalities import MODALITIES, canonical
 from .models.config import ModelConfig, check_int
+from .schedulers.ddim import is_strength
 
 #: The preprocessing of the published ALDM (BraTS 2021): 1 mm RAS grid of 144 x 192 x 144 voxels,
 #: 0.5th / 99.5th percentiles mapped to -1 / +1.
@@ -49,9 +50,7 @@ class PipelineConfig(ModelConfig):
         if ("unet" in self.components) != ("scheduler" in self.components):
             raise ModelFormatError(f"{origin}: 'unet' and 'scheduler' come together")
         check_int(origin, "default_steps", self.default_steps, 1, 1000)
-        if isinstance(self.default_strength, bool) or not isinstance(self.default_strength, (int, float)) or not (
-            0.0 < float(self.default_strength) <= 1.0
-        ):
+        if not is_strength(self.default_strength):
             raise ModelFormatError(f"{origin}: default_strength must be a number in (0, 1], got {self.default_strength!r}")
         p = self.preprocessing
         if not isinstance(p, dict):

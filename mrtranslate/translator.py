@@ -234,12 +234,16 @@ class Translator:
         return pipe.sample(
             z,
             ids,
-            steps=_first(steps, self.steps, pipe.config.default_steps),
-            eta=_first(eta, self.eta, pipe.config.default_eta),
             generator=gen,
             progress=self.progress if progress is None else progress,
-            strength=_first(strength, self.strength, pipe.config.default_strength),
+            **self._sampling(steps, eta, strength),
         )
+
+    def _sampling(self, steps: int | None, eta: float | None, strength: float | None) -> dict[str, Any]:
+        """Steps, eta and strength of a call: the call's own, else this translator's, else the model's defaults."""
+        c = self.pipeline.config
+        return {"steps": _first(steps, self.steps, c.default_steps), "eta": _first(eta, self.eta, c.default_eta),
+                "strength": _first(strength, self.strength, c.default_strength)}
 
     def run_record(self, targets: Sequence[str], steps: int | None = None, eta: float | None = None,
                    seed: int | None = None, strength: float | None = None) -> dict[str, Any]:
@@ -252,9 +256,7 @@ class Translator:
             "model_revision": self.resolved.revision if self.resolved else None,
             "source_modality": self._source,
             "targets": list(targets),
-            "steps": _first(steps, self.steps, pipe.config.default_steps),
-            "eta": _first(eta, self.eta, pipe.config.default_eta),
-            "strength": _first(strength, self.strength, pipe.config.default_strength),
+            **self._sampling(steps, eta, strength),
             "seed": self.seed if seed is None else seed,
             "device": str(pipe.device),
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),

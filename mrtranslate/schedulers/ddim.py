@@ -38,6 +38,11 @@ class SchedulerConfig(ModelConfig):
         super().validate(origin)
 
 
+def is_strength(value: object) -> bool:
+    """A sampling strength is a number in (0, 1]: 1 samples from pure noise, as published."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < float(value) <= 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class DDIMStep:
     """Coefficients of one DDIM update, as float32 scalars like the published sampler uses."""
@@ -100,7 +105,7 @@ class DDIMScheduler:
         """
         if not 0.0 <= float(eta) <= 10.0:
             raise UsageError(f"eta = {eta!r}: use a value between 0 (deterministic) and 1 (DDPM-like)")
-        if isinstance(strength, bool) or not 0.0 < float(strength) <= 1.0:
+        if not is_strength(strength):
             raise UsageError(f"strength = {strength!r}: use a number in (0, 1] (1: from pure noise, as published)")
         ts = self.timesteps(steps)
         acp = self.alphas_cumprod

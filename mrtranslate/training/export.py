@@ -21,6 +21,7 @@ from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
 from ..pipeline import ALDMPipeline
 from ..pipeline_config import PipelineConfig
 from ..schedulers import DDIMScheduler, SchedulerConfig
+from ..schedulers.ddim import is_strength
 from .checkpoint import load_checkpoint, load_module
 from .first_stage import run_summary
 from .runs import RunFolder
@@ -57,7 +58,7 @@ def export(
         raise UsageError(f"{folder.path} has no checkpoint yet: train it first")
     if weights not in ("ema", "raw"):
         raise UsageError(f"--weights {weights!r}: use ema or raw")
-    if isinstance(default_strength, bool) or not 0.0 < float(default_strength) <= 1.0:
+    if not is_strength(default_strength):
         raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
