@@ -4,6 +4,7 @@ single-process step on cat(b0, b1); and the whole training loop runs under two p
 from __future__ import annotations
 
 import datetime
+import gc
 import json
 import socket
 from pathlib import Path
@@ -66,6 +67,14 @@ def trained_state(stage) -> dict[str, torch.Tensor]:
     return state
 
 
+def _quiesce() -> None:
+    """Before tearing the group down: free the DDP wrappers (they hold the group and its gloo threads; reference
+    cycles would leave them to the interpreter's exit) and let both processes arrive. A worker that tore down
+    while the other still worked once died on CI with "terminate called without an active exception"."""
+    gc.collect()
+    dist.barrier()
+
+
 def _step_worker(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
@@ -81,6 +90,8 @@ def _step_worker(rank: int, port: int, folder: str) -> None:
             if rank == 0:
                 save_file(trained_state(stage), str(Path(folder) / f"{name}-ddp.safetensors"))
                 (Path(folder) / f"{name}-loss.json").write_text(json.dumps(loss))
+            del stage
+        _quiesce()
     finally:
         dist.destroy_process_group()
 
@@ -137,6 +148,7 @@ def _loop_worker(rank: int, port: int, folder: str) -> None:
         train("autoencoder", root / "ae", root / "data", ae, device="cpu", progress=False, command=["ae"])
         sp = {"batch_size": 1, "steps": 2, "log_every": 1, "disc_channels": 4}
         train("spade", root / "sp", root / "data", sp, first_stage=str(root / "ae"), device="cpu", progress=False)
+        _quiesce()
     finally:
         dist.destroy_process_group()
 

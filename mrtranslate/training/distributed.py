@@ -8,6 +8,7 @@ process stops and checkpoints at the same step.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ class DistContext:
 
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
+            gc.collect()  # DDP wrappers caught in reference cycles still hold the group: free them first
             dist.destroy_process_group()
 
 
