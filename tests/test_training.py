@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 import signal
 from pathlib import Path
 
@@ -32,7 +34,13 @@ from mrtranslate.pipeline import ALDMPipeline  # noqa: E402
 from mrtranslate.training import builders  # noqa: E402
 from mrtranslate.training.autoencoder import AutoencoderStage  # noqa: E402
 from mrtranslate.training.checkpoint import load_checkpoint  # noqa: E402
-from mrtranslate.training.config import AutoencoderConfig, DiffusionConfig, SpadeConfig, load_config  # noqa: E402
+from mrtranslate.training.config import (  # noqa: E402
+    AutoencoderConfig,
+    DiffusionConfig,
+    SpadeConfig,
+    learning_rate,
+    load_config,
+)
 from mrtranslate.training.data import (  # noqa: E402
     load_images,
     preprocess_subject,
@@ -125,11 +133,27 @@ def test_defaults_are_the_published_values() -> None:
         ({"perceptual_weight": 1.0}, "perceptual_model"),
         ({"model": {**TINY_VQ.to_dict(), "chanels": 3}}, "unknown key"),
         ({"disc_weight": 0.5, "disc_layers": 3}, "PatchGAN"),
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"lr_min": 1.0}, "lr_min"),
+        ({"warmup_steps": -1}, "warmup_steps"),
     ],
 )
 def test_config_errors_name_the_setting(override: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         load_config("autoencoder", overrides=autoencoder_config(**override))
+
+
+def test_learning_rate_schedules() -> None:
+    constant = AutoencoderConfig(lr=1e-3, steps=10)
+    assert [learning_rate(constant, s) for s in range(10)] == [1e-3] * 10  # as published
+    warm = AutoencoderConfig(lr=1e-3, steps=10, warmup_steps=4)
+    assert [learning_rate(warm, s) for s in range(5)] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
+    cos = AutoencoderConfig(lr=1e-3, steps=7, warmup_steps=2, lr_min=1e-4, lr_schedule="cosine")
+    got = [learning_rate(cos, s) for s in range(7)]
+    # after the warm-up: half a cosine from lr (step 2) to lr_min (the last step, 6), its middle at step 4
+    assert got == pytest.approx([5e-4, 1e-3, 1e-3, 1e-4 + 0.9e-3 * (1 + math.cos(math.pi / 4)) / 2, 5.5e-4,
+                                 1e-4 + 0.9e-3 * (1 + math.cos(3 * math.pi / 4)) / 2, 1e-4])
+    assert learning_rate(cos, 50) == pytest.approx(1e-4)  # past the end (steps raised on resume): the floor
 
 
 # ---- the three stages, resumed exactly ---------------------------------------------------------------------
@@ -147,7 +171,8 @@ def chain(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     perceptual = save_tiny(base / "perceptual-model")
     configs = {
         "autoencoder": autoencoder_config(disc_weight=0.5, disc_start=1, disc_layers=1, disc_channels=4,
-                                          perceptual_weight=0.1, perceptual_model=str(perceptual)),
+                                          perceptual_weight=0.1, perceptual_model=str(perceptual),
+                                          lr_schedule="cosine", warmup_steps=1, lr_min=1e-4),
         "spade": spade_config(cycle_weight=0.5),
         "diffusion": diffusion_config(),
     }
@@ -189,12 +214,14 @@ def test_autoencoder_interrupted_by_sigint_resumes_exactly(chain: dict[str, Path
     assert main(["train", "autoencoder", "--run", str(run), "--resume", "--quiet"]) == 0  # data: the recorded folder
     assert checkpoint_differences(chain["autoencoder"], run) == []
     assert _rows(run) == _rows(chain["autoencoder"])
+    cfg = load_config("autoencoder", overrides=json.loads(cfg.read_text()))
+    # each step's row logs the learning rate it took: the warm-up, then the cosine down to lr_min
+    assert [float(r["lr"]) for r in _rows(run)] == pytest.approx([learning_rate(cfg, s) for s in range(4)])
+    assert [float(r["lr"]) for r in _rows(run)] == pytest.approx([1e-3, 1e-3, 5.5e-4, 1e-4])
     assert sorted(p.suffix for p in (run / "checkpoint").iterdir()) == [".json", ".safetensors"]  # no pickle
 
 
 def _data_of(chain: dict[str, Path]) -> str:
-    import json
-
     return json.loads((chain["autoencoder"] / "run.json").read_text())["data"]["folder"]
 
 

@@ -22,6 +22,20 @@ from ..schedulers import SchedulerConfig
 STAGES = ("autoencoder", "spade", "diffusion")
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The learning rate of step ``step`` (0-based) under ``cfg``'s schedule."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup_steps - 1)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1.0 + math.cos(math.pi * progress))
+
+
 @dataclasses.dataclass
 class TrainConfig:
     """Settings shared by the three stages. ``batch_size`` is per process (per GPU under torchrun)."""
@@ -32,6 +46,11 @@ class TrainConfig:
     steps: int = 100_000
     batch_size: int = 4
     lr: float = 1e-5
+    # the learning rate over the run: "constant" (as published) or "cosine" (from lr down to lr_min at the last
+    # step), either after a linear warm-up of warmup_steps; a function of the step alone, so resume is exact
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_min: float = 0.0
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.0
     checkpoint_minutes: float = 10.0
@@ -75,6 +94,11 @@ class TrainConfig:
         _positive_int(origin, "log_every", self.log_every)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UsageError(f"{origin}: lr = {self.lr} must be a positive number")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UsageError(f"{origin}: lr_schedule = {self.lr_schedule!r}: use one of {', '.join(LR_SCHEDULES)}")
+        _positive_int(origin, "warmup_steps", self.warmup_steps, minimum=0)
+        if not (0 <= self.lr_min <= self.lr):
+            raise UsageError(f"{origin}: lr_min = {self.lr_min} must be between 0 and lr ({self.lr})")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise UsageError(f"{origin}: betas = {list(self.betas)} must be two numbers in [0, 1)")
         if self.weight_decay < 0:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..models import VQGAN
 from .checkpoint import load_module, load_optimizer_state, module_tensors, optimizer_state
-from .config import TrainConfig
+from .config import TrainConfig, learning_rate
 from .distributed import DistContext
 
 
@@ -79,6 +79,13 @@ class Stage:
     def finish_step(self) -> None:
         if self.scaler is not None:
             self.scaler.update()
+
+    def set_lr(self, step: int) -> None:
+        """Every optimizer of the stage takes the schedule's learning rate for ``step``."""
+        lr = learning_rate(self.cfg, step)
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
 
     @property
     def lr(self) -> float:

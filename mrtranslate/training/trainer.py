@@ -169,6 +169,7 @@ def _train(
             with torch.random.fork_rng(devices=cuda):
                 # anything drawing from the global generator (dropout) is seeded per step as well
                 torch.manual_seed(step_generator(cfg.seed, step, ctx.rank, stream=1).initial_seed())
+                stage.set_lr(step)
                 losses = stage.train_step(batch, step)
             step += 1
             for k, v in losses.items():
