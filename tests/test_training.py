@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("nilearn")  # the phantom simulator needs the train extra
 
-from _tiny import TINY_VQ, save_tiny  # noqa: E402
+from _tiny import TINY_UNET, TINY_VQ, save_tiny  # noqa: E402
 from _training_utils import (  # noqa: E402
     PHANTOM_SPACING,
     PREP,
@@ -264,6 +264,34 @@ def test_stages_chain_only_from_first_stages(chain: dict[str, Path], tmp_path: P
         load_first_stage(chain["diffusion"])
     assert main(["train", "spade", "--data", _data_of(chain), "--run", str(tmp_path / "x"), "--quiet"]) == 2
     assert main(["train", "spade", "--run", str(tmp_path / "y"), "--resume", "--quiet"]) == 2
+
+
+def test_diffusion_fine_tunes_from_a_model_folder(chain: dict[str, Path], tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    assert main(["export", str(chain["diffusion"]), "--out", str(model), "-q"]) == 0
+    run = tmp_path / "ft"
+    result = train("diffusion", run, _data_of(chain), diffusion_config(init=str(model), steps=0),
+                   first_stage=str(chain["spade"]), progress=False)
+    assert result.step == 0
+    tensors, _ = load_checkpoint(run / "checkpoint")
+    start = ALDMPipeline.from_pretrained(model).unet
+    for k, v in start.state_dict().items():  # the UNet and its EMA start as the model folder's UNet
+        assert torch.equal(tensors[f"model/unet/{k}"], v), k
+    for k, v in start.named_parameters():
+        assert torch.equal(tensors[f"ema/unet/{k}"], v), k
+    assert json.loads((run / "run.json").read_text())["init"]["path"] == str(model.resolve())
+    model.rename(tmp_path / "moved")  # resuming reads the checkpoint, not the init folder
+    assert train("diffusion", run, resume=True, steps=2, progress=False).step == 2
+    moved = load_checkpoint(run / "checkpoint")[0]
+    assert not torch.equal(moved["model/unet/out.2.weight"], start.state_dict()["out.2.weight"])
+    with pytest.raises(UsageError, match="not a model folder"):
+        train("diffusion", tmp_path / "a", _data_of(chain), diffusion_config(init=str(chain["spade"])),
+              first_stage=str(chain["spade"]), progress=False)
+    assert not (tmp_path / "a").exists()  # refused before the data were encoded into the run folder
+    other = {**TINY_UNET.to_dict(), "model_channels": 2 * TINY_UNET.model_channels}
+    with pytest.raises(UsageError, match="model_channels"):
+        train("diffusion", tmp_path / "b", _data_of(chain), diffusion_config(init=str(tmp_path / "moved"), model=other),
+              first_stage=str(chain["spade"]), progress=False)
 
 
 def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path], tmp_path: Path) -> None:

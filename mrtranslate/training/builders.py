@@ -16,7 +16,7 @@ from .autoencoder import AutoencoderStage
 from .checkpoint import load_checkpoint, load_module
 from .config import AutoencoderConfig, DiffusionConfig, SpadeConfig, TrainConfig
 from .data import dataset_subjects, describe_dataset, load_images
-from .diffusion import DiffusionStage
+from .diffusion import DiffusionStage, initial_unet
 from .distributed import DistContext
 from .first_stage import FirstStage, cached, encode_codes, load_first_stage, translate_codes
 from .runs import RunFolder
@@ -72,6 +72,11 @@ def build_stage(
         subjects = dataset_subjects(root, 2)
         data_info = describe_dataset(root, subjects)
 
+    init_unet = None
+    if isinstance(cfg, DiffusionConfig) and cfg.init is not None and record is None:
+        # read (and checked) before the data are encoded; a resumed run's checkpoint holds the UNet instead
+        init_unet = initial_unet(cfg.init, cfg.unet_config())
+        extras["init"] = {"path": str(Path(cfg.init).resolve()), "kind": "model"}
     translate = isinstance(cfg, DiffusionConfig) and cfg.cache_spade
     prefixes = FIRST_STAGE_ENCODER + (("spade.",) if translate else ())
     prep = Preprocessing.from_dict(first.preprocessing)
@@ -102,7 +107,7 @@ def build_stage(
     if isinstance(cfg, SpadeConfig):
         stage: Stage = SpadeStage(cfg, ctx, first, codes, available)
     else:
-        stage = DiffusionStage(cfg, ctx, first, codes, available, latents.get("translated"))
+        stage = DiffusionStage(cfg, ctx, first, codes, available, latents.get("translated"), init_unet)
     return Built(stage, data_info, extras)
 
 

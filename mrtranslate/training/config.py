@@ -205,6 +205,9 @@ class DiffusionConfig(TrainConfig):
     # Compute MS-SPADE(source -> target) of every pair once and keep it (memory: 12 latents per subject)
     # instead of running the frozen MS-SPADE in every step.
     cache_spade: bool = True
+    # Fine-tuning: a model folder whose UNet (the same architecture as ``model``) starts the UNet and its EMA,
+    # instead of random weights. None (as published): train from scratch.
+    init: str | None = None
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)

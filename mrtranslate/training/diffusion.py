@@ -7,19 +7,36 @@ noise). AdamW; an EMA of the UNet weights (LitEma's warm-up) is what export writ
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from ..models import UNet
+from ..models import UNet, UNetConfig
 from ..schedulers import DDIMScheduler
 from .config import DiffusionConfig
 from .data import sample_pairs, step_generator
 from .distributed import DistContext
 from .first_stage import FirstStage, check_latent_grid
 from .stage import Stage, frozen, quantized
+
+
+def initial_unet(folder: str, config: UNetConfig) -> UNet:
+    """The UNet of the model folder ``folder`` (config ``init``), which must have the architecture ``config``."""
+    from ..pipeline import ALDMPipeline
+
+    if not (Path(folder) / "model_index.json").is_file():
+        raise UsageError(f"config init: {folder} is not a model folder (no model_index.json): export the run first")
+    pipe = ALDMPipeline.from_pretrained(folder)
+    if pipe.unet is None:
+        raise UsageError(f"config init: {folder} has no diffusion UNet (a first-stage-only model folder)")
+    if pipe.unet.config != config:
+        mine, theirs = config.to_dict(), pipe.unet.config.to_dict()
+        diff = ", ".join(f"{k} {mine[k]!r} vs {theirs.get(k)!r}" for k in mine if mine[k] != theirs.get(k))
+        raise UsageError(f"config init: the UNet of {folder} differs from config model ({diff}): make them equal")
+    return pipe.unet
 
 
 class DiffusionStage(Stage):
@@ -34,6 +51,7 @@ class DiffusionStage(Stage):
         codes: torch.Tensor,
         available: torch.Tensor,
         translated: torch.Tensor | None = None,
+        init_unet: UNet | None = None,
     ):
         super().__init__(cfg, ctx)
         self.cfg: DiffusionConfig = cfg
@@ -56,6 +74,8 @@ class DiffusionStage(Stage):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             unet = UNet(unet_cfg)
+        if init_unet is not None:  # fine-tuning (config init): start from these weights
+            unet.load_state_dict(init_unet.state_dict())
         self.unet = self.place(unet)
         self.nets["unet"] = self.unet
         self.net = ctx.wrap(self.unet)
