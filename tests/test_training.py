@@ -270,9 +270,10 @@ def test_diffusion_fine_tunes_from_a_model_folder(chain: dict[str, Path], tmp_pa
     model = tmp_path / "model"
     assert main(["export", str(chain["diffusion"]), "--out", str(model), "-q"]) == 0
     run = tmp_path / "ft"
-    result = train("diffusion", run, _data_of(chain), diffusion_config(init=str(model), steps=0),
-                   first_stage=str(chain["spade"]), progress=False)
-    assert result.step == 0
+    cfg = write_json(tmp_path / "ft.json", diffusion_config(steps=0))
+    assert main(["train", "diffusion", "--data", _data_of(chain), "--run", str(run), "--config", str(cfg),
+                 "--first-stage", str(chain["spade"]), "--init", str(model), "--quiet"]) == 0
+    assert load_checkpoint(run / "checkpoint")[1]["step"] == 0
     tensors, _ = load_checkpoint(run / "checkpoint")
     start = ALDMPipeline.from_pretrained(model).unet
     for k, v in start.state_dict().items():  # the UNet and its EMA start as the model folder's UNet
@@ -288,6 +289,9 @@ def test_diffusion_fine_tunes_from_a_model_folder(chain: dict[str, Path], tmp_pa
         train("diffusion", tmp_path / "a", _data_of(chain), diffusion_config(init=str(chain["spade"])),
               first_stage=str(chain["spade"]), progress=False)
     assert not (tmp_path / "a").exists()  # refused before the data were encoded into the run folder
+    with pytest.raises(UsageError, match="diffusion stage"):
+        train("spade", tmp_path / "c", _data_of(chain), spade_config(), first_stage=str(chain["autoencoder"]),
+              init=str(tmp_path / "moved"), progress=False)
     other = {**TINY_UNET.to_dict(), "model_channels": 2 * TINY_UNET.model_channels}
     with pytest.raises(UsageError, match="model_channels"):
         train("diffusion", tmp_path / "b", _data_of(chain), diffusion_config(init=str(tmp_path / "moved"), model=other),

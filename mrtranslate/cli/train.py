@@ -44,13 +44,13 @@ def _argv(stage: str, **opts: object) -> list[str]:
 
 def _train(stage: str, data: Optional[Path], run: Path, config: Optional[Path], resume: bool,
            max_minutes: Optional[float], device: Optional[str], steps: Optional[int],
-           first_stage: Optional[str], threads: Optional[int], quiet: bool) -> int:
+           first_stage: Optional[str], threads: Optional[int], quiet: bool, init: Optional[str] = None) -> int:
     from ..training.trainer import train
 
-    argv = _argv(stage, data=data, run=run, config=config, first_stage=first_stage, resume=resume,
+    argv = _argv(stage, data=data, run=run, config=config, first_stage=first_stage, init=init, resume=resume,
                  steps=steps, max_minutes=max_minutes, device=device, threads=threads)
     result = train(stage, run, data, config, resume=resume, max_minutes=max_minutes, device=device, steps=steps,
-                   first_stage=first_stage, progress=not quiet, command=argv, threads=threads)
+                   first_stage=first_stage, init=init, progress=not quiet, command=argv, threads=threads)
     if not quiet and result.main_process:
         losses = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k not in ("step", "elapsed_s", "lr"))
         typer.echo(
@@ -86,8 +86,12 @@ def train_spade(
 def train_diffusion(
     data: Optional[Path] = DATA, run: Path = RUN, config: Optional[Path] = CONFIG,
     first_stage: Optional[str] = typer.Option(None, "--first-stage", help="The spade run folder (or a model folder)."),
+    init: Optional[str] = typer.Option(
+        None, "--init", help="Fine-tune: a model folder whose UNet (same architecture) starts the UNet and its EMA."
+    ),
     resume: bool = RESUME, max_minutes: Optional[float] = MAX_MINUTES, device: Optional[str] = DEVICE,
     steps: Optional[int] = STEPS, threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
 ) -> int:
     """Stage 3: the latent diffusion UNet (epsilon MSE, EMA weights)."""
-    return _train("diffusion", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet)
+    return _train("diffusion", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet,
+                  init)

@@ -46,7 +46,7 @@ class TrainResult:
 
 def _resolve_config(
     stage: str, run: RunFolder, resume: bool, config: Path | str | dict[str, Any] | TrainConfig | None,
-    steps: int | None, first_stage: str | None,
+    steps: int | None, first_stage: str | None, init: str | None = None,
 ) -> TrainConfig:
     if stage not in STAGES:
         raise UsageError(f"unknown training stage {stage!r}: use one of {', '.join(STAGES)}")
@@ -54,8 +54,10 @@ def _resolve_config(
         run.check_resumable()
         if run.stage != stage:
             raise UsageError(f"--resume: {run.path} is a {run.stage} run, not a {stage} run")
-        if config is not None or first_stage is not None:
-            raise UsageError("--resume continues a run with its own config: drop --config/--first-stage (--steps may change)")
+        if config is not None or first_stage is not None or init is not None:
+            raise UsageError(
+                "--resume continues a run with its own config: drop --config/--first-stage/--init (--steps may change)"
+            )
         cfg = run.read_config()
         if steps is not None:
             cfg.steps = steps
@@ -67,6 +69,10 @@ def _resolve_config(
         overrides["steps"] = steps
     if first_stage is not None:
         overrides["first_stage"] = str(first_stage)
+    if init is not None:
+        if stage != "diffusion":
+            raise UsageError(f"--init (a model folder whose UNet starts training) is for the diffusion stage, not {stage}")
+        overrides["init"] = str(init)
     if isinstance(config, TrainConfig):
         data = {k: v for k, v in config.to_dict().items()}
         return load_config(stage, None, {**data, **overrides})
@@ -91,6 +97,7 @@ def train(
     device: str | None = None,
     steps: int | None = None,
     first_stage: str | None = None,
+    init: str | None = None,
     progress: bool = True,
     command: list[str] | None = None,
     threads: int | None = None,
@@ -99,7 +106,8 @@ def train(
 
     ``config``: a JSON file, a dict of settings or a config object (defaults: the published values).
     ``data``: the dataset folder (BraTS 2021/2023 or BIDS layout); on resume the recorded one by default.
-    ``steps`` overrides the config's total steps (also on resume, to train longer). ``command`` is the
+    ``steps`` overrides the config's total steps (also on resume, to train longer); ``first_stage`` and ``init``
+    (diffusion: a model folder whose UNet starts the UNet, for fine-tuning) the config's. ``command`` is the
     command line recorded in ``run.json`` for the model card. ``threads`` sets torch's CPU threads (on a
     machine shared with other work, fewer threads than cores is often faster).
     """
@@ -111,7 +119,7 @@ def train(
         if threads < 1:
             raise UsageError(f"--threads {threads} must be >= 1")
         torch.set_num_threads(threads)
-    cfg = _resolve_config(stage, folder, resume, config, steps, first_stage)
+    cfg = _resolve_config(stage, folder, resume, config, steps, first_stage, init)
     ctx = setup(device or cfg.device)
     try:
         return _train(cfg, folder, ctx, data, resume, max_minutes, progress, command, launch)
