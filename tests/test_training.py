@@ -281,6 +281,10 @@ def test_diffusion_fine_tunes_from_a_model_folder(chain: dict[str, Path], tmp_pa
     for k, v in start.named_parameters():
         assert torch.equal(tensors[f"ema/unet/{k}"], v), k
     assert json.loads((run / "run.json").read_text())["init"]["path"] == str(model.resolve())
+    assert main(["export", str(run), "--out", str(tmp_path / "ft-model"), "-q"]) == 0
+    card = (tmp_path / "ft-model" / "README.md").read_text()
+    assert f"UNet (and its EMA) started from the model folder `{model.resolve()}`" in card
+    assert "--init" in card  # the command line, as run
     model.rename(tmp_path / "moved")  # resuming reads the checkpoint, not the init folder
     assert train("diffusion", run, resume=True, steps=2, progress=False).step == 2
     moved = load_checkpoint(run / "checkpoint")[0]

@@ -165,6 +165,9 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
     for s in stages:
         if s.get("stage") == "model":
             lines += ["", f"First stage taken from the model folder `{s.get('path')}`."]
+    for s in runs:
+        if s.get("init"):
+            lines += ["", f"The {s['stage']} UNet (and its EMA) started from the model folder `{s['init'].get('path')}`."]
     lines += ["", "Commands, in order (each run folder records its own in `run.json`):", "", "```"]
     for s in runs:
         lines += [f"# {s['stage']} (run folder {s.get('run')})", *_command_lines(s)]

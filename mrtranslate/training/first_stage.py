@@ -51,6 +51,7 @@ def run_summary(run: RunFolder) -> dict[str, Any]:
         "commands": record.get("commands", []),
         "data": record.get("data"),
         "first_stage": record.get("first_stage"),
+        "init": record.get("init"),
         "step": step,
         "steps": scalars.get("config", {}).get("steps"),
         "elapsed_s": scalars.get("elapsed_s"),
