@@ -28,14 +28,14 @@ def initial_unet(folder: str, config: UNetConfig) -> UNet:
     from ..pipeline import ALDMPipeline
 
     if not (Path(folder) / "model_index.json").is_file():
-        raise UsageError(f"config init: {folder} is not a model folder (no model_index.json): export the run first")
+        raise UsageError(f"--init (config init): {folder} is not a model folder (no model_index.json): export the run first")
     pipe = ALDMPipeline.from_pretrained(folder)
     if pipe.unet is None:
-        raise UsageError(f"config init: {folder} has no diffusion UNet (a first-stage-only model folder)")
+        raise UsageError(f"--init (config init): {folder} has no diffusion UNet (a first-stage-only model folder)")
     if pipe.unet.config != config:
         mine, theirs = config.to_dict(), pipe.unet.config.to_dict()
         diff = ", ".join(f"{k} {mine[k]!r} vs {theirs.get(k)!r}" for k in mine if mine[k] != theirs.get(k))
-        raise UsageError(f"config init: the UNet of {folder} differs from config model ({diff}): make them equal")
+        raise UsageError(f"--init (config init): the UNet of {folder} differs from config model ({diff}): make them equal")
     return pipe.unet
 
 
