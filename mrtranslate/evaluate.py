@@ -18,8 +18,10 @@ as in the BraTS synthesis challenge) and over the whole volume. The report folde
     pred/<method>/<case>/<case>_<target>_from_<source>.nii.gz   model predictions, on the source's grid
     pred/<method>/<case>/<case>_from_<source>.json              what made them (reuse record)
     cases.csv        one line per case, task and method
-    summary.md       one row per task and method: mean ± std of PSNR, NMSE, SSIM (brain), Δ to the LUT
-    summary.json     settings, per-task statistics, the fitted lookup tables, figure panel boxes
+    summary.md       one row per task and method: mean ± std of PSNR, NMSE, SSIM (brain), Δ to the LUT;
+                     per method, the tasks where it beats the LUT in both PSNR and SSIM
+    summary.json     settings, per-task statistics, those wins (vs_lut_wins), the fitted lookup tables,
+                     figure panel boxes
     figures/<source>_to_<target>.png
 
 Resumable: model predictions are reused when their record says they were made from the same source file
@@ -50,6 +52,7 @@ from .evaluate_lut import N_BINS, IntensityLUT, fit_luts
 from .evaluate_report import (
     METHOD_LABELS,
     json_safe,
+    lut_wins,
     summarise,
     write_csv,
     write_json,
@@ -342,6 +345,7 @@ def evaluate(
     summary: dict[str, Any] = {
         "settings": settings,
         "tasks": entries,
+        "vs_lut_wins": lut_wins(entries),
         "luts": {f"{s}->{t}": lut.to_dict() for (s, t), lut in luts.items()},
         "figures": drawn,
         "skipped": skipped,

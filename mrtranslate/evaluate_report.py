@@ -28,7 +28,8 @@ TABLE_METRICS: tuple[str, ...] = ("psnr_brain", "nmse_brain", "ssim_brain")
 METHOD_LABELS: dict[str, str] = {"aldm": "ALDM", "spade": "MS-SPADE only", "lut": "LUT (1-D)"}
 _DIGITS = {"psnr_brain": 2, "nmse_brain": 4, "ssim_brain": 4}
 
-__all__ = ["CSV_COLUMNS", "METHOD_LABELS", "summarise", "write_csv", "write_json", "write_markdown", "json_safe"]
+__all__ = ["CSV_COLUMNS", "METHOD_LABELS", "lut_wins", "summarise", "write_csv", "write_json", "write_markdown",
+           "json_safe"]
 
 
 def task_label(source: str, target: str) -> str:
@@ -117,6 +118,37 @@ def summarise(
     return entries
 
 
+def lut_wins(entries: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per method compared with the LUT: the tasks where its mean PSNR and SSIM in the brain are both higher,
+    those where only one is, and those where neither is (ties count as not higher)."""
+    wins: dict[str, dict[str, Any]] = {}
+    for e in entries:
+        vs = e.get("vs_lut")
+        if vs is None:
+            continue
+        psnr, ssim = vs["psnr_brain"] > 0, vs["ssim_brain"] > 0
+        kind = "both" if psnr and ssim else "psnr_only" if psnr else "ssim_only" if ssim else "neither"
+        w = wins.setdefault(e["method"], {"n_tasks": 0, "both": [], "psnr_only": [], "ssim_only": [], "neither": []})
+        w["n_tasks"] += 1
+        w[kind].append(e["task"])
+    return wins
+
+
+def wins_lines(entries: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One Markdown bullet per method: on how many tasks it beats the LUT in both PSNR and SSIM, and where not."""
+    lines = []
+    for method, w in lut_wins(entries).items():
+        n_psnr = len(w["both"]) + len(w["psnr_only"])
+        n_ssim = len(w["both"]) + len(w["ssim_only"])
+        line = (f"- {METHOD_LABELS.get(method, method)} beats the LUT in both PSNR and SSIM (means) on "
+                f"{len(w['both'])} of {w['n_tasks']} tasks (in PSNR on {n_psnr}, in SSIM on {n_ssim})")
+        misses = [f"{task_label(*t.split('->'))} ({label})" for key, label in
+                  (("psnr_only", "better in PSNR only"), ("ssim_only", "better in SSIM only"), ("neither", "neither"))
+                  for t in w[key]]
+        lines.append(line + (f"; not on {', '.join(misses)}" if misses else ""))
+    return lines
+
+
 def _cell(mean: float, std: float, digits: int) -> str:
     if not math.isfinite(mean):
         return str(mean)
@@ -172,4 +204,7 @@ def write_markdown(path: Path, entries: Sequence[Mapping[str, Any]], settings: M
         "",
         markdown_table(entries),
     ]
+    wins = wins_lines(entries)
+    if wins:
+        lines += wins + [""]
     write_text(path, "\n".join(lines))

@@ -129,6 +129,37 @@ def test_summary_json_holds_statistics_settings_and_the_fitted_tables(report):
     assert all(len(lut["values"]) == N_BINS for lut in summary["luts"].values())
 
 
+def test_wins_against_the_lut_are_those_of_the_case_means_and_are_said_in_summary_md(report):
+    _, _, out = report
+    _, rows = _rows(out)
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    wins = summary["vs_lut_wins"]
+    assert sorted(wins) == ["aldm", "spade"]
+    names = {"t1": "T1", "t2": "T2", "flair": "FLAIR"}
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    for method, label in (("aldm", "ALDM"), ("spade", "MS-SPADE only")):
+        expected: dict[str, list[str]] = {"both": [], "psnr_only": [], "ssim_only": [], "neither": []}
+        for source, target in TASKS:
+            def mean(m: str, col: str) -> float:
+                return float(np.mean([float(r[col]) for r in rows if r["method"] == m and r["target"] == target]))
+            psnr = mean(method, "psnr_brain") > mean("lut", "psnr_brain")
+            ssim = mean(method, "ssim_brain") > mean("lut", "ssim_brain")
+            kind = "both" if psnr and ssim else "psnr_only" if psnr else "ssim_only" if ssim else "neither"
+            expected[kind].append(f"{source}->{target}")
+        assert wins[method] == {"n_tasks": len(TASKS), **expected}
+        line = next(x for x in text.splitlines() if x.startswith(f"- {label} beats the LUT"))
+        n_psnr = len(expected["both"]) + len(expected["psnr_only"])
+        n_ssim = len(expected["both"]) + len(expected["ssim_only"])
+        assert line.startswith(f"- {label} beats the LUT in both PSNR and SSIM (means) on {len(expected['both'])} of "
+                               f"{len(TASKS)} tasks (in PSNR on {n_psnr}, in SSIM on {n_ssim})")
+        for kind, said in (("psnr_only", "better in PSNR only"), ("ssim_only", "better in SSIM only"),
+                           ("neither", "neither")):
+            for task in expected[kind]:
+                source, target = task.split("->")
+                assert f"{names[source]} → {names[target]} ({said})" in line
+        assert ("; not on " in line) == (len(expected["both"]) < len(TASKS))
+
+
 def test_lut_rows_are_reproduced_by_the_saved_tables_and_stay_inside_the_brain(report):
     root, _, out = report
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
