@@ -37,8 +37,8 @@ class Translator:
     >>> out = tr("sub-01_T1w.nii.gz", source="t1").to("t2", "flair")      # dict of nibabel images
 
     Outputs are float32 ``nibabel.Nifti1Image`` on exactly the input's grid (shape, affine, qform and sform
-    with codes); intensities in [0, 1] where [0, 1] is the target's 0.5th..99.5th percentile range, 0 outside
-    the input's foreground (voxels > 0). ``seed`` (default 0) makes runs reproducible.
+    with codes); intensities >= 0 where 0 and 1 are the target's 0.5th and 99.5th percentiles (not clipped
+    above: the brightest brain voxels lie above 1), 0 outside the input's foreground (voxels > 0). ``seed`` (default 0) makes runs reproducible.
     """
 
     def __init__(
@@ -260,7 +260,7 @@ class Translator:
             "seed": self.seed if seed is None else seed,
             "device": str(pipe.device),
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),
-            "intensity": "[0, 1] = the target's 0.5th..99.5th percentile range; 0 outside the source foreground",
+            "intensity": "0 and 1 = the target's 0.5th and 99.5th percentiles, not clipped above; 0 outside the source foreground",
         }
 
     # -- sharing ------------------------------------------------------------------------------------

@@ -25,10 +25,13 @@ model output is sampled there (integer indexing on the exact path, trilinear oth
 in the input than in the model are smoothed first). The output image is float32 with exactly the input's
 shape, affine, qform and sform (codes included), unscaled (``scl_slope`` NaN), and holds::
 
-    out = clip((v + 1) / 2, 0, 1)   inside the source's foreground (input voxels > 0) covered by the grid
-    out = 0                          elsewhere (background, and brain the grid had to crop)
+    out = max((v + 1) / 2, 0)   inside the source's foreground (input voxels > 0) covered by the grid
+    out = 0                      elsewhere (background, and brain the grid had to crop)
 
-so the model's [-1, 1] range, i.e. the target's 0.5th..99.5th percentile range, becomes [0, 1].
+so the model's [-1, 1] range, i.e. the target's 0.5th..99.5th percentile range, becomes [0, 1]. Like the
+model's input, the output is not clipped above: the upper percentile is taken over the whole grid, background
+included, so the brightest percent or two of the brain (CSF in T2, enhancing tumour in T1ce) lies above 1, and
+a clip there would flatten it. Negative values (no intensity of a magnitude image) are set to 0.
 """
 
 from __future__ import annotations
@@ -181,14 +184,14 @@ class ModelSpaceInverse:
     def __call__(self, model_out: torch.Tensor | np.ndarray) -> nib.Nifti1Image:
         """The model output ``[*grid]``, ``[1, *grid]`` or ``[1, 1, *grid]`` (about [-1, 1]) as an image on the input grid.
 
-        Values are ``clip((v + 1) / 2, 0, 1)`` inside the source foreground covered by the grid, 0 elsewhere.
+        Values are ``max((v + 1) / 2, 0)`` (not clipped above) inside the source foreground covered by the grid, 0 elsewhere.
         """
         v = self._grid_array(model_out)
         out = np.zeros(self.shape, dtype=np.float32)
         if isinstance(self._plan, _ExactPlan):
             ras = np.zeros(self._plan.ras_shape, dtype=np.float32)
             dst, src = _overlap(self._plan.offset, self.grid, self._plan.ras_shape)
-            ras[dst] = np.clip((v[src] + np.float32(1)) * np.float32(0.5), 0, 1)
+            ras[dst] = np.clip((v[src] + np.float32(1)) * np.float32(0.5), 0, None)
             out = np.ascontiguousarray(nib.orientations.apply_orientation(ras, self._plan.from_ras))
             out[~self._foreground] = 0
         else:
@@ -207,7 +210,7 @@ class ModelSpaceInverse:
             pts = np.stack([i0, i1, i2], axis=1).astype(np.float64) @ m.T + t
             inside = np.all((pts >= -1e-3) & (pts <= upper + 1e-3), axis=1)
             vals = sample_trilinear(smoothed, np.clip(pts[inside], 0.0, upper))
-            out[i0[inside], i1[inside], i2[inside]] = np.clip((vals + np.float32(1)) * np.float32(0.5), 0, 1)
+            out[i0[inside], i1[inside], i2[inside]] = np.clip((vals + np.float32(1)) * np.float32(0.5), 0, None)
 
     def grid_image(self, model_out: torch.Tensor | np.ndarray) -> nib.Nifti1Image:
         """A model-space tensor as a NIfTI image on the model grid (``grid_affine``): it overlays the input in world space."""

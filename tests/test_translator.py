@@ -73,7 +73,7 @@ def test_every_output_is_on_the_inputs_own_grid(case: str, grid_model: Path, tmp
         assert isinstance(img, nib.Nifti1Image)
         assert_same_geometry(img, ref)
         data = _arr(img)
-        assert np.isfinite(data).all() and data.min() >= 0.0 and data.max() <= 1.0
+        assert np.isfinite(data).all() and data.min() >= 0.0
         assert not data[~foreground].any()  # 0 outside the source's foreground
         assert data[foreground].std() > 0  # something was translated
         assert f"t1->{name}" in img.header["descrip"].tobytes().decode()

@@ -20,9 +20,10 @@ PUBLISHED = Preprocessing()
 
 
 def expected_output(data: np.ndarray, inverse) -> np.ndarray:
-    """What the inverse of the model-space tensor itself must give: the input mapped to [0, 1] in its foreground."""
+    """What the inverse of the model-space tensor itself must give: the input with its percentiles at 0 and 1 in its
+    foreground, negative values at 0, nothing clipped above (the brightest voxels lie above 1)."""
     lo, hi = inverse.intensity_range
-    return np.where(data > 0, np.clip((data.astype(np.float64) - lo) / (hi - lo), 0, 1), 0.0)
+    return np.where(data > 0, np.maximum((data.astype(np.float64) - lo) / (hi - lo), 0), 0.0)
 
 
 def reference_published(data: np.ndarray, affine: np.ndarray, grid=(144, 192, 144)) -> np.ndarray:
@@ -185,13 +186,13 @@ def test_brain_larger_than_grid_is_cropped_with_a_warning(caplog):
     np.testing.assert_allclose(out[covered], exp[covered], atol=3e-7)
 
 
-def test_inverse_maps_model_values_to_unit_range_in_the_foreground_only():
+def test_inverse_maps_model_values_to_the_percentile_scale_in_the_foreground_only_unclipped_above():
     shape = (150, 190, 150)
     affine = make_affine(shape, (1.0, 1.0, 1.0))
     data = phantom(shape, affine)
     _, inverse = to_model_space((data, affine))
     fg = data > 0
-    for v, expected in ((0.0, 0.5), (-1.0, 0.0), (1.0, 1.0), (2.5, 1.0), (-3.0, 0.0), (0.2, 0.6)):
+    for v, expected in ((0.0, 0.5), (-1.0, 0.0), (1.0, 1.0), (1.4, 1.2), (2.5, 1.75), (-3.0, 0.0), (0.2, 0.6)):
         out = np.asarray(inverse(torch.full(PUBLISHED.grid, v)).dataobj)
         assert np.allclose(out[fg], expected, atol=1e-7) and np.all(out[~fg] == 0)
     for shaped in (torch.zeros(PUBLISHED.grid), np.zeros((1, *PUBLISHED.grid)), torch.zeros(1, 1, *PUBLISHED.grid)):

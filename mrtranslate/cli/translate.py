@@ -90,8 +90,8 @@ def translate_command(
 ) -> int:
     """Translate each INPUT into the --to modalities; writes <input>_<target>.nii.gz and a .json record beside it.
 
-    Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are in [0, 1], the target's
-    0.5th..99.5th percentile range, and 0 outside the input's brain (voxels > 0).
+    Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are >= 0, with 0 and 1 the
+    target's 0.5th and 99.5th percentiles (not clipped above), and 0 outside the input's brain (voxels > 0).
 
     Exit codes: 0 ok, 1 runtime error, 2 usage error, 130 interrupted.
     """
