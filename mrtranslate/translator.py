@@ -38,7 +38,8 @@ class Translator:
 
     Outputs are float32 ``nibabel.Nifti1Image`` on exactly the input's grid (shape, affine, qform and sform
     with codes); intensities >= 0 where 0 and 1 are the target's 0.5th and 99.5th percentiles (not clipped
-    above: the brightest brain voxels lie above 1), 0 outside the input's foreground (voxels > 0). ``seed`` (default 0) makes runs reproducible.
+    above: the brightest brain voxels lie above 1), 0 outside the input's foreground (voxels > 0). ``seed``
+    (default 0) makes runs reproducible.
     """
 
     def __init__(
