@@ -191,7 +191,7 @@ class ModelSpaceInverse:
         if isinstance(self._plan, _ExactPlan):
             ras = np.zeros(self._plan.ras_shape, dtype=np.float32)
             dst, src = _overlap(self._plan.offset, self.grid, self._plan.ras_shape)
-            ras[dst] = np.clip((v[src] + np.float32(1)) * np.float32(0.5), 0, None)
+            ras[dst] = _output_intensity(v[src])
             out = np.ascontiguousarray(nib.orientations.apply_orientation(ras, self._plan.from_ras))
             out[~self._foreground] = 0
         else:
@@ -210,11 +210,16 @@ class ModelSpaceInverse:
             pts = np.stack([i0, i1, i2], axis=1).astype(np.float64) @ m.T + t
             inside = np.all((pts >= -1e-3) & (pts <= upper + 1e-3), axis=1)
             vals = sample_trilinear(smoothed, np.clip(pts[inside], 0.0, upper))
-            out[i0[inside], i1[inside], i2[inside]] = np.clip((vals + np.float32(1)) * np.float32(0.5), 0, None)
+            out[i0[inside], i1[inside], i2[inside]] = _output_intensity(vals)
 
     def grid_image(self, model_out: torch.Tensor | np.ndarray) -> nib.Nifti1Image:
         """A model-space tensor as a NIfTI image on the model grid (``grid_affine``): it overlays the input in world space."""
         return nib.Nifti1Image(self._grid_array(model_out), self.grid_affine.copy())
+
+
+def _output_intensity(v: np.ndarray) -> np.ndarray:
+    """Model values -> output intensities: ``max((v + 1) / 2, 0)``, float32, not clipped above (module docstring)."""
+    return np.maximum((v + np.float32(1)) * np.float32(0.5), np.float32(0))
 
 
 def _overlap(offset: np.ndarray, grid: tuple[int, ...], shape: tuple[int, ...],
