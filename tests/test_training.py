@@ -253,6 +253,30 @@ def test_diffusion_resumes_exactly(chain: dict[str, Path], tmp_path: Path) -> No
     assert not torch.equal(raw, ema)  # the EMA lags the trained weights
 
 
+def test_diffusion_timestep_range_limits_the_training_timesteps(chain: dict[str, Path], tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrtranslate.schedulers import DDIMScheduler
+
+    seen: list[int] = []
+    add_noise = DDIMScheduler.add_noise
+
+    def record(self, x0, noise, t):
+        seen.extend(t.tolist())
+        return add_noise(self, x0, noise, t)
+
+    monkeypatch.setattr(DDIMScheduler, "add_noise", record)
+    train("diffusion", tmp_path / "low", _data_of(chain), diffusion_config(steps=6, timestep_range=[5, 8]),
+          first_stage=str(chain["spade"]), progress=False)
+    assert len(seen) == 12 and set(seen) <= {5, 6, 7} and len(set(seen)) > 1
+    seen.clear()
+    train("diffusion", tmp_path / "all", _data_of(chain), diffusion_config(steps=6), first_stage=str(chain["spade"]),
+          progress=False)
+    assert len(seen) == 12 and max(seen) >= 8  # as published: all 1000 timesteps
+    for bad in ([5], [8, 5], [0, 1001], [0.5, 9]):
+        with pytest.raises(UsageError, match="timestep_range"):
+            load_config("diffusion", overrides=diffusion_config(timestep_range=bad))
+
+
 def test_max_minutes_stops_cleanly_after_one_step(phantoms: Path, tmp_path: Path) -> None:
     result = train("autoencoder", tmp_path / "run", phantoms, autoencoder_config(), max_minutes=0, progress=False)
     assert (result.step, result.status, result.exit_code) == (1, "time_limit", 0)

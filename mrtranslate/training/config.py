@@ -208,13 +208,31 @@ class DiffusionConfig(TrainConfig):
     # Fine-tuning: a model folder whose UNet (the same architecture as ``model``) starts the UNet and its EMA,
     # instead of random weights. None (as published): train from scratch.
     init: str | None = None
+    # Not in the published code (None = all T timesteps, as published): [low, high), the training timesteps
+    # t ~ U{low..high-1}. A UNet that only ever samples at strength s (timesteps <= s * T, see
+    # DDIMScheduler.steps) can spend all its steps there, as SDXL's refiner does with the 200 lowest.
+    timestep_range: list[int] | None = None
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
         self.unet_config(origin)
-        self.scheduler_config(origin)
+        sched = self.scheduler_config(origin)
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"{origin}: ema_decay must be in [0, 1)")
+        if self.timestep_range is not None:
+            r = self.timestep_range
+            T = sched.num_train_timesteps
+            if len(r) != 2 or any(type(v) is not int for v in r) or not 0 <= r[0] < r[1] <= T:
+                raise UsageError(
+                    f"{origin}: timestep_range = {r} must be [low, high] with 0 <= low < high <= {T} "
+                    "(num_train_timesteps), or null for all"
+                )
+
+    def timesteps(self) -> tuple[int, int]:
+        """[low, high) of the training timesteps."""
+        if self.timestep_range is None:
+            return 0, self.scheduler_config().num_train_timesteps
+        return self.timestep_range[0], self.timestep_range[1]
 
     def unet_config(self, origin: str = "config") -> UNetConfig:
         return _model_config(UNetConfig, self.model, f"{origin}: model")
@@ -262,11 +280,11 @@ def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
         merged = dict(default)
         merged.update(value)
         return merged
-    if key == "crop":
+    if key in ("crop", "timestep_range"):
         if value is None:
             return None
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise bad("a list of three integers or null")
+            raise bad(f"a list of {'three' if key == 'crop' else 'two'} integers or null")
         return list(value)
     if key in ("perceptual_model", "first_stage"):
         if value is not None and not isinstance(value, str):

@@ -1,6 +1,7 @@
 """Stage 3: the latent diffusion UNet, first stage (VQ-GAN with trained MS-SPADE) frozen.
 
-For a pair (source, target) of one subject: z_src, z_tgt = quantized latents; t ~ U{0..T-1}; noise ~ N(0, I);
+For a pair (source, target) of one subject: z_src, z_tgt = quantized latents; t ~ U{0..T-1} (or the config's
+``timestep_range``); noise ~ N(0, I);
 x_t = sqrt(acp_t) z_tgt + sqrt(1 - acp_t) noise; loss = MSE(UNet(cat[x_t, z_src, spade(z_src, target)], t, target),
 noise). AdamW; an EMA of the UNet weights (LitEma's warm-up) is what export writes.
 """
@@ -88,7 +89,10 @@ class DiffusionStage(Stage):
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
         n = self.cfg.batch_size
         subjects, src, tgt = sample_pairs(self.available, n, g)
-        t = torch.randint(self.scheduler.config.num_train_timesteps, (n,), generator=g)
+        if self.cfg.timestep_range is None:
+            t = torch.randint(self.scheduler.config.num_train_timesteps, (n,), generator=g)
+        else:
+            t = torch.randint(*self.cfg.timesteps(), (n,), generator=g)
         noise = torch.randn((n, *self.latent_shape), generator=g)
         out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "tgt": tgt}
         out.update({"t": t, "noise": noise})
