@@ -224,8 +224,8 @@ class DiffusionConfig(TrainConfig):
             T = sched.num_train_timesteps
             if len(r) != 2 or any(type(v) is not int for v in r) or not 0 <= r[0] < r[1] <= T:
                 raise UsageError(
-                    f"{origin}: timestep_range = {r} must be [low, high] with 0 <= low < high <= {T} "
-                    "(num_train_timesteps), or null for all"
+                    f"{origin}: timestep_range = {r} must be [low, high] (t drawn from low..high-1) with "
+                    f"0 <= low < high <= {T} (num_train_timesteps), or null for all"
                 )
 
     def timesteps(self) -> tuple[int, int]:
