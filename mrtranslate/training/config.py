@@ -228,12 +228,6 @@ class DiffusionConfig(TrainConfig):
                     f"0 <= low < high <= {T} (num_train_timesteps), or null for all"
                 )
 
-    def timesteps(self) -> tuple[int, int]:
-        """[low, high) of the training timesteps."""
-        if self.timestep_range is None:
-            return 0, self.scheduler_config().num_train_timesteps
-        return self.timestep_range[0], self.timestep_range[1]
-
     def unet_config(self, origin: str = "config") -> UNetConfig:
         return _model_config(UNetConfig, self.model, f"{origin}: model")
 

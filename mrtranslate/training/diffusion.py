@@ -83,16 +83,15 @@ class DiffusionStage(Stage):
         self.optimizers["unet"] = self.adam(list(self.unet.parameters()), decoupled=True)
         self.init_ema("unet", self.unet)
         self.scheduler = DDIMScheduler(cfg.scheduler_config())
+        # [low, high) of the training timesteps (randint(0, T) draws exactly what the published randint(T) does)
+        self.timesteps = tuple(cfg.timestep_range or (0, self.scheduler.config.num_train_timesteps))
         self.latent_shape = (vq.embed_dim, *codes.shape[2:])
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
         n = self.cfg.batch_size
         subjects, src, tgt = sample_pairs(self.available, n, g)
-        if self.cfg.timestep_range is None:
-            t = torch.randint(self.scheduler.config.num_train_timesteps, (n,), generator=g)
-        else:
-            t = torch.randint(*self.cfg.timesteps(), (n,), generator=g)
+        t = torch.randint(*self.timesteps, (n,), generator=g)
         noise = torch.randn((n, *self.latent_shape), generator=g)
         out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "tgt": tgt}
         out.update({"t": t, "noise": noise})
