@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
 import signal
@@ -29,6 +30,7 @@ from _training_utils import (  # noqa: E402
 from mrtranslate.cli import main  # noqa: E402
 from mrtranslate.errors import InputImageError, OutputExistsError, UsageError  # noqa: E402
 from mrtranslate.layout import find_subjects  # noqa: E402
+from mrtranslate.modalities import MODALITIES  # noqa: E402
 from mrtranslate.models import UNetConfig, VQGANConfig  # noqa: E402
 from mrtranslate.pipeline import ALDMPipeline  # noqa: E402
 from mrtranslate.training import builders  # noqa: E402
@@ -40,6 +42,7 @@ from mrtranslate.training.config import (  # noqa: E402
     SpadeConfig,
     learning_rate,
     load_config,
+    pair_weight_matrix,
 )
 from mrtranslate.training.data import (  # noqa: E402
     load_images,
@@ -98,6 +101,35 @@ def test_brats2023_layout_missing_modalities_and_pair_sampling(tmp_path: Path) -
     subj, mods = sample_scans(data.available, 300, g)
     assert bool(data.available[subj, mods].all())
     assert set(mods[subj == 1].tolist()) == {0, 1, 2}
+
+
+EVERY_PAIR = [f"{a}->{b}" for a in MODALITIES for b in MODALITIES if a != b]
+
+
+def test_pair_weights_set_how_often_each_pair_is_drawn() -> None:
+    available = torch.ones(6, 4, dtype=torch.bool)
+    available[5, 2:] = False  # subject 5 has T1 and T1ce only
+    g = step_generator(0, 0)
+    weights = pair_weight_matrix({"t1->t1ce": 11, "T2w->t2f": 0})  # aliases are accepted
+    assert weights[0, 1] == 11 and weights[2, 3] == 0 and weights[1, 0] == 1 and weights.diagonal().eq(0).all()
+    subj, src, tgt = sample_pairs(available, 6000, g, weights)
+    assert bool(available[subj, src].all() and available[subj, tgt].all()) and bool((src != tgt).all())
+    assert not bool(((src == 2) & (tgt == 3)).any())  # weight 0: never drawn
+    full = subj < 5  # 11 of the 21 weighted pairs' mass; subject 5: 11 of 12
+    assert abs(float(((src == 0) & (tgt == 1))[full].float().mean()) - 11 / 21) < 0.03
+    assert abs(float(((src == 0) & (tgt == 1))[~full].float().mean()) - 11 / 12) < 0.04
+    # a subject none of whose pairs has weight > 0 is never drawn
+    only = pair_weight_matrix({p: float(p in ("t2->flair", "flair->t2")) for p in EVERY_PAIR})
+    subj, src, tgt = sample_pairs(available, 500, g, only)
+    assert 5 not in subj.tolist() and set(zip(src.tolist(), tgt.tolist())) == {(2, 3), (3, 2)}
+    assert pair_weight_matrix(None) is None
+    for bad, message in (({"t1->t1": 2}, "two different"), ({"t1-t2": 1}, "source->target"),
+                         ({"t1->pd": 1}, "source->target"), ({"t1->t2": -1}, ">= 0"),
+                         (dict.fromkeys(EVERY_PAIR, 0), "weight 0")):
+        with pytest.raises(UsageError, match=message):
+            load_config("spade", overrides=spade_config(pair_weights=bad))
+    with pytest.raises(UsageError, match="pair_weights"):
+        load_config("diffusion", overrides=diffusion_config(pair_weights=[1, 2]))
 
 
 def test_data_at_another_spacing_is_a_clear_error(tmp_path: Path) -> None:
@@ -275,6 +307,27 @@ def test_diffusion_timestep_range_limits_the_training_timesteps(chain: dict[str,
     for bad in ([5], [8, 5], [0, 1001], [0.5, 9]):
         with pytest.raises(UsageError, match="timestep_range"):
             load_config("diffusion", overrides=diffusion_config(timestep_range=bad))
+
+
+@pytest.mark.parametrize("stage", ["spade", "diffusion"])
+def test_stages_draw_pairs_by_their_pair_weights(stage: str, chain: dict[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    module = importlib.import_module(f"mrtranslate.training.{stage}")
+    drawn: list[tuple[int, int]] = []
+    draw = module.sample_pairs
+
+    def record(*args):
+        subjects, src, tgt = draw(*args)
+        drawn.extend(zip(src.tolist(), tgt.tolist()))
+        return subjects, src, tgt
+
+    monkeypatch.setattr(module, "sample_pairs", record)
+    make = spade_config if stage == "spade" else diffusion_config
+    first = chain["autoencoder" if stage == "spade" else "spade"]
+    weights = {p: float(p == "flair->t1ce") for p in EVERY_PAIR}
+    train(stage, tmp_path / stage, _data_of(chain), make(steps=3, pair_weights=weights), first_stage=str(first),
+          progress=False)
+    assert drawn and set(drawn) == {(3, 1)}
 
 
 def test_max_minutes_stops_cleanly_after_one_step(phantoms: Path, tmp_path: Path) -> None:

@@ -11,10 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import MRTranslateError, UsageError
+import torch
+
+from ..errors import ModalityError, MRTranslateError, UsageError
+from ..modalities import MODALITIES, canonical
 from ..models import UNetConfig, VQGANConfig
 from ..pipeline_config import PUBLISHED_PREPROCESSING
 from ..schedulers import SchedulerConfig
@@ -179,6 +183,9 @@ class SpadeConfig(TrainConfig):
     adv_weight: float = 1.0  # not published
     cycle_weight: float = 0.0  # the paper's cycle-consistency term; absent from the published code
     disc_channels: int = 64
+    # How often each (source, target) pair is drawn, relative: {"t1->t1ce": 4} draws T1 -> T1ce four times as
+    # often as each unnamed pair (weight 1; 0 never draws it). None (as published): all pairs alike.
+    pair_weights: dict[str, float] | None = None
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
@@ -186,6 +193,7 @@ class SpadeConfig(TrainConfig):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")
         _positive_int(origin, "disc_channels", self.disc_channels)
+        pair_weight_matrix(self.pair_weights, origin)
 
 
 @dataclasses.dataclass
@@ -212,9 +220,11 @@ class DiffusionConfig(TrainConfig):
     # t ~ U{low..high-1}. A UNet that only ever samples at strength s (timesteps <= s * T, see
     # DDIMScheduler.steps) can spend all its steps there, as SDXL's refiner does with the 200 lowest.
     timestep_range: list[int] | None = None
+    pair_weights: dict[str, float] | None = None  # as in SpadeConfig
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
+        pair_weight_matrix(self.pair_weights, origin)
         self.unet_config(origin)
         sched = self.scheduler_config(origin)
         if not 0 <= self.ema_decay < 1:
@@ -233,6 +243,34 @@ class DiffusionConfig(TrainConfig):
 
     def scheduler_config(self, origin: str = "config") -> SchedulerConfig:
         return _model_config(SchedulerConfig, self.scheduler, f"{origin}: scheduler")
+
+
+def pair_weight_matrix(
+    weights: dict[str, float] | None, origin: str = "config", modalities: Sequence[str] = MODALITIES
+) -> torch.Tensor | None:
+    """``pair_weights`` as a (source, target) matrix over ``modalities`` (1 where unnamed, 0 on the diagonal);
+    None stays None (every pair alike, the published sampling)."""
+    if weights is None:
+        return None
+    n = len(modalities)
+    matrix = torch.ones(n, n, dtype=torch.float64) - torch.eye(n, dtype=torch.float64)
+    for key, w in weights.items():
+        parts = key.split("->")
+        try:
+            src, tgt = (modalities.index(canonical(m)) for m in parts) if len(parts) == 2 else (None, None)
+        except (ModalityError, ValueError):
+            src = tgt = None
+        if src is None or src == tgt:
+            raise UsageError(
+                f"{origin}: pair_weights key {key!r} must be 'source->target' with two different modalities "
+                f"of {', '.join(modalities)}"
+            )
+        if not (math.isfinite(w) and w >= 0):
+            raise UsageError(f"{origin}: pair_weights[{key!r}] = {w} must be a number >= 0")
+        matrix[src, tgt] = w
+    if not matrix.sum() > 0:
+        raise UsageError(f"{origin}: pair_weights gives every pair weight 0: at least one must be drawn")
+    return matrix
 
 
 CONFIGS: dict[str, type[TrainConfig]] = {c.stage: c for c in (AutoencoderConfig, SpadeConfig, DiffusionConfig)}
@@ -280,6 +318,14 @@ def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise bad(f"a list of {'three' if key == 'crop' else 'two'} integers or null")
         return list(value)
+    if key == "pair_weights":
+        if value is None:
+            return None
+        if not isinstance(value, dict) or not all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) for w in value.values()
+        ):
+            raise bad('a JSON object of "source->target": weight, or null')
+        return {str(k): float(w) for k, w in value.items()}
     if key in ("perceptual_model", "first_stage"):
         if value is not None and not isinstance(value, str):
             raise bad("a path string or null")

@@ -182,19 +182,35 @@ def sample_scans(available: torch.Tensor, n: int, gen: torch.Generator) -> tuple
 
 
 def sample_pairs(
-    available: torch.Tensor, n: int, gen: torch.Generator
+    available: torch.Tensor, n: int, gen: torch.Generator, weights: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``n`` random (subject, source, target) triples: a subject with 2+ modalities, two distinct modalities."""
-    eligible = (available.sum(1) >= 2).nonzero(as_tuple=True)[0]
+    """``n`` random (subject, source, target) triples: a subject with 2+ modalities, two distinct modalities.
+
+    ``weights`` (a source x target matrix, see ``config.pair_weight_matrix``): each subject's pair is drawn with
+    probability proportional to its weight among the pairs that subject has; None: all its pairs alike.
+    """
+    if weights is None:
+        eligible = (available.sum(1) >= 2).nonzero(as_tuple=True)[0]
+    else:
+        has = available.to(weights.dtype)
+        pair_mass = torch.einsum("ns,st,nt->n", has, weights, has)
+        eligible = (pair_mass > 0).nonzero(as_tuple=True)[0]
     if len(eligible) == 0:
-        raise DatasetLayoutError("no subject in this process's share of the data has two modalities to pair")
+        raise DatasetLayoutError("no subject in this process's share of the data has two modalities to pair"
+                                 + ("" if weights is None else " with a pair of weight > 0 (pair_weights)"))
     subjects = eligible[torch.randint(len(eligible), (n,), generator=gen)]
     src = torch.empty(n, dtype=torch.long)
     tgt = torch.empty(n, dtype=torch.long)
     for i, s in enumerate(subjects.tolist()):
-        have = available[s].nonzero(as_tuple=True)[0]
-        order = torch.randperm(len(have), generator=gen)
-        src[i], tgt[i] = have[order[0]], have[order[1]]
+        if weights is None:
+            have = available[s].nonzero(as_tuple=True)[0]
+            order = torch.randperm(len(have), generator=gen)
+            src[i], tgt[i] = have[order[0]], have[order[1]]
+        else:
+            has = available[s].to(weights.dtype)
+            probs = (has[:, None] * weights * has[None, :]).flatten()
+            k = int(torch.multinomial(probs, 1, generator=gen))
+            src[i], tgt[i] = divmod(k, weights.shape[1])
     return subjects, src, tgt
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..models import UNet, UNetConfig
 from ..schedulers import DDIMScheduler
-from .config import DiffusionConfig
+from .config import pair_weight_matrix, DiffusionConfig
 from .data import sample_pairs, step_generator
 from .distributed import DistContext
 from .first_stage import FirstStage, check_latent_grid
@@ -59,6 +59,7 @@ class DiffusionStage(Stage):
         self.first = first
         self.codes = codes
         self.available = available
+        self.pair_weights = pair_weight_matrix(cfg.pair_weights)
         self.translated = translated
         vq = first.vqgan.config
         unet_cfg = cfg.unet_config()
@@ -90,7 +91,7 @@ class DiffusionStage(Stage):
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
         n = self.cfg.batch_size
-        subjects, src, tgt = sample_pairs(self.available, n, g)
+        subjects, src, tgt = sample_pairs(self.available, n, g, self.pair_weights)
         t = torch.randint(*self.timesteps, (n,), generator=g)
         noise = torch.randn((n, *self.latent_shape), generator=g)
         out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "tgt": tgt}

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import SpadeConfig
+from .config import pair_weight_matrix, SpadeConfig
 from .data import sample_pairs, step_generator
 from .discriminators import LatentDiscriminator, RealFake
 from .distributed import DistContext
@@ -46,6 +46,7 @@ class SpadeStage(Stage):
         self.first = first
         self.codes = codes
         self.available = available
+        self.pair_weights = pair_weight_matrix(cfg.pair_weights)
         vqgan = first.vqgan.requires_grad_(False)
         vqgan.spade.requires_grad_(True)
         self.vqgan = self.place(vqgan)
@@ -66,7 +67,7 @@ class SpadeStage(Stage):
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
-        subjects, src, tgt = sample_pairs(self.available, self.cfg.batch_size, g)
+        subjects, src, tgt = sample_pairs(self.available, self.cfg.batch_size, g, self.pair_weights)
         return {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "src": src, "tgt": tgt}
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
