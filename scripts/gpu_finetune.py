@@ -1,0 +1,171 @@
+"""One call on a lent GPU machine: fine-tune the bundled demo model's MS-SPADE, then its diffusion UNet, for
+several config variants side by side (one process each), all within ``--total-s`` seconds (issue 5).
+
+    OUT=/tmp/out python3 scripts/gpu_finetune.py --total-s 540
+
+Each variant: ``train spade --first-stage MODEL`` (continues the model's MS-SPADE), then
+``train diffusion --first-stage SPADE_RUN --init MODEL`` (continues its UNet on the new MS-SPADE's latents), then
+``export``. A stage is first run for ``--probe-s`` seconds to measure its speed on this machine, then resumed with
+the step count that fills its share of the time, so the cosine learning rate ends where the time does (the runs
+record both commands, as ``mrtranslate train ... --resume --steps N``). The phantoms are made there (nibabel and
+nilearn travel as wheels in ``.whl/``), byte-identical to ``mrtranslate phantom DATA --n N --seed 1 --spacing 2
+--tumor-fraction 0.5`` here. Results in $OUT: ``models.tar.part-*`` (the exported folders, split under the
+transfer's 16 MiB file limit) and ``meta.tar.gz`` (logs, configs, metrics, run records). A dry run on a CPU:
+``OUT=/tmp/o python3 scripts/gpu_finetune.py --device cpu --subjects 3 --total-s 200 --probe-s 8 --threads 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+from gpu_session import ROOT, Clock
+
+VARIANTS = {  # name: (spade config, diffusion config) in configs/phantom-demo/f2/
+    "uniform": ("spade-gpu.json", "diffusion-gpu.json"),
+    "weighted": ("spade-gpu-pw.json", "diffusion-gpu-pw.json"),
+}
+
+
+def rate(run: Path) -> float | None:
+    """Steps a second between the first and the last row of the run's metrics.csv."""
+    with (run / "metrics.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    if len(rows) < 2:
+        return None
+    a, b = rows[0], rows[-1]
+    dt = float(b["elapsed_s"]) - float(a["elapsed_s"])
+    return (int(b["step"]) - int(a["step"])) / dt if dt > 0 else None
+
+
+def timed_stage(stage: str, run: Path, data: Path, config: Path, first: Path, init: Path | None, seconds: float,
+                args: argparse.Namespace, clock: Clock) -> None:
+    """Probe ``stage`` for ``args.probe_s`` seconds, then resume it with the steps that fill ``seconds``."""
+    from mrtranslate.training.trainer import train
+
+    start = time.monotonic()
+    argv = ["mrtranslate", "train", stage, "--data", str(data), "--run", str(run), "--config", str(config),
+            "--first-stage", str(first)] + (["--init", str(init)] if init else [])
+    probe_min = args.probe_s / 60
+    result = train(stage, run, data, config, max_minutes=probe_min, device=args.device, first_stage=str(first),
+                   init=None if init is None else str(init), progress=False,
+                   command=argv + ["--max-minutes", f"{probe_min:.2f}", "--device", args.device], threads=args.threads)
+    r = rate(run)
+    if r is None:  # loading ate the probe: probe again, the data now cached in the run
+        result = train(stage, run, None, resume=True, max_minutes=probe_min, device=args.device, progress=False,
+                       threads=args.threads, command=["mrtranslate", "train", stage, "--run", str(run), "--resume",
+                                                      "--max-minutes", f"{probe_min:.2f}", "--device", args.device])
+        r = rate(run)
+    left = seconds - (time.monotonic() - start)
+    steps = result.step + max(1, int((r or 0.0) * left * 0.93))
+    clock.say(f"{run.parent.name} {stage}: probe ended at step {result.step}, {r or 0:.2f} steps/s; "
+              f"{left:.0f} s left -> --steps {steps}")
+    minutes = max(0.05, left / 60)
+    result = train(stage, run, None, resume=True, steps=steps, max_minutes=minutes, device=args.device,
+                   progress=False, threads=args.threads,
+                   command=["mrtranslate", "train", stage, "--run", str(run), "--resume", "--steps", str(steps),
+                            "--max-minutes", f"{minutes:.2f}", "--device", args.device])
+    clock.say(f"{run.parent.name} {stage}: step {result.step} ({result.status}) after {time.monotonic() - start:.0f} s; "
+              f"{ {k: round(x, 5) for k, x in result.metrics.items()} }")
+
+
+def run_variant(args: argparse.Namespace) -> int:
+    from mrtranslate.training.export import export
+
+    work = Path(args.work)
+    clock = Clock(args.start, args.deadline, work / "meta" / "session.log")
+    runs, cfg = work / "runs" / args.variant, ROOT / "configs" / "phantom-demo" / "f2"
+    spade_cfg, diff_cfg = VARIANTS[args.variant]
+    model = Path(args.model)
+    left = clock.left() - args.export_s
+    timed_stage("spade", runs / "spade", work / "data", cfg / spade_cfg, model, None, left * args.spade_share,
+                args, clock)
+    timed_stage("diffusion", runs / "diffusion", work / "data", cfg / diff_cfg, runs / "spade", model,
+                clock.left() - args.export_s, args, clock)
+    export(runs / "diffusion", work / "models" / args.variant, name="phantom-demo", default_steps=50,
+           default_strength=0.05)
+    clock.say(f"{args.variant} exported")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--total-s", type=float, default=540)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--subjects", type=int, default=120)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--model", default=str(ROOT / "mrtranslate" / "bundled" / "phantom-demo"))
+    ap.add_argument("--work", default="/tmp/mrt")
+    ap.add_argument("--threads", type=int, default=6, help="CPU threads of each variant's process")
+    ap.add_argument("--probe-s", type=float, default=25.0)
+    ap.add_argument("--spade-share", type=float, default=0.42, help="MS-SPADE's share of a variant's time")
+    ap.add_argument("--export-s", type=float, default=45.0, help="seconds kept for the export and the packing")
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--start", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        return run_variant(args)
+
+    out, work = Path(os.environ["OUT"]), Path(args.work)
+    meta = work / "meta"
+    meta.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    clock = Clock(now, now + args.total_s, meta / "session.log")
+    import torch
+
+    from mrtranslate.training.phantom import write_dataset
+
+    clock.say(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
+              f"{', ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''}")
+    write_dataset(work / "data", n=args.subjects, seed=1, spacing=2.0, tumor_fraction=0.5,
+                  workers=max(1, (os.cpu_count() or 2) - 2), progress=False)
+    clock.say(f"phantoms: {len(list((work / 'data').glob('Phantom_*')))} subjects")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    procs = []
+    for v in args.variants:
+        cmd = [sys.executable, __file__, "--variant", v, "--device", args.device, "--work", str(work),
+               "--model", args.model, "--threads", str(args.threads), "--probe-s", str(args.probe_s),
+               "--spade-share", str(args.spade_share), "--export-s", str(args.export_s),
+               "--start", str(clock.start), "--deadline", str(clock.deadline - 10)]
+        procs.append((v, subprocess.Popen(cmd, stdout=(meta / f"{v}.log").open("w"), stderr=subprocess.STDOUT,
+                                          env=env)))
+    for v, p in procs:
+        try:
+            rc = p.wait(timeout=max(1.0, clock.left() - 8))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = "killed"
+        clock.say(f"{v}: rc {rc}")
+    if torch.cuda.is_available():
+        clock.say(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used", "--format=csv"],
+                                 capture_output=True, text=True).stdout.strip().replace("\n", "; "))
+    for v in args.variants:
+        for stage in ("spade", "diffusion"):
+            src = work / "runs" / v / stage
+            if src.is_dir():
+                dest = meta / f"{v}-{stage}"
+                dest.mkdir(exist_ok=True)
+                for f in src.iterdir():
+                    if f.is_file() and f.suffix in (".json", ".csv"):
+                        shutil.copy(f, dest / f.name)
+    if (work / "models").is_dir():
+        tar = work / "models.tar"
+        with tarfile.open(tar, "w") as t:
+            t.add(work / "models", arcname="models")
+        subprocess.run(["split", "-b", "15m", str(tar), str(out / "models.tar.part-")], check=False)
+    clock.say("packed")
+    with tarfile.open(out / "meta.tar.gz", "w:gz") as t:
+        t.add(meta, arcname="meta")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
