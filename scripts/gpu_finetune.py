@@ -31,6 +31,7 @@ from gpu_session import ROOT, Clock
 VARIANTS = {  # name: (spade config, diffusion config) in configs/phantom-demo/f2/
     "uniform": ("spade-gpu.json", "diffusion-gpu.json"),
     "weighted": ("spade-gpu-pw.json", "diffusion-gpu-pw.json"),
+    "continue": ("spade-gpu2.json", "diffusion-gpu2.json"),  # a second round from a first round's model: lower lr
 }
 
 
@@ -100,7 +101,7 @@ def main() -> int:
     ap.add_argument("--total-s", type=float, default=540)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--subjects", type=int, default=120)
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["uniform", "weighted"], choices=list(VARIANTS))
     ap.add_argument("--model", default=str(ROOT / "mrtranslate" / "bundled" / "phantom-demo"))
     ap.add_argument("--work", default="/tmp/mrt")
     ap.add_argument("--threads", type=int, default=6, help="CPU threads of each variant's process")
