@@ -34,6 +34,7 @@ from mrtranslate.modalities import MODALITIES  # noqa: E402
 from mrtranslate.models import UNetConfig, VQGANConfig  # noqa: E402
 from mrtranslate.pipeline import ALDMPipeline  # noqa: E402
 from mrtranslate.training import builders  # noqa: E402
+from mrtranslate.training.stage import FIRST_STAGE_ENCODER  # noqa: E402
 from mrtranslate.training.autoencoder import AutoencoderStage  # noqa: E402
 from mrtranslate.training.checkpoint import load_checkpoint  # noqa: E402
 from mrtranslate.training.config import (  # noqa: E402
@@ -370,13 +371,55 @@ def test_diffusion_fine_tunes_from_a_model_folder(chain: dict[str, Path], tmp_pa
         train("diffusion", tmp_path / "a", _data_of(chain), diffusion_config(init=str(chain["spade"])),
               first_stage=str(chain["spade"]), progress=False)
     assert not (tmp_path / "a").exists()  # refused before the data were encoded into the run folder
-    with pytest.raises(UsageError, match="diffusion stage"):
+    with pytest.raises(UsageError, match="spade stage continues"):
         train("spade", tmp_path / "c", _data_of(chain), spade_config(), first_stage=str(chain["autoencoder"]),
               init=str(tmp_path / "moved"), progress=False)
     other = {**TINY_UNET.to_dict(), "model_channels": 2 * TINY_UNET.model_channels}
     with pytest.raises(UsageError, match="model_channels"):
         train("diffusion", tmp_path / "b", _data_of(chain), diffusion_config(init=str(tmp_path / "moved"), model=other),
               first_stage=str(chain["spade"]), progress=False)
+
+
+def test_autoencoder_fine_tunes_from_a_vqgan_and_can_keep_its_encoder(chain: dict[str, Path], tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    assert main(["export", str(chain["diffusion"]), "--out", str(model), "-q"]) == 0
+    start = ALDMPipeline.from_pretrained(model).vqgan.state_dict()
+    data = _data_of(chain)
+    run = tmp_path / "decoder"
+    cfg = write_json(tmp_path / "decoder.json", autoencoder_config(steps=3, freeze_encoder=True))
+    assert main(["train", "autoencoder", "--data", data, "--run", str(run), "--config", str(cfg), "--init", str(model),
+                 "--quiet"]) == 0
+    tensors, _ = load_checkpoint(run / "checkpoint")
+    kept = [k for k in start if k.startswith(FIRST_STAGE_ENCODER + ("spade.",))]
+    trained = [k for k in start if k.startswith(("post_quant_conv.", "decoder."))]
+    assert kept and trained and len(kept) + len(trained) == len(start)
+    for k in kept:  # encoder and codebook (so the codes) and the MS-SPADE are the model's, bit for bit
+        assert torch.equal(tensors[f"model/vqgan/{k}"], start[k]), k
+    assert sum(not torch.equal(tensors[f"model/vqgan/{k}"], start[k]) for k in trained) > len(trained) // 2
+    assert json.loads((run / "run.json").read_text())["init"]["path"] == str(model.resolve())
+    assert main(["export", str(run), "--out", str(tmp_path / "decoder-model"), "-q"]) == 0
+    assert f"The VQ-GAN started from the model folder `{model.resolve()}`" in (
+        tmp_path / "decoder-model" / "README.md").read_text()
+    # without freeze_encoder everything trains; a run works as init too; steps 0 keeps the init's weights
+    run = tmp_path / "all"
+    train("autoencoder", run, data, autoencoder_config(steps=0), init=str(chain["autoencoder"]), progress=False)
+    tensors, _ = load_checkpoint(run / "checkpoint")
+    first = load_checkpoint(chain["autoencoder"] / "checkpoint")[0]
+    assert all(torch.equal(tensors[k], first[k]) for k in first if k.startswith("model/vqgan/"))
+    train("autoencoder", run, resume=True, steps=2, progress=False)
+    tensors, _ = load_checkpoint(run / "checkpoint")
+    assert not torch.equal(tensors["model/vqgan/encoder.conv_in.weight"], first["model/vqgan/encoder.conv_in.weight"])
+    for bad, message in ((dict(freeze_encoder=True), "needs init"),
+                         (dict(freeze_encoder=True, init=str(model), codebook_restart_every=5), "codebook_restart")):
+        with pytest.raises(UsageError, match=message):
+            load_config("autoencoder", overrides=autoencoder_config(**bad))
+    other = {**TINY_VQ.to_dict(), "n_embed": 2 * TINY_VQ.n_embed}
+    with pytest.raises(UsageError, match="n_embed"):
+        train("autoencoder", tmp_path / "b", data, autoencoder_config(model=other), init=str(model), progress=False)
+    prep = {**autoencoder_config()["preprocessing"], "upper_percentile": 99.0}
+    with pytest.raises(UsageError, match="same preprocessing"):
+        train("autoencoder", tmp_path / "c", data, autoencoder_config(preprocessing=prep, freeze_encoder=True),
+              init=str(model), progress=False)
 
 
 def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path], tmp_path: Path) -> None:

@@ -63,12 +63,17 @@ def _train(stage: str, data: Optional[Path], run: Path, config: Optional[Path], 
 
 @train_app.command("autoencoder")
 def train_autoencoder(
-    data: Optional[Path] = DATA, run: Path = RUN, config: Optional[Path] = CONFIG, resume: bool = RESUME,
+    data: Optional[Path] = DATA, run: Path = RUN, config: Optional[Path] = CONFIG,
+    init: Optional[str] = typer.Option(
+        None, "--init", help="Fine-tune: a model folder (or autoencoder/spade run) whose VQ-GAN, of the config's "
+        "architecture, starts training (config freeze_encoder: train the decoder only)."
+    ),
+    resume: bool = RESUME,
     max_minutes: Optional[float] = MAX_MINUTES, device: Optional[str] = DEVICE, steps: Optional[int] = STEPS,
     threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
 ) -> int:
     """Stage 1: the VQ-GAN (L1 + codebook [+ PatchGAN] [+ perceptual]) on random crops."""
-    return _train("autoencoder", data, run, config, resume, max_minutes, device, steps, None, threads, quiet)
+    return _train("autoencoder", data, run, config, resume, max_minutes, device, steps, None, threads, quiet, init)
 
 
 @train_app.command("spade")

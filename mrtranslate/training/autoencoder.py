@@ -28,7 +28,7 @@ from .losses import (
     hinge_g_loss,
     perceptual_loss,
 )
-from .stage import Stage
+from .stage import FIRST_STAGE_ENCODER, Stage
 
 
 class _Autoencode(nn.Module):
@@ -58,7 +58,8 @@ class AutoencoderStage(Stage):
     name = "autoencoder"
     metric_names = ["loss", "rec", "codebook", "perceptual", "g_adv", "d_weight", "d_loss"]
 
-    def __init__(self, cfg: AutoencoderConfig, ctx: DistContext, images: ImageSet | None):
+    def __init__(self, cfg: AutoencoderConfig, ctx: DistContext, images: ImageSet | None,
+                 init_vqgan: VQGAN | None = None):
         super().__init__(cfg, ctx)
         self.cfg: AutoencoderConfig = cfg
         self.images = images
@@ -67,7 +68,13 @@ class AutoencoderStage(Stage):
             torch.manual_seed(cfg.seed)
             vqgan = VQGAN(cfg.vqgan_config())
             disc = PatchGAN3D(1, cfg.disc_channels, cfg.disc_layers) if cfg.disc_weight > 0 else None
+        if init_vqgan is not None:  # fine-tuning; a resumed run's checkpoint replaces these weights
+            vqgan.load_state_dict(init_vqgan.state_dict())
         vqgan.spade.requires_grad_(False)  # trained in stage 2
+        if cfg.freeze_encoder:  # the codes stay those of the init model
+            for name, param in vqgan.named_parameters():
+                if name.startswith(FIRST_STAGE_ENCODER):
+                    param.requires_grad_(False)
         self.vqgan = self.place(vqgan)
         self.nets["vqgan"] = self.vqgan
         self.net = ctx.wrap(_Autoencode(self.vqgan))

@@ -48,8 +48,13 @@ def build_stage(
         root = _need_data(data, cfg.stage)
         subjects = dataset_subjects(root, 1)
         prep = Preprocessing.from_dict(cfg.preprocessing)
+        init, extras = None, {}
+        if cfg.init is not None and record is None:  # read and checked before the images are loaded
+            init = _initial_vqgan(cfg)
+            extras["init"] = {**init.source, "kind": init.source.get("kind", "model")}
         images = load_images(subjects, prep, ctx.rank, ctx.world_size, progress)
-        return Built(AutoencoderStage(cfg, ctx, images), describe_dataset(root, subjects))
+        stage = AutoencoderStage(cfg, ctx, images, None if init is None else init.vqgan)
+        return Built(stage, describe_dataset(root, subjects), extras)
     if not isinstance(cfg, (SpadeConfig, DiffusionConfig)):
         raise UsageError(f"unknown stage config {type(cfg).__name__}")
 
@@ -109,6 +114,26 @@ def build_stage(
     else:
         stage = DiffusionStage(cfg, ctx, first, codes, available, latents.get("translated"), init_unet)
     return Built(stage, data_info, extras)
+
+
+def _initial_vqgan(cfg: AutoencoderConfig) -> FirstStage:
+    """The VQ-GAN that starts a fine-tuning autoencoder run: the same architecture as ``cfg.model``."""
+    init = load_first_stage(cfg.init)
+    want, have = cfg.vqgan_config().to_dict(), init.vqgan.config.to_dict()
+    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if diff:
+        raise UsageError(
+            f"init {cfg.init}: its VQ-GAN differs from the config's model in "
+            + ", ".join(f"{k} ({have.get(k)} vs {want.get(k)})" for k in diff)
+            + ": set model to the init's architecture"
+        )
+    if init.preprocessing != dict(cfg.preprocessing):
+        message = (f"init {cfg.init} was trained with preprocessing {init.preprocessing}, the config has "
+                   f"{dict(cfg.preprocessing)}")
+        if cfg.freeze_encoder:
+            raise UsageError(message + ": freeze_encoder keeps its codes, so set the same preprocessing")
+        logger.warning("%s; its latents will change", message)
+    return init
 
 
 def _first_stage_of_run(folder: RunFolder, record: dict[str, Any]) -> FirstStage:

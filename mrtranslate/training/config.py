@@ -133,10 +133,20 @@ class AutoencoderConfig(TrainConfig):
     # Perceptual loss on the VQ-GAN encoder features of a user-supplied model folder (off as published).
     perceptual_weight: float = 0.0
     perceptual_model: str | None = None
+    # Fine-tuning (not published): a model folder, or an autoencoder/spade run, whose VQ-GAN (the same ``model``)
+    # starts training instead of random weights. None: from scratch, as published.
+    init: str | None = None
+    # With ``init``: train the decoder side only (post_quant_conv, decoder), the encoder and codebook kept as they
+    # are. The codes, and so a model's MS-SPADE and UNet, stay valid: a drop-in sharper decoder.
+    freeze_encoder: bool = False
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
         vq = self.vqgan_config(origin)
+        if self.freeze_encoder and not self.init:
+            raise UsageError(f"{origin}: freeze_encoder needs init, the model folder or run whose encoder is kept")
+        if self.freeze_encoder and self.codebook_restart_every:
+            raise UsageError(f"{origin}: freeze_encoder keeps the codebook: set codebook_restart_every to 0")
         _check_preprocessing(origin, self.preprocessing)
         if self.crop is not None:
             if len(self.crop) != 3 or any(not isinstance(c, int) or c <= 0 for c in self.crop):
@@ -326,7 +336,7 @@ def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
         ):
             raise bad('a JSON object of "source->target": weight, or null')
         return {str(k): float(w) for k, w in value.items()}
-    if key in ("perceptual_model", "first_stage"):
+    if key in ("perceptual_model", "first_stage", "init"):
         if value is not None and not isinstance(value, str):
             raise bad("a path string or null")
         return value

@@ -167,7 +167,9 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
             lines += ["", f"First stage taken from the model folder `{s.get('path')}`."]
     for s in runs:
         if s.get("init"):
-            lines += ["", f"The {s['stage']} UNet (and its EMA) started from the model folder `{s['init'].get('path')}`."]
+            what = "VQ-GAN" if s["stage"] == "autoencoder" else f"{s['stage']} UNet (and its EMA)"
+            kind = "model folder" if s["init"].get("kind") == "model" else f"{s['init'].get('stage')} run"
+            lines += ["", f"The {what} started from the {kind} `{s['init'].get('path')}`."]
     lines += ["", "Commands, in order (each run folder records its own in `run.json`):", "", "```"]
     for s in runs:
         lines += [f"# {s['stage']} (run folder {s.get('run')})", *_command_lines(s)]

@@ -70,8 +70,11 @@ def _resolve_config(
     if first_stage is not None:
         overrides["first_stage"] = str(first_stage)
     if init is not None:
-        if stage != "diffusion":
-            raise UsageError(f"--init (a model folder whose UNet starts training) is for the diffusion stage, not {stage}")
+        if stage == "spade":
+            raise UsageError(
+                "--init is for the autoencoder (a VQ-GAN to fine-tune) and diffusion (a UNet) stages: the spade stage "
+                "continues the MS-SPADE of its --first-stage"
+            )
         overrides["init"] = str(init)
     if isinstance(config, TrainConfig):
         data = {k: v for k, v in config.to_dict().items()}
