@@ -51,7 +51,7 @@ def build_stage(
         init, extras = None, {}
         if cfg.init is not None and record is None:  # read and checked before the images are loaded
             init = _initial_vqgan(cfg)
-            extras["init"] = {**init.source, "kind": init.source.get("kind", "model")}
+            extras["init"] = dict(init.source)
         images = load_images(subjects, prep, ctx.rank, ctx.world_size, progress)
         stage = AutoencoderStage(cfg, ctx, images, None if init is None else init.vqgan)
         return Built(stage, describe_dataset(root, subjects), extras)

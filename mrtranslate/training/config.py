@@ -265,10 +265,9 @@ def pair_weight_matrix(
     n = len(modalities)
     matrix = torch.ones(n, n, dtype=torch.float64) - torch.eye(n, dtype=torch.float64)
     for key, w in weights.items():
-        parts = key.split("->")
         try:
-            src, tgt = (modalities.index(canonical(m)) for m in parts) if len(parts) == 2 else (None, None)
-        except (ModalityError, ValueError):
+            src, tgt = [modalities.index(canonical(m)) for m in key.split("->")]
+        except (ModalityError, ValueError):  # not two names, an unknown name, or one the model lacks
             src = tgt = None
         if src is None or src == tgt:
             raise UsageError(

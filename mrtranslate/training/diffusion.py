@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..models import UNet, UNetConfig
 from ..schedulers import DDIMScheduler
-from .config import pair_weight_matrix, DiffusionConfig
+from .config import DiffusionConfig, pair_weight_matrix
 from .data import sample_pairs, step_generator
 from .distributed import DistContext
 from .first_stage import FirstStage, check_latent_grid

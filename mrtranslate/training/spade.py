@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import pair_weight_matrix, SpadeConfig
+from .config import SpadeConfig, pair_weight_matrix
 from .data import sample_pairs, step_generator
 from .discriminators import LatentDiscriminator, RealFake
 from .distributed import DistContext
