@@ -1,17 +1,19 @@
-"""One call on a lent GPU machine: fine-tune the bundled demo model's MS-SPADE, then its diffusion UNet, for
-several config variants side by side (one process each), all within ``--total-s`` seconds (issue 5).
+"""One call on a lent GPU machine: fine-tune the bundled demo model's MS-SPADE, then its diffusion UNet (in one
+variant first its VQ-GAN), for several config variants side by side (one process each), all within ``--total-s``
+seconds (issue 5).
 
-    OUT=/tmp/out python3 scripts/gpu_finetune.py --total-s 540
+    OUT=/tmp/out python3 scripts/gpu_finetune.py --total-s 540 [--variants uniform weighted]
 
-Each variant: ``train spade --first-stage MODEL`` (continues the model's MS-SPADE), then
-``train diffusion --first-stage SPADE_RUN --init MODEL`` (continues its UNet on the new MS-SPADE's latents), then
-``export``. A stage is first run for ``--probe-s`` seconds to measure its speed on this machine, then resumed with
+Each variant: for ``sharper`` first ``train autoencoder --init MODEL`` (the whole VQ-GAN), then ``train spade
+--first-stage MODEL`` (or that autoencoder run: either way the model's MS-SPADE continues), then ``train diffusion
+--first-stage SPADE_RUN --init MODEL`` (continues its UNet on the new MS-SPADE's latents), then ``export``.
+A stage is first run for ``--probe-s`` seconds to measure its speed on this machine, then resumed with
 the step count that fills its share of the time, so the cosine learning rate ends where the time does (the runs
 record both commands, as ``mrtranslate train ... --resume --steps N``). The phantoms are made there (nibabel and
 nilearn travel as wheels in ``.whl/``), byte-identical to ``mrtranslate phantom DATA --n N --seed 1 --spacing 2
 --tumor-fraction 0.5`` here. Results in $OUT: ``models.tar.part-*`` (the exported folders, split under the
 transfer's 16 MiB file limit) and ``meta.tar.gz`` (logs, configs, metrics, run records). A dry run on a CPU:
-``OUT=/tmp/o python3 scripts/gpu_finetune.py --device cpu --subjects 3 --total-s 200 --probe-s 8 --threads 1``.
+``OUT=/tmp/o python3 scripts/gpu_finetune.py --device cpu --subjects 3 --total-s 420 --probe-s 20 --threads 1``.
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from pathlib import Path
 
 from gpu_session import ROOT, Clock
 
-VARIANTS = {  # name: (spade config, diffusion config) in configs/phantom-demo/f2/
-    "uniform": ("spade-gpu.json", "diffusion-gpu.json"),
-    "weighted": ("spade-gpu-pw.json", "diffusion-gpu-pw.json"),
-    "continue": ("spade-gpu2.json", "diffusion-gpu2.json"),  # a second round from a first round's model: lower lr
+VARIANTS = {  # name: (autoencoder config or None, spade config, diffusion config) in configs/phantom-demo/f2/
+    "uniform": (None, "spade-gpu.json", "diffusion-gpu.json"),
+    "weighted": (None, "spade-gpu-pw.json", "diffusion-gpu-pw.json"),
+    # a second round from a first round's model, at lower learning rates
+    "continue": (None, "spade-gpu2.json", "diffusion-gpu2.json"),
+    # the same after fine-tuning the whole VQ-GAN (v1's had 1852 steps): a sharper first stage, new latents
+    "sharper": ("autoencoder-gpu.json", "spade-gpu2.json", "diffusion-gpu2.json"),
 }
 
 
@@ -46,16 +51,17 @@ def rate(run: Path) -> float | None:
     return (int(b["step"]) - int(a["step"])) / dt if dt > 0 else None
 
 
-def timed_stage(stage: str, run: Path, data: Path, config: Path, first: Path, init: Path | None, seconds: float,
-                args: argparse.Namespace, clock: Clock) -> None:
+def timed_stage(stage: str, run: Path, data: Path, config: Path, first: Path | None, init: Path | None,
+                seconds: float, args: argparse.Namespace, clock: Clock) -> None:
     """Probe ``stage`` for ``args.probe_s`` seconds, then resume it with the steps that fill ``seconds``."""
     from mrtranslate.training.trainer import train
 
     start = time.monotonic()
-    argv = ["mrtranslate", "train", stage, "--data", str(data), "--run", str(run), "--config", str(config),
-            "--first-stage", str(first)] + (["--init", str(init)] if init else [])
+    argv = ["mrtranslate", "train", stage, "--data", str(data), "--run", str(run), "--config", str(config)]
+    argv += (["--first-stage", str(first)] if first else []) + (["--init", str(init)] if init else [])
     probe_min = args.probe_s / 60
-    result = train(stage, run, data, config, max_minutes=probe_min, device=args.device, first_stage=str(first),
+    result = train(stage, run, data, config, max_minutes=probe_min, device=args.device,
+                   first_stage=None if first is None else str(first),
                    init=None if init is None else str(init), progress=False,
                    command=argv + ["--max-minutes", f"{probe_min:.2f}", "--device", args.device], threads=args.threads)
     r = rate(run)
@@ -73,8 +79,8 @@ def timed_stage(stage: str, run: Path, data: Path, config: Path, first: Path, in
                    progress=False, threads=args.threads,
                    command=["mrtranslate", "train", stage, "--run", str(run), "--resume", "--steps", str(steps),
                             "--max-minutes", f"{minutes:.2f}", "--device", args.device])
-    clock.say(f"{run.parent.name} {stage}: step {result.step} ({result.status}) after {time.monotonic() - start:.0f} s; "
-              f"{ {k: round(x, 5) for k, x in result.metrics.items()} }")
+    clock.say(f"{run.parent.name} {stage}: step {result.step} ({result.status}) after "
+              f"{time.monotonic() - start:.0f} s; { {k: round(x, 5) for k, x in result.metrics.items()} }")
 
 
 def run_variant(args: argparse.Namespace) -> int:
@@ -83,10 +89,16 @@ def run_variant(args: argparse.Namespace) -> int:
     work = Path(args.work)
     clock = Clock(args.start, args.deadline, work / "meta" / "session.log")
     runs, cfg = work / "runs" / args.variant, ROOT / "configs" / "phantom-demo" / "f2"
-    spade_cfg, diff_cfg = VARIANTS[args.variant]
+    ae_cfg, spade_cfg, diff_cfg = VARIANTS[args.variant]
     model = Path(args.model)
+    first = model
+    if ae_cfg:  # the whole VQ-GAN from the model's (its MS-SPADE comes along and continues in the spade stage)
+        left = clock.left() - args.export_s
+        timed_stage("autoencoder", runs / "autoencoder", work / "data", cfg / ae_cfg, None, model,
+                    left * args.ae_share, args, clock)
+        first = runs / "autoencoder"
     left = clock.left() - args.export_s
-    timed_stage("spade", runs / "spade", work / "data", cfg / spade_cfg, model, None, left * args.spade_share,
+    timed_stage("spade", runs / "spade", work / "data", cfg / spade_cfg, first, None, left * args.spade_share,
                 args, clock)
     timed_stage("diffusion", runs / "diffusion", work / "data", cfg / diff_cfg, runs / "spade", model,
                 clock.left() - args.export_s, args, clock)
@@ -106,7 +118,9 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/mrt")
     ap.add_argument("--threads", type=int, default=6, help="CPU threads of each variant's process")
     ap.add_argument("--probe-s", type=float, default=25.0)
-    ap.add_argument("--spade-share", type=float, default=0.42, help="MS-SPADE's share of a variant's time")
+    ap.add_argument("--ae-share", type=float, default=0.4,
+                    help="the autoencoder's share of a variant's time, where the variant has that stage")
+    ap.add_argument("--spade-share", type=float, default=0.42, help="MS-SPADE's share of the time after it")
     ap.add_argument("--export-s", type=float, default=45.0, help="seconds kept for the export and the packing")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--start", type=float, help=argparse.SUPPRESS)
@@ -134,7 +148,8 @@ def main() -> int:
     for v in args.variants:
         cmd = [sys.executable, __file__, "--variant", v, "--device", args.device, "--work", str(work),
                "--model", args.model, "--threads", str(args.threads), "--probe-s", str(args.probe_s),
-               "--spade-share", str(args.spade_share), "--export-s", str(args.export_s),
+               "--ae-share", str(args.ae_share), "--spade-share", str(args.spade_share),
+               "--export-s", str(args.export_s),
                "--start", str(clock.start), "--deadline", str(clock.deadline - 10)]
         procs.append((v, subprocess.Popen(cmd, stdout=(meta / f"{v}.log").open("w"), stderr=subprocess.STDOUT,
                                           env=env)))
@@ -149,7 +164,7 @@ def main() -> int:
         clock.say(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used", "--format=csv"],
                                  capture_output=True, text=True).stdout.strip().replace("\n", "; "))
     for v in args.variants:
-        for stage in ("spade", "diffusion"):
+        for stage in ("autoencoder", "spade", "diffusion"):
             src = work / "runs" / v / stage
             if src.is_dir():
                 dest = meta / f"{v}-{stage}"
