@@ -21,14 +21,13 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
 import time
 from pathlib import Path
 
-from gpu_session import ROOT, Clock
+from gpu_session import ROOT, Clock, keep_run_records, open_session, pack, wait_all
 
 VARIANTS = {  # name: (autoencoder config or None, spade config, diffusion config) in configs/phantom-demo/f2/
     "uniform": (None, "spade-gpu.json", "diffusion-gpu.json"),
@@ -129,17 +128,12 @@ def main() -> int:
     if args.variant:
         return run_variant(args)
 
-    out, work = Path(os.environ["OUT"]), Path(args.work)
-    meta = work / "meta"
-    meta.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    clock = Clock(now, now + args.total_s, meta / "session.log")
     import torch
 
     from mrtranslate.training.phantom import write_dataset
 
-    clock.say(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
-              f"{', ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''}")
+    out, work, clock = open_session(args.work, args.total_s)
+    meta = work / "meta"
     write_dataset(work / "data", n=args.subjects, seed=1, spacing=2.0, tumor_fraction=0.5,
                   workers=max(1, (os.cpu_count() or 2) - 2), progress=False)
     clock.say(f"phantoms: {len(list((work / 'data').glob('Phantom_*')))} subjects")
@@ -153,30 +147,13 @@ def main() -> int:
                "--start", str(clock.start), "--deadline", str(clock.deadline - 10)]
         procs.append((v, subprocess.Popen(cmd, stdout=(meta / f"{v}.log").open("w"), stderr=subprocess.STDOUT,
                                           env=env)))
-    for v, p in procs:
-        try:
-            rc = p.wait(timeout=max(1.0, clock.left() - 8))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            rc = "killed"
-        clock.say(f"{v}: rc {rc}")
+    wait_all(procs, clock, 8)
     if torch.cuda.is_available():
         clock.say(subprocess.run(["nvidia-smi", "--query-gpu=name,memory.used", "--format=csv"],
                                  capture_output=True, text=True).stdout.strip().replace("\n", "; "))
-    for v in args.variants:
-        for stage in ("autoencoder", "spade", "diffusion"):
-            src = work / "runs" / v / stage
-            if src.is_dir():
-                dest = meta / f"{v}-{stage}"
-                dest.mkdir(exist_ok=True)
-                for f in src.iterdir():
-                    if f.is_file() and f.suffix in (".json", ".csv"):
-                        shutil.copy(f, dest / f.name)
+    keep_run_records(work, args.variants)
     if (work / "models").is_dir():
-        tar = work / "models.tar"
-        with tarfile.open(tar, "w") as t:
-            t.add(work / "models", arcname="models")
-        subprocess.run(["split", "-b", "15m", str(tar), str(out / "models.tar.part-")], check=False)
+        pack(work / "models", "models", out)
     clock.say("packed")
     with tarfile.open(out / "meta.tar.gz", "w:gz") as t:
         t.add(meta, arcname="meta")

@@ -42,6 +42,51 @@ class Clock:
             fh.write(line + "\n")
 
 
+def open_session(work_dir: str, total_s: float) -> tuple[Path, Path, Clock]:
+    """$OUT, the work folder (with meta/ made) and the session's clock; says which torch and GPU run."""
+    import torch
+
+    out, work = Path(os.environ["OUT"]), Path(work_dir)
+    (work / "meta").mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    clock = Clock(now, now + total_s, work / "meta" / "session.log")
+    clock.say(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
+              f"{', ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''}")
+    return out, work, clock
+
+
+def wait_all(procs: list[tuple[str, subprocess.Popen]], clock: Clock, margin_s: float) -> None:
+    """Wait for each variant's process until ``margin_s`` before the deadline, then kill it."""
+    for v, p in procs:
+        try:
+            rc: int | str = p.wait(timeout=max(1.0, clock.left() - margin_s))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = "killed"
+        clock.say(f"{v}: rc {rc}")
+
+
+def keep_run_records(work: Path, variants: list[str], suffixes: tuple[str, ...] = (".json", ".csv")) -> None:
+    """Copy each variant's run records (config, run.json, metrics) into meta/VARIANT-STAGE/."""
+    for v in variants:
+        for stage in ("autoencoder", "spade", "diffusion"):
+            src = work / "runs" / v / stage
+            if src.is_dir():
+                dest = work / "meta" / f"{v}-{stage}"
+                dest.mkdir(exist_ok=True)
+                for f in src.iterdir():
+                    if f.is_file() and f.suffix in suffixes:
+                        shutil.copy(f, dest / f.name)
+
+
+def pack(folder: Path, name: str, out: Path) -> None:
+    """``folder`` as OUT/NAME.tar.part-* (under the transfer's 16 MiB file limit)."""
+    tar = folder.parent / f"{name}.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(folder, arcname=folder.name)
+    subprocess.run(["split", "-b", "15m", str(tar), str(out / f"{name}.tar.part-")], check=False)
+
+
 def run_variant(args: argparse.Namespace) -> int:
     """The three stages and the export of one variant (run in its own process)."""
     import torch
@@ -99,16 +144,8 @@ def main() -> int:
     if args.variant:
         return run_variant(args)
 
-    out = Path(os.environ["OUT"])
-    work = Path(args.work)
+    out, work, clock = open_session(args.work, args.total_s)
     meta = work / "meta"
-    meta.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    clock = Clock(now, now + args.total_s, meta / "session.log")
-    import torch
-
-    clock.say(f"torch {torch.__version__}, cuda {torch.cuda.is_available()}"
-              f"{', ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else ''}")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     phantom = subprocess.Popen(
         [sys.executable, "-c",
@@ -137,28 +174,11 @@ def main() -> int:
                "--threads", str(args.threads), "--shares", *map(str, args.shares),
                "--start", str(clock.start), "--deadline", str(clock.deadline - 20)]
         procs.append((v, subprocess.Popen(cmd, stdout=(meta / f"{v}.log").open("w"), stderr=subprocess.STDOUT, env=env)))
-    for v, p in procs:
-        try:
-            rc = p.wait(timeout=max(1.0, clock.left() - 15))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            rc = "killed"
-        clock.say(f"{v}: rc {rc}")
-
+    wait_all(procs, clock, 15)
+    keep_run_records(work, args.variants, (".json", ".csv", ".md"))
     for v in args.variants:
-        runs = work / "runs" / v
-        for stage in ("autoencoder", "spade", "diffusion"):
-            if (runs / stage).is_dir():
-                dest = meta / f"{v}-{stage}"
-                dest.mkdir(exist_ok=True)
-                for f in (runs / stage).iterdir():
-                    if f.is_file() and f.suffix in (".json", ".csv", ".md"):
-                        shutil.copy(f, dest / f.name)
-        if (runs / "model").is_dir():
-            tar = work / f"{v}.tar"
-            with tarfile.open(tar, "w") as t:
-                t.add(runs / "model", arcname="model")
-            subprocess.run(["split", "-b", "15m", str(tar), str(out / f"{v}.tar.part-")], check=False)
+        if (work / "runs" / v / "model").is_dir():
+            pack(work / "runs" / v / "model", v, out)
     clock.say("packing done")
     with tarfile.open(out / "meta.tar.gz", "w:gz") as t:
         t.add(meta, arcname="meta")
