@@ -27,7 +27,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from gpu_session import ROOT, Clock, keep_run_records, open_session, pack, wait_all
+from gpu_session import ROOT, Clock, add_worker_args, keep_run_records, open_session, pack, wait_all
 
 VARIANTS = {  # name: (autoencoder config or None, spade config, diffusion config) in configs/phantom-demo/f2/
     "uniform": (None, "spade-gpu.json", "diffusion-gpu.json"),
@@ -121,9 +121,7 @@ def main() -> int:
                     help="the autoencoder's share of a variant's time, where the variant has that stage")
     ap.add_argument("--spade-share", type=float, default=0.42, help="MS-SPADE's share of the time after it")
     ap.add_argument("--export-s", type=float, default=45.0, help="seconds kept for the export and the packing")
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
-    ap.add_argument("--start", type=float, help=argparse.SUPPRESS)
-    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    add_worker_args(ap)
     args = ap.parse_args()
     if args.variant:
         return run_variant(args)

@@ -42,6 +42,13 @@ class Clock:
             fh.write(line + "\n")
 
 
+def add_worker_args(ap: argparse.ArgumentParser) -> None:
+    """The hidden arguments with which main() starts each variant's own process."""
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--start", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+
+
 def open_session(work_dir: str, total_s: float) -> tuple[Path, Path, Clock]:
     """$OUT, the work folder (with meta/ made) and the session's clock; says which torch and GPU run."""
     import torch
@@ -137,9 +144,7 @@ def main() -> int:
     ap.add_argument("--shares", nargs=2, type=float, default=[0.40, 0.25], metavar=("AE", "SPADE"),
                     help="share of the time left that the autoencoder, then MS-SPADE, get (diffusion: the rest)")
     ap.add_argument("--skip-bench", action="store_true", help="no inference benchmark: all the time for training")
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
-    ap.add_argument("--start", type=float, help=argparse.SUPPRESS)
-    ap.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    add_worker_args(ap)
     args = ap.parse_args()
     if args.variant:
         return run_variant(args)
