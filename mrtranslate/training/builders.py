@@ -14,7 +14,7 @@ from ..models import VQGAN, VQGANConfig
 from ..volumes import Preprocessing
 from .autoencoder import AutoencoderStage
 from .checkpoint import load_checkpoint, load_module
-from .config import AutoencoderConfig, DiffusionConfig, SpadeConfig, TrainConfig
+from .config import AutoencoderConfig, DiffusionConfig, SpadeConfig, TrainConfig, config_differences
 from .data import dataset_subjects, describe_dataset, load_images
 from .diffusion import DiffusionStage, initial_unet
 from .distributed import DistContext
@@ -119,14 +119,10 @@ def build_stage(
 def _initial_vqgan(cfg: AutoencoderConfig) -> FirstStage:
     """The VQ-GAN that starts a fine-tuning autoencoder run: the same architecture as ``cfg.model``."""
     init = load_first_stage(cfg.init)
-    want, have = cfg.vqgan_config().to_dict(), init.vqgan.config.to_dict()
-    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    diff = config_differences(cfg.vqgan_config().to_dict(), init.vqgan.config.to_dict())
     if diff:
-        raise UsageError(
-            f"init {cfg.init}: its VQ-GAN differs from the config's model in "
-            + ", ".join(f"{k} ({have.get(k)} vs {want.get(k)})" for k in diff)
-            + ": set model to the init's architecture"
-        )
+        raise UsageError(f"--init (config init): the VQ-GAN of {cfg.init} differs from config model ({diff}): "
+                         "make them equal")
     if init.preprocessing != dict(cfg.preprocessing):
         message = (f"init {cfg.init} was trained with preprocessing {init.preprocessing}, the config has "
                    f"{dict(cfg.preprocessing)}")

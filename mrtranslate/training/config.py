@@ -255,6 +255,12 @@ class DiffusionConfig(TrainConfig):
         return _model_config(SchedulerConfig, self.scheduler, f"{origin}: scheduler")
 
 
+def config_differences(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """``key mine vs theirs, ...`` for each setting where two model configs differ ('' if none)."""
+    keys = list(mine) + [k for k in theirs if k not in mine]
+    return ", ".join(f"{k} {mine.get(k)!r} vs {theirs.get(k)!r}" for k in keys if mine.get(k) != theirs.get(k))
+
+
 def pair_weight_matrix(
     weights: dict[str, float] | None, origin: str = "config", modalities: Sequence[str] = MODALITIES
 ) -> torch.Tensor | None:

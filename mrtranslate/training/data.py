@@ -191,10 +191,10 @@ def sample_pairs(
     """
     if weights is None:
         eligible = (available.sum(1) >= 2).nonzero(as_tuple=True)[0]
-    else:
+    else:  # each subject's weight of each (source, target) pair it has, flattened
         has = available.to(weights.dtype)
-        pair_mass = torch.einsum("ns,st,nt->n", has, weights, has)
-        eligible = (pair_mass > 0).nonzero(as_tuple=True)[0]
+        pair_probs = (has[:, :, None] * weights * has[:, None, :]).flatten(1)
+        eligible = (pair_probs.sum(1) > 0).nonzero(as_tuple=True)[0]
     if len(eligible) == 0:
         raise DatasetLayoutError("no subject in this process's share of the data has two modalities to pair"
                                  + ("" if weights is None else " with a pair of weight > 0 (pair_weights)"))
@@ -207,9 +207,7 @@ def sample_pairs(
             order = torch.randperm(len(have), generator=gen)
             src[i], tgt[i] = have[order[0]], have[order[1]]
         else:
-            has = available[s].to(weights.dtype)
-            probs = (has[:, None] * weights * has[None, :]).flatten()
-            k = int(torch.multinomial(probs, 1, generator=gen))
+            k = int(torch.multinomial(pair_probs[s], 1, generator=gen))
             src[i], tgt[i] = divmod(k, weights.shape[1])
     return subjects, src, tgt
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..models import UNet, UNetConfig
 from ..schedulers import DDIMScheduler
-from .config import DiffusionConfig, pair_weight_matrix
+from .config import DiffusionConfig, config_differences, pair_weight_matrix
 from .data import sample_pairs, step_generator
 from .distributed import DistContext
 from .first_stage import FirstStage, check_latent_grid
@@ -34,8 +34,7 @@ def initial_unet(folder: str, config: UNetConfig) -> UNet:
     if pipe.unet is None:
         raise UsageError(f"--init (config init): {folder} has no diffusion UNet (a first-stage-only model folder)")
     if pipe.unet.config != config:
-        mine, theirs = config.to_dict(), pipe.unet.config.to_dict()
-        diff = ", ".join(f"{k} {mine[k]!r} vs {theirs.get(k)!r}" for k in mine if mine[k] != theirs.get(k))
+        diff = config_differences(config.to_dict(), pipe.unet.config.to_dict())
         raise UsageError(f"--init (config init): the UNet of {folder} differs from config model ({diff}): make them equal")
     return pipe.unet
 
