@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrtranslate.hub import resolve_model
 from mrtranslate.layout import Subject
 from mrtranslate.metrics import compute_metrics
 from mrtranslate.modalities import MODALITIES, canonical
 from mrtranslate.pipeline import ALDMPipeline
-from mrtranslate.hub import resolve_model
 from mrtranslate.training.data import dataset_subjects, preprocess_subject
 from mrtranslate.volumes import Preprocessing, load_volume
 
@@ -47,9 +47,8 @@ def phantom_has_tumor(subject: Subject) -> bool | None:
 
 
 def pair_images(subject: Subject, prep: Preprocessing, source: int, target: int) -> tuple[torch.Tensor, torch.Tensor]:
-    images, available = preprocess_subject(subject, prep)
-    if not (available[source] and available[target]):
-        raise SystemExit(f"subject {subject.case} lacks {MODALITIES[source]} or {MODALITIES[target]}")
+    """The subject's source and target scans in model space, ``[1, 1, *grid]`` each (the caller checks both exist)."""
+    images, _ = preprocess_subject(subject, prep)
     return images[source][None, None], images[target][None, None]
 
 
