@@ -16,6 +16,9 @@ does not matter. Columns:
   fit-all      decode(A z_src + b), A and b by least squares over the training latents of every subject
                of --fit-data (a per-voxel affine map of the latent channels)
   fit-healthy  the same fitted on the training phantoms without a tumour only (phantom records needed)
+  autoencoder-anchored, fit-anchored
+               the same as autoencoder and fit-all with every target first rescaled so that its brain median
+               equals its source's (``anchored``: a training-target scale that contrast enhancement does not move)
 
 and, from the raw scans inside the brain, target / source ratios of the median and of the 99.5th percentile
 (the intensity that the model's preprocessing maps to +1).
@@ -50,6 +53,12 @@ def pair_images(subject: Subject, prep: Preprocessing, source: int, target: int)
     """The subject's source and target scans in model space, ``[1, 1, *grid]`` each (the caller checks both exist)."""
     images, _ = preprocess_subject(subject, prep)
     return images[source][None, None], images[target][None, None]
+
+
+def anchored(x_src: torch.Tensor, x_tgt: torch.Tensor) -> torch.Tensor:
+    """``x_tgt`` (model units) rescaled about -1 so that its median over the target's foreground equals the source's."""
+    brain = x_tgt > -1 + 1e-6
+    return (x_tgt + 1) * ((x_src[brain] + 1).median() / (x_tgt[brain] + 1).median()) - 1
 
 
 def fit_affine(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -104,15 +113,18 @@ def main() -> None:
 
     maps: dict[str, torch.Tensor] = {}
     if args.fit_data:
-        groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"fit-all": [], "fit-healthy": []}
+        fits = ("fit-all", "fit-healthy", "fit-anchored")
+        groups: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {name: [] for name in fits}
         for subject in dataset_subjects(args.fit_data, min_modalities=2):
             if source not in subject.files or target not in subject.files:
                 continue
             x_src, x_tgt = pair_images(subject, prep, si, ti)
-            pair = (pipe.encode(x_src), pipe.encode(x_tgt))
+            z_src = pipe.encode(x_src)
+            pair = (z_src, pipe.encode(x_tgt))
             groups["fit-all"].append(pair)
             if phantom_has_tumor(subject) is False:
                 groups["fit-healthy"].append(pair)
+            groups["fit-anchored"].append((z_src, pipe.encode(anchored(x_src, x_tgt))))
         maps = {name: fit_affine(pairs) for name, pairs in groups.items() if pairs}
         print("fitted on", ", ".join(f"{name}: {len(pairs)} subjects" for name, pairs in groups.items()), flush=True)
 
@@ -129,6 +141,7 @@ def main() -> None:
             "src-latent": decoded(z_src),
             "src-image": image(x_src),
             "autoencoder": decoded(z_tgt),
+            "autoencoder-anchored": decoded(pipe.encode(anchored(x_src, x_tgt))),
         }
         preds.update({name: decoded(apply_affine(w, z_src)) for name, w in maps.items()})
         row = {"case": subject.case, "tumor": phantom_has_tumor(subject), **raw_ratios(subject, source, target)}
