@@ -21,7 +21,7 @@ does not matter. Columns:
                equals its source's (``anchored``: a training-target scale that contrast enhancement does not move)
 
 and, from the raw scans inside the brain, target / source ratios of the median and of the 99.5th percentile
-(the intensity that the model's preprocessing maps to +1).
+(near the intensity that the model's preprocessing maps to +1, the 99.5th percentile of the whole grid).
 """
 
 from __future__ import annotations
