@@ -39,7 +39,7 @@ from mrtranslate.metrics import compute_metrics
 from mrtranslate.modalities import MODALITIES, canonical
 from mrtranslate.pipeline import ALDMPipeline
 from mrtranslate.training.data import dataset_subjects, preprocess_subject
-from mrtranslate.volumes import Preprocessing, load_volume
+from mrtranslate.volumes import Preprocessing, _output_intensity, load_volume
 
 
 def phantom_has_tumor(subject: Subject) -> bool | None:
@@ -57,7 +57,7 @@ def pair_images(subject: Subject, prep: Preprocessing, source: int, target: int)
 
 def anchored(x_src: torch.Tensor, x_tgt: torch.Tensor) -> torch.Tensor:
     """``x_tgt`` (model units) rescaled about -1 so that its median over the target's foreground equals the source's."""
-    brain = x_tgt > -1 + 1e-6
+    brain = x_tgt > -1  # the foreground: raw 0 is the 0.5th percentile, i.e. -1
     return (x_tgt + 1) * ((x_src[brain] + 1).median() / (x_tgt[brain] + 1).median()) - 1
 
 
@@ -105,8 +105,8 @@ def main() -> None:
     prep = Preprocessing.from_dict(pipe.config.preprocessing)
     target_class = pipe.modalities.index(target)
 
-    def image(x: torch.Tensor) -> np.ndarray:  # model values -> output intensities, as the pipeline writes them
-        return np.maximum((x.squeeze().numpy() + 1) / 2, 0)
+    def image(x: torch.Tensor) -> np.ndarray:  # model values -> the output intensities the pipeline writes
+        return _output_intensity(x.squeeze().numpy())
 
     def decoded(z: torch.Tensor) -> np.ndarray:
         return image(pipe.decode(z))
@@ -133,8 +133,7 @@ def main() -> None:
         if source not in subject.files or target not in subject.files:
             continue
         x_src, x_tgt = pair_images(subject, prep, si, ti)
-        tgt = image(x_tgt)
-        brain = x_tgt.squeeze().numpy() > -1 + 1e-6  # the target's foreground: raw 0 is the 0.5th percentile, -1
+        tgt = image(x_tgt)  # scored inside its foreground (> 0), compute_metrics' default mask and evaluate's rule
         z_src, z_tgt = pipe.encode(x_src), pipe.encode(x_tgt)
         preds = {
             "ms-spade": decoded(pipe.target_like(z_src, [target_class])),
@@ -146,7 +145,7 @@ def main() -> None:
         preds.update({name: decoded(apply_affine(w, z_src)) for name, w in maps.items()})
         row = {"case": subject.case, "tumor": phantom_has_tumor(subject), **raw_ratios(subject, source, target)}
         for name, pred in preds.items():
-            m = compute_metrics(pred, tgt, brain)
+            m = compute_metrics(pred, tgt)
             row[name] = {"psnr": m["psnr"]["brain"], "ssim": m["ssim"]["brain"]}
         rows.append(row)
         cells = "  ".join(f"{k} {row[k]['psnr']:.2f}/{row[k]['ssim']:.3f}" for k in preds)
