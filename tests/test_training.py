@@ -34,7 +34,6 @@ from mrtranslate.modalities import MODALITIES  # noqa: E402
 from mrtranslate.models import UNetConfig, VQGANConfig  # noqa: E402
 from mrtranslate.pipeline import ALDMPipeline  # noqa: E402
 from mrtranslate.training import builders  # noqa: E402
-from mrtranslate.training.stage import FIRST_STAGE_ENCODER  # noqa: E402
 from mrtranslate.training.autoencoder import AutoencoderStage  # noqa: E402
 from mrtranslate.training.checkpoint import load_checkpoint  # noqa: E402
 from mrtranslate.training.config import (  # noqa: E402
@@ -55,6 +54,7 @@ from mrtranslate.training.data import (  # noqa: E402
 )
 from mrtranslate.training.first_stage import load_first_stage  # noqa: E402
 from mrtranslate.training.phantom import write_dataset  # noqa: E402
+from mrtranslate.training.stage import FIRST_STAGE_ENCODER  # noqa: E402
 from mrtranslate.training.trainer import train  # noqa: E402
 from mrtranslate.volumes import Preprocessing, to_model_space  # noqa: E402
 
