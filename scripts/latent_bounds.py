@@ -18,7 +18,7 @@ does not matter. Columns:
   fit-healthy  the same fitted on the training phantoms without a tumour only (phantom records needed)
   autoencoder-anchored, fit-anchored
                the same as autoencoder and fit-all with every target first rescaled so that its brain median
-               equals its source's (``anchored``: a training-target scale that contrast enhancement does not move)
+               equals its source's (``anchor_to_source``: the training targets of a spade run's ``anchor_targets``)
 
 and, from the raw scans inside the brain, target / source ratios of the median and of the 99.5th percentile
 (near the intensity that the model's preprocessing maps to +1, the 99.5th percentile of the whole grid).
@@ -38,7 +38,7 @@ from mrtranslate.layout import Subject
 from mrtranslate.metrics import compute_metrics
 from mrtranslate.modalities import MODALITIES, canonical
 from mrtranslate.pipeline import ALDMPipeline
-from mrtranslate.training.data import dataset_subjects, preprocess_subject
+from mrtranslate.training.data import anchor_to_source, dataset_subjects, preprocess_subject
 from mrtranslate.volumes import Preprocessing, _output_intensity, load_volume
 
 
@@ -53,12 +53,6 @@ def pair_images(subject: Subject, prep: Preprocessing, source: int, target: int)
     """The subject's source and target scans in model space, ``[1, 1, *grid]`` each (the caller checks both exist)."""
     images, _ = preprocess_subject(subject, prep)
     return images[source][None, None], images[target][None, None]
-
-
-def anchored(x_src: torch.Tensor, x_tgt: torch.Tensor) -> torch.Tensor:
-    """``x_tgt`` (model units) rescaled about -1 so that its median over the target's foreground equals the source's."""
-    brain = x_tgt > -1  # the foreground: raw 0 is the 0.5th percentile, i.e. -1
-    return (x_tgt + 1) * ((x_src[brain] + 1).median() / (x_tgt[brain] + 1).median()) - 1
 
 
 def fit_affine(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -124,7 +118,7 @@ def main() -> None:
             groups["fit-all"].append(pair)
             if phantom_has_tumor(subject) is False:
                 groups["fit-healthy"].append(pair)
-            groups["fit-anchored"].append((z_src, pipe.encode(anchored(x_src, x_tgt))))
+            groups["fit-anchored"].append((z_src, pipe.encode(anchor_to_source(x_src, x_tgt))))
         maps = {name: fit_affine(pairs) for name, pairs in groups.items() if pairs}
         print("fitted on", ", ".join(f"{name}: {len(pairs)} subjects" for name, pairs in groups.items()), flush=True)
 
@@ -140,7 +134,7 @@ def main() -> None:
             "src-latent": decoded(z_src),
             "src-image": image(x_src),
             "autoencoder": decoded(z_tgt),
-            "autoencoder-anchored": decoded(pipe.encode(anchored(x_src, x_tgt))),
+            "autoencoder-anchored": decoded(pipe.encode(anchor_to_source(x_src, x_tgt))),
         }
         preds.update({name: decoded(apply_affine(w, z_src)) for name, w in maps.items()})
         row = {"case": subject.case, "tumor": phantom_has_tumor(subject), **raw_ratios(subject, source, target)}

@@ -43,20 +43,6 @@ def test_fit_affine_recovers_an_exact_map():
     torch.testing.assert_close(lb.apply_affine(w, pairs[0][0]), pairs[0][1], atol=1e-4, rtol=1e-4)
 
 
-def test_anchored_target_takes_the_source_median():
-    lb = _script()
-    g = torch.Generator().manual_seed(1)
-    src = torch.rand(1, 1, 6, 7, 8, generator=g) * 1.5 - 0.5
-    tgt = torch.rand(1, 1, 6, 7, 8, generator=g) * 2 - 1
-    tgt[..., :2] = -1  # background
-    out = lb.anchored(src, tgt)
-    brain = tgt > -1 + 1e-6
-    torch.testing.assert_close((out[brain] + 1).median(), (src[brain] + 1).median())
-    assert torch.equal(out[~brain], tgt[~brain])  # the background stays at -1
-    ratio = (out[brain] + 1) / (tgt[brain] + 1)
-    torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio[0])))  # one factor for every voxel
-
-
 def test_script_columns_match_the_pipeline(tmp_path, monkeypatch):
     model = save_tiny(tmp_path / "model", grid=tuple(PREP["grid"]), spacing=(SPACING,) * 3)
     heldout = write_subjects(tmp_path / "heldout", n=2)

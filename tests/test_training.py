@@ -45,6 +45,8 @@ from mrtranslate.training.config import (  # noqa: E402
     pair_weight_matrix,
 )
 from mrtranslate.training.data import (  # noqa: E402
+    anchor_to_source,
+    dataset_subjects,
     load_images,
     preprocess_subject,
     sample_pairs,
@@ -465,3 +467,140 @@ def test_dead_code_restart_moves_unused_codes_and_resumes_exactly(phantoms: Path
     key = "model/vqgan/quantize.embedding.weight"
     a, b = load_checkpoint(straight / "checkpoint")[0][key], load_checkpoint(plain / "checkpoint")[0][key]
     assert int((a != b).any(1).sum()) >= restarted[1]
+
+
+# ---- anchored targets and one target's layers (anchor_targets, train_targets) -----------------------------
+def test_anchor_to_source_takes_the_source_median() -> None:
+    g = torch.Generator().manual_seed(1)
+    src = torch.rand(1, 1, 6, 7, 8, generator=g) * 1.5 - 0.5
+    tgt = torch.rand(1, 1, 6, 7, 8, generator=g) * 2 - 1
+    tgt[..., :2] = -1  # background
+    out = anchor_to_source(src, tgt)
+    brain = (tgt > -1).numpy()
+    # the median as torch takes it (the lower middle value of an even count), against numpy's
+    median = lambda x: np.quantile(x.numpy()[brain] + 1, 0.5, method="lower")  # noqa: E731
+    assert median(out) == pytest.approx(median(src), rel=1e-6)
+    assert torch.equal(out[~brain], tgt[~brain])  # the background stays at -1
+    ratio = (out.numpy()[brain] + 1) / (tgt.numpy()[brain] + 1)
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)  # one factor for every voxel
+    with pytest.raises(InputImageError, match="no foreground"):
+        anchor_to_source(src, torch.full_like(tgt, -1.0))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"anchor_targets": ["pd"]}, "not a modality"),
+        ({"anchor_targets": ["t1ce", "T1c"]}, "twice"),
+        ({"anchor_targets": "t1ce"}, "list of modality names"),
+        ({"train_targets": ["t1ce"]}, "adv_weight and cycle_weight"),
+        ({"train_targets": [], "adv_weight": 0}, "empty"),
+        ({"train_targets": ["t1ce"], "adv_weight": 0, "pair_weights": {"t1->t1ce": 0, "t2->t1ce": 0,
+                                                                        "flair->t1ce": 0}}, "weight 0"),
+    ],
+)
+def test_anchor_and_train_target_errors_name_the_setting(override: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        load_config("spade", overrides=spade_config(**override))
+
+
+def _expected_codes(first_stage: Path, data: str) -> tuple[dict, dict]:
+    """``(anchored, plain)``: (subject, source) -> codes of the subject's T1ce rescaled in numpy to the source's
+    brain median; (subject, modality) -> codes of the scan itself."""
+    first = load_first_stage(first_stage)
+    images = load_images(dataset_subjects(data, 2), Preprocessing.from_dict(first.preprocessing), progress=False)
+    vq = first.vqgan.eval()
+
+    def codes(x: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return vq.quantize.codes(vq.encode_continuous(torch.from_numpy(x.astype(np.float32))[None, None]))[0].int()
+
+    anchored, plain = {}, {}
+    for n in range(len(images)):
+        scans = images.images[n].numpy().astype(np.float64)
+        for m in range(len(MODALITIES)):
+            plain[n, m] = codes(scans[m])
+        brain = scans[1] > -1
+        for s in (0, 2, 3):
+            median = [np.quantile(scans[k][brain] + 1, 0.5, method="lower") for k in (s, 1)]
+            anchored[n, s] = codes((scans[1] + 1) * (median[0] / median[1]) - 1)
+    return anchored, plain
+
+
+def _record_batches(module, monkeypatch: pytest.MonkeyPatch, stage_cls) -> list[tuple[list, dict]]:
+    """Each training step's drawn (subject, source, target) triples with its batch."""
+    seen: list[tuple[list, dict]] = []
+    draws: list[list] = []
+    draw = module.sample_pairs
+
+    def record_draw(*args):
+        subjects, src, tgt = draw(*args)
+        draws.append(list(zip(subjects.tolist(), src.tolist(), tgt.tolist())))
+        return subjects, src, tgt
+
+    step = stage_cls.train_step
+
+    def record_step(self, batch, i):
+        seen.append((draws[-1], batch))
+        return step(self, batch, i)
+
+    monkeypatch.setattr(module, "sample_pairs", record_draw)
+    monkeypatch.setattr(stage_cls, "train_step", record_step)
+    return seen
+
+
+def test_spade_learns_anchored_targets_in_their_own_layers_only(chain: dict[str, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrtranslate.training import spade as spade_module
+    from mrtranslate.training.spade import SpadeStage
+
+    cfg = spade_config(anchor_targets=["T1c"], train_targets=["t1ce"], adv_weight=0)
+    seen = _record_batches(spade_module, monkeypatch, SpadeStage)
+    run = tmp_path / "anchored"
+    train("spade", run, _data_of(chain), cfg, first_stage=str(chain["autoencoder"]), progress=False)
+    expected, plain = _expected_codes(chain["autoencoder"], _data_of(chain))
+    assert len(seen) == 4
+    for triples, batch in seen:
+        for i, (n, s, t) in enumerate(triples):
+            assert t == 1  # only pairs into the trained target are drawn
+            assert torch.equal(batch["tgt_codes"][i], expected[n, s])
+    # the anchoring changed the codes of some drawn pair, or this test could not fail
+    assert any(not torch.equal(expected[n, s], plain[n, 1]) for triples, _ in seen for n, s, _ in triples)
+    # only the T1ce target's switchable SPADE layers moved; the rest of the VQ-GAN is the first stage's
+    before = load_checkpoint(chain["autoencoder"] / "checkpoint")[0]
+    after = load_checkpoint(run / "checkpoint")[0]
+    names = [k for k in after if k.startswith("model/vqgan/")]
+    moved = {k for k in names if not torch.equal(after[k], before[k])}
+    t1ce_layers = {k for k in names if ".spades.1." in k}
+    assert moved and moved <= t1ce_layers and len(moved) > len(t1ce_layers) // 2
+    # resumed from 2 steps on the cached (anchored) codes: the run an uninterrupted one makes
+    monkeypatch.undo()
+    half = tmp_path / "half"
+    train("spade", half, _data_of(chain), cfg, steps=2, first_stage=str(chain["autoencoder"]), progress=False)
+    monkeypatch.setattr(builders, "encode_anchored_codes", lambda *a, **k: pytest.fail("cache not used"))
+    train("spade", half, None, resume=True, steps=4, progress=False)
+    assert checkpoint_differences(run, half) == []
+
+
+def test_diffusion_learns_the_anchored_targets_of_its_spade_run(chain: dict[str, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrtranslate.training import diffusion as diffusion_module
+    from mrtranslate.training.diffusion import DiffusionStage
+
+    spade_run = tmp_path / "spade"
+    train("spade", spade_run, _data_of(chain), spade_config(anchor_targets=["t1ce"], adv_weight=0, steps=1),
+          first_stage=str(chain["autoencoder"]), progress=False)
+    with pytest.raises(UsageError, match=r"anchor_targets \[\] differs from the spade run's \['t1ce'\]"):
+        train("diffusion", tmp_path / "plain", _data_of(chain), diffusion_config(), first_stage=str(spade_run),
+              progress=False)
+    seen = _record_batches(diffusion_module, monkeypatch, DiffusionStage)
+    train("diffusion", tmp_path / "anchored", _data_of(chain), diffusion_config(anchor_targets=["t1ce"], steps=6),
+          first_stage=str(spade_run), progress=False)
+    anchored, plain = _expected_codes(spade_run, _data_of(chain))
+    into_t1ce = other = 0
+    for triples, batch in seen:
+        for i, (n, s, t) in enumerate(triples):
+            into_t1ce, other = into_t1ce + (t == 1), other + (t != 1)
+            assert torch.equal(batch["tgt_codes"][i], anchored[n, s] if t == 1 else plain[n, t])
+    assert into_t1ce and other
+    assert any(not torch.equal(anchored[n, s], plain[n, 1]) for triples, _ in seen for n, s, t in triples if t == 1)

@@ -196,6 +196,15 @@ class SpadeConfig(TrainConfig):
     # How often each (source, target) pair is drawn, relative: {"t1->t1ce": 4} draws T1 -> T1ce four times as
     # often as each unnamed pair (weight 1; 0 never draws it). None (as published): all pairs alike.
     pair_weights: dict[str, float] | None = None
+    # Not published (empty: the published targets): target modalities whose training target is the target scan
+    # rescaled so that its brain median equals the source's (see data.anchor_to_source), e.g. ["t1ce"], whose
+    # published 99.5th-percentile scale moves with the enhancing tumour. The model then outputs these targets on
+    # the source's scale; the diffusion run on top must name the same list.
+    anchor_targets: list[str] = dataclasses.field(default_factory=list)
+    # Fine-tuning (not published; None: all of MS-SPADE trains): only the switchable SPADE layers of these
+    # target modalities train, the shared convolutions and the other targets' layers stay as they are, so every
+    # pair into another target keeps its output exactly. Batches then draw only pairs into these targets.
+    train_targets: list[str] | None = None
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
@@ -203,7 +212,30 @@ class SpadeConfig(TrainConfig):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")
         _positive_int(origin, "disc_channels", self.disc_channels)
-        pair_weight_matrix(self.pair_weights, origin)
+        _modality_list(origin, "anchor_targets", self.anchor_targets)
+        if self.train_targets is not None:
+            _modality_list(origin, "train_targets", self.train_targets)
+            if not self.train_targets:
+                raise UsageError(f"{origin}: train_targets is empty: name at least one target modality, or null")
+            if self.adv_weight > 0 or self.cycle_weight > 0:
+                raise UsageError(
+                    f"{origin}: train_targets trains some targets' layers alone: set adv_weight and cycle_weight "
+                    "to 0 (the discriminator and the way back involve every target)"
+                )
+        self.pair_matrix(origin)
+
+    def pair_matrix(self, origin: str = "config") -> torch.Tensor | None:
+        """The (source, target) sampling weights: ``pair_weights``, with targets outside ``train_targets`` at 0."""
+        matrix = pair_weight_matrix(self.pair_weights, origin)
+        if self.train_targets is None:
+            return matrix
+        if matrix is None:
+            matrix = pair_weight_matrix({}, origin)
+        keep = torch.tensor([m in self.train_targets for m in MODALITIES], dtype=matrix.dtype)
+        matrix = matrix * keep[None, :]
+        if not matrix.sum() > 0:
+            raise UsageError(f"{origin}: pair_weights gives every pair into train_targets weight 0")
+        return matrix
 
 
 @dataclasses.dataclass
@@ -231,10 +263,12 @@ class DiffusionConfig(TrainConfig):
     # DDIMScheduler.steps) can spend all its steps there, as SDXL's refiner does with the 200 lowest.
     timestep_range: list[int] | None = None
     pair_weights: dict[str, float] | None = None  # as in SpadeConfig
+    anchor_targets: list[str] = dataclasses.field(default_factory=list)  # as in SpadeConfig: the spade run's list
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
         pair_weight_matrix(self.pair_weights, origin)
+        _modality_list(origin, "anchor_targets", self.anchor_targets)
         self.unet_config(origin)
         sched = self.scheduler_config(origin)
         if not 0 <= self.ema_decay < 1:
@@ -333,6 +367,12 @@ def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise bad(f"a list of {'three' if key == 'crop' else 'two'} integers or null")
         return list(value)
+    if key in ("anchor_targets", "train_targets"):
+        if value is None and key == "train_targets":
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad('a list of modality names, e.g. ["t1ce"]' + (", or null" if key == "train_targets" else ""))
+        return [_canonical_or_same(v) for v in value]
     if key == "pair_weights":
         if value is None:
             return None
@@ -371,6 +411,23 @@ def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
 def _positive_int(origin: str, name: str, value: int, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UsageError(f"{origin}: {name} = {value!r} must be an integer >= {minimum}")
+
+
+def _modality_list(origin: str, name: str, values: list[str]) -> None:
+    """Every name one of MODALITIES (aliases are canonicalised when the JSON is read), none twice."""
+    for v in values:
+        if v not in MODALITIES:
+            raise UsageError(f"{origin}: {name}: {v!r} is not a modality; use {', '.join(MODALITIES)}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{origin}: {name} = {values} names a modality twice")
+
+
+def _canonical_or_same(name: str) -> str:
+    """The canonical modality name of an alias (t1c -> t1ce); an unknown name as it is, for validate to report."""
+    try:
+        return canonical(name)
+    except ModalityError:
+        return name
 
 
 def _model_config(cls: type, data: dict[str, Any], origin: str) -> Any:

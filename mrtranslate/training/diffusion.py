@@ -3,7 +3,8 @@
 For a pair (source, target) of one subject: z_src, z_tgt = quantized latents; t ~ U{0..T-1} (or the config's
 ``timestep_range``); noise ~ N(0, I);
 x_t = sqrt(acp_t) z_tgt + sqrt(1 - acp_t) noise; loss = MSE(UNet(cat[x_t, z_src, spade(z_src, target)], t, target),
-noise). AdamW; an EMA of the UNet weights (LitEma's warm-up) is what export writes.
+noise), z_tgt anchored to the source for a target in ``anchor_targets`` (as in the spade stage). AdamW; an EMA
+of the UNet weights (LitEma's warm-up) is what export writes.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..schedulers import DDIMScheduler
 from .config import DiffusionConfig, config_differences, pair_weight_matrix
 from .data import sample_pairs, step_generator
 from .distributed import DistContext
-from .first_stage import FirstStage, check_latent_grid
+from .first_stage import FirstStage, TargetCodes, check_latent_grid
 from .stage import Stage, frozen, quantized
 
 
@@ -52,11 +53,13 @@ class DiffusionStage(Stage):
         available: torch.Tensor,
         translated: torch.Tensor | None = None,
         init_unet: UNet | None = None,
+        targets: TargetCodes | None = None,
     ):
         super().__init__(cfg, ctx)
         self.cfg: DiffusionConfig = cfg
         self.first = first
         self.codes = codes
+        self.targets = targets or TargetCodes(codes, None, [])
         self.available = available
         self.pair_weights = pair_weight_matrix(cfg.pair_weights)
         self.translated = translated
@@ -93,7 +96,7 @@ class DiffusionStage(Stage):
         subjects, src, tgt = sample_pairs(self.available, n, g, self.pair_weights)
         t = torch.randint(*self.timesteps, (n,), generator=g)
         noise = torch.randn((n, *self.latent_shape), generator=g)
-        out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "tgt": tgt}
+        out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.targets(subjects, src, tgt), "tgt": tgt}
         out.update({"t": t, "noise": noise})
         if self.translated is not None:
             out["cond"] = self.translated[subjects, src, tgt]

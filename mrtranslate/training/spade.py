@@ -3,7 +3,9 @@
 loss = l1_weight * |spade(z_src, target) - z_tgt| + adv_weight * CE(D(spade(z_src, target)), target)
        [+ cycle_weight * |spade(spade(z_src, target), source) - z_src|  (the paper's cycle term, off as published)]
 D, the latent discriminator, learns CE(D(z_tgt), target) + CE(D(fake), "fake") (4 modalities + 1 class).
-Only ``vqgan.spade.*`` is trained; encoder, quantizer and decoder stay as the first stage left them.
+Only ``vqgan.spade.*`` is trained (with ``train_targets``, only those targets' switchable SPADE layers); encoder,
+quantizer and decoder stay as the first stage left them. z_tgt is the target scan's latent, or for a target in
+``anchor_targets`` that of the scan rescaled to the source's brain median (``data.anchor_to_source``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import SpadeConfig, pair_weight_matrix
+from ..modalities import MODALITIES
+from ..models.spade import SwitchableSPADE
+from .config import SpadeConfig
 from .data import sample_pairs, step_generator
 from .discriminators import LatentDiscriminator, RealFake
 from .distributed import DistContext
-from .first_stage import FirstStage
+from .first_stage import FirstStage, TargetCodes
 from .losses import class_cross_entropy
 from .stage import Stage, quantized
 
@@ -36,24 +40,43 @@ class _Translate(nn.Module):
         return fake, (self.spade(fake, source) if cycle else None)
 
 
+def trainable_spade(spade: nn.Module, train_targets: list[str] | None) -> list[nn.Parameter]:
+    """Set ``requires_grad`` on what trains, and return it: all of MS-SPADE, or (``train_targets``) only the
+    switchable SPADE layers of those target modalities."""
+    if train_targets is None:
+        spade.requires_grad_(True)
+        return list(spade.parameters())
+    spade.requires_grad_(False)
+    classes = [MODALITIES.index(m) for m in train_targets]
+    for module in spade.modules():
+        if isinstance(module, SwitchableSPADE):
+            for c in classes:
+                module.spades[c].requires_grad_(True)
+    return [p for p in spade.parameters() if p.requires_grad]
+
+
 class SpadeStage(Stage):
     name = "spade"
     metric_names = ["loss", "l1", "g_adv", "cycle", "d_loss"]
 
-    def __init__(self, cfg: SpadeConfig, ctx: DistContext, first: FirstStage, codes: torch.Tensor, available: torch.Tensor):
+    def __init__(
+        self, cfg: SpadeConfig, ctx: DistContext, first: FirstStage, codes: torch.Tensor, available: torch.Tensor,
+        targets: TargetCodes | None = None,
+    ):
         super().__init__(cfg, ctx)
         self.cfg: SpadeConfig = cfg
         self.first = first
         self.codes = codes
         self.available = available
-        self.pair_weights = pair_weight_matrix(cfg.pair_weights)
+        self.targets = targets or TargetCodes(codes, None, [])
+        self.pair_weights = cfg.pair_matrix()
         vqgan = first.vqgan.requires_grad_(False)
-        vqgan.spade.requires_grad_(True)
+        trained = trainable_spade(vqgan.spade, cfg.train_targets)
         self.vqgan = self.place(vqgan)
         self.nets["vqgan"] = self.vqgan
         # a class absent from a batch leaves its SPADE layers unused: DDP must be told
         self.net = ctx.wrap(_Translate(self.vqgan.spade), find_unused_parameters=True)
-        self.optimizers["spade"] = self.adam(list(self.vqgan.spade.parameters()))
+        self.optimizers["spade"] = self.adam(trained)
         self.disc: LatentDiscriminator | None = None
         if cfg.adv_weight > 0:
             vq = vqgan.config
@@ -68,7 +91,7 @@ class SpadeStage(Stage):
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
         subjects, src, tgt = sample_pairs(self.available, self.cfg.batch_size, g, self.pair_weights)
-        return {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "src": src, "tgt": tgt}
+        return {"src_codes": self.codes[subjects, src], "tgt_codes": self.targets(subjects, src, tgt), "src": src, "tgt": tgt}
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
