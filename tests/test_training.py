@@ -37,6 +37,7 @@ from mrtranslate.training import builders  # noqa: E402
 from mrtranslate.training.autoencoder import AutoencoderStage  # noqa: E402
 from mrtranslate.training.checkpoint import load_checkpoint  # noqa: E402
 from mrtranslate.training.config import (  # noqa: E402
+    STAGES,
     AutoencoderConfig,
     DiffusionConfig,
     SpadeConfig,
@@ -441,6 +442,7 @@ def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path]
     for stage in ("autoencoder", "spade", "diffusion"):
         assert f"mrtranslate train {stage} --data" in card
     assert "Phantom_0_00000" in card and "seed 0" in card and "| diffusion | 4 |" in card
+    assert "anchor_targets" not in card  # the published scale for every target
     out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], steps=2, progress=False)
     assert out.shape == (1, 1, 20, 24, 20) and torch.isfinite(out).all()
     # a first-stage run exports a first-stage-only folder, usable as the first stage of a later run
@@ -604,3 +606,29 @@ def test_diffusion_learns_the_anchored_targets_of_its_spade_run(chain: dict[str,
             assert torch.equal(batch["tgt_codes"][i], anchored[n, s] if t == 1 else plain[n, t])
     assert into_t1ce and other
     assert any(not torch.equal(anchored[n, s], plain[n, 1]) for triples, _ in seen for n, s, t in triples if t == 1)
+    assert main(["export", str(tmp_path / "anchored"), "--out", str(tmp_path / "model"), "-q"]) == 0
+    assert "trained with `anchor_targets` ['t1ce']: these targets are written on the source's scale" in (
+        tmp_path / "model" / "README.md").read_text()
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "phantom-demo"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*/*.json")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_demo_configs_are_valid(path: Path) -> None:
+    stage = "autoencoder" if path.name.startswith("decoder") else path.name.split("-")[0].removesuffix(".json")
+    data = json.loads(path.read_text())
+    # what the command line adds: --init for a decoder fine-tune (its commands are in configs/phantom-demo/README.md)
+    overrides = {"init": "MODEL"} if data.get("freeze_encoder") and "init" not in data else None
+    cfg = load_config(stage, path, overrides)
+    assert cfg.stage == stage
+
+
+def test_the_gpu_script_variants_name_existing_configs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(CONFIGS.parents[1] / "scripts"))
+    variants = importlib.import_module("gpu_finetune").VARIANTS
+    assert {"continue", "sharper", "anchored", "sharper-anchored"} <= set(variants)
+    for files in variants.values():
+        for stage, name in zip(STAGES, files, strict=True):
+            if name is not None:
+                assert load_config(stage, CONFIGS / "f2" / name).stage == stage

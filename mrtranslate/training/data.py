@@ -112,8 +112,8 @@ def anchor_to_source(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor
 
     One factor for every voxel: background (-1, the raw 0 at the 0.5th percentile) stays -1 and contrast
     within the target is kept; only the scale changes, from the published 99.5th percentile (which a bright
-    enhancing tumour can move by a factor of two) to the source's normal-tissue level. Either tensor may
-    carry leading batch dimensions of size 1.
+    enhancing tumour can move by a factor of two) to the source's normal-tissue level. The median is torch's
+    (the lower of the two middle values of an even count). Either tensor may carry leading dimensions of size 1.
     """
     brain = target > -1
     if not bool(brain.any()):

@@ -137,6 +137,8 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
     p = pipe.config.preprocessing
     runs = [s for s in stages if s.get("stage") in ("autoencoder", "spade", "diffusion")]
     data = next((s.get("data") for s in reversed(runs) if s.get("data")), None)
+    anchored = next((list(c["anchor_targets"]) for s in reversed(runs)
+                     if (c := s.get("config") or {}).get("anchor_targets")), [])
     lines = [
         "---",
         "library_name: mrtranslate",
@@ -152,6 +154,8 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
         f"- modalities: {', '.join(pipe.modalities)}",
         f"- model space: {p['spacing_mm']} mm RAS grid {p['grid']}, intensities: percentiles "
         f"{p['lower_percentile']} / {p['upper_percentile']} -> -1 / +1",
+        *([f"- trained with `anchor_targets` {anchored}: these targets are written on the source's scale (their "
+           "brain median equals the source's), not rescaled to the published 99.5th percentile"] if anchored else []),
         "",
         "## Data",
         *_data_lines(data),
