@@ -36,7 +36,7 @@ VARIANTS = {  # name: (autoencoder config or None, spade config, diffusion confi
     "continue": (None, "spade-gpu2.json", "diffusion-gpu2.json"),
     # the same after fine-tuning the whole VQ-GAN (v1's had 1852 steps): a sharper first stage, new latents
     "sharper": ("autoencoder-gpu.json", "spade-gpu2.json", "diffusion-gpu2.json"),
-    # "continue" and "sharper" with T1ce targets anchored to the source's brain median (anchor_targets)
+    # "continue" and "sharper" with the T1 -> T1ce targets anchored to the T1's brain median (anchor_targets)
     "anchored": (None, "spade-gpu2-anchored.json", "diffusion-gpu2-anchored.json"),
     "sharper-anchored": ("autoencoder-gpu.json", "spade-gpu2-anchored.json", "diffusion-gpu2-anchored.json"),
 }

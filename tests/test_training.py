@@ -492,8 +492,10 @@ def test_anchor_to_source_takes_the_source_median() -> None:
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ({"anchor_targets": ["pd"]}, "not a modality"),
-        ({"anchor_targets": ["t1ce", "T1c"]}, "twice"),
+        ({"anchor_targets": ["pd"]}, "must be a modality"),
+        ({"anchor_targets": ["t1->t1"]}, "two different"),
+        ({"anchor_targets": ["t1->t2->t1ce"]}, "must be a modality"),
+        ({"anchor_targets": ["t1ce", "T1->T1c"]}, "pair t1->t1ce twice"),
         ({"anchor_targets": "t1ce"}, "list of modality names"),
         ({"train_targets": ["t1ce"]}, "adv_weight and cycle_weight"),
         ({"train_targets": [], "adv_weight": 0}, "empty"),
@@ -590,24 +592,25 @@ def test_diffusion_learns_the_anchored_targets_of_its_spade_run(chain: dict[str,
     from mrtranslate.training.diffusion import DiffusionStage
 
     spade_run = tmp_path / "spade"
-    train("spade", spade_run, _data_of(chain), spade_config(anchor_targets=["t1ce"], adv_weight=0, steps=1),
+    pair = ["T1->t1c"]  # one pair: T2 -> T1ce and FLAIR -> T1ce keep the published targets
+    train("spade", spade_run, _data_of(chain), spade_config(anchor_targets=pair, adv_weight=0, steps=1),
           first_stage=str(chain["autoencoder"]), progress=False)
-    with pytest.raises(UsageError, match=r"anchor_targets \[\] differs from the spade run's \['t1ce'\]"):
+    with pytest.raises(UsageError, match=r"anchor_targets \[\] differs from the spade run's \['t1->t1ce'\]"):
         train("diffusion", tmp_path / "plain", _data_of(chain), diffusion_config(), first_stage=str(spade_run),
               progress=False)
     seen = _record_batches(diffusion_module, monkeypatch, DiffusionStage)
-    train("diffusion", tmp_path / "anchored", _data_of(chain), diffusion_config(anchor_targets=["t1ce"], steps=6),
-          first_stage=str(spade_run), progress=False)
+    weights = {p: float(p.endswith("->t1ce")) for p in EVERY_PAIR}
+    train("diffusion", tmp_path / "anchored", _data_of(chain),
+          diffusion_config(anchor_targets=pair, steps=6, pair_weights=weights), first_stage=str(spade_run), progress=False)
     anchored, plain = _expected_codes(spade_run, _data_of(chain))
-    into_t1ce = other = 0
+    drawn = [(n, s) for triples, _ in seen for n, s, _ in triples]
+    assert {s for _, s in drawn} == {0, 2, 3}  # pairs into T1ce from every source
     for triples, batch in seen:
         for i, (n, s, t) in enumerate(triples):
-            into_t1ce, other = into_t1ce + (t == 1), other + (t != 1)
-            assert torch.equal(batch["tgt_codes"][i], anchored[n, s] if t == 1 else plain[n, t])
-    assert into_t1ce and other
-    assert any(not torch.equal(anchored[n, s], plain[n, 1]) for triples, _ in seen for n, s, t in triples if t == 1)
+            assert torch.equal(batch["tgt_codes"][i], anchored[n, s] if s == 0 else plain[n, t])
+    assert any(not torch.equal(anchored[n, s], plain[n, 1]) for n, s in drawn if s == 0)
     assert main(["export", str(tmp_path / "anchored"), "--out", str(tmp_path / "model"), "-q"]) == 0
-    assert "trained with `anchor_targets` ['t1ce']: these targets are written on the source's scale" in (
+    assert "trained with `anchor_targets` ['t1->t1ce']: the targets of these pairs" in (
         tmp_path / "model" / "README.md").read_text()
 
 

@@ -10,12 +10,18 @@ from typing import Any
 import torch
 
 from ..errors import ModelFormatError, UsageError
-from ..modalities import MODALITIES
 from ..models import VQGAN, VQGANConfig
 from ..volumes import Preprocessing
 from .autoencoder import AutoencoderStage
 from .checkpoint import load_checkpoint, load_module
-from .config import AutoencoderConfig, DiffusionConfig, SpadeConfig, TrainConfig, config_differences
+from .config import (
+    AutoencoderConfig,
+    DiffusionConfig,
+    SpadeConfig,
+    TrainConfig,
+    anchor_pairs,
+    config_differences,
+)
 from .data import dataset_subjects, describe_dataset, load_images
 from .diffusion import DiffusionStage, initial_unet
 from .distributed import DistContext
@@ -94,7 +100,7 @@ def build_stage(
     translate = isinstance(cfg, DiffusionConfig) and cfg.cache_spade
     prefixes = FIRST_STAGE_ENCODER + (("spade.",) if translate else ())
     prep = Preprocessing.from_dict(first.preprocessing)
-    anchor = [MODALITIES.index(m) for m in cfg.anchor_targets]
+    anchor = anchor_pairs(cfg.anchor_targets)
     if isinstance(cfg, DiffusionConfig):
         _check_anchor(cfg, first)
     key = {

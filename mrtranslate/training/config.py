@@ -196,10 +196,11 @@ class SpadeConfig(TrainConfig):
     # How often each (source, target) pair is drawn, relative: {"t1->t1ce": 4} draws T1 -> T1ce four times as
     # often as each unnamed pair (weight 1; 0 never draws it). None (as published): all pairs alike.
     pair_weights: dict[str, float] | None = None
-    # Not published (empty: the published targets): target modalities whose training target is the target scan
-    # rescaled so that its brain median equals the source's (see data.anchor_to_source), e.g. ["t1ce"], whose
-    # published 99.5th-percentile scale moves with the enhancing tumour. The model then outputs these targets on
-    # the source's scale; the diffusion run on top must name the same list.
+    # Not published (empty: the published targets): pairs whose training target is the target scan rescaled so
+    # that its brain median equals the source's (see data.anchor_to_source), each named "source->target", or by a
+    # target modality alone for every pair into it: e.g. ["t1->t1ce"], T1ce's published 99.5th-percentile scale
+    # moving with the enhancing tumour. The model then outputs those pairs' targets on the source's scale; the
+    # diffusion run on top must name the same list.
     anchor_targets: list[str] = dataclasses.field(default_factory=list)
     # Fine-tuning (not published; None: all of MS-SPADE trains): only the switchable SPADE layers of these
     # target modalities train, the shared convolutions and the other targets' layers stay as they are, so every
@@ -212,7 +213,7 @@ class SpadeConfig(TrainConfig):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")
         _positive_int(origin, "disc_channels", self.disc_channels)
-        _modality_list(origin, "anchor_targets", self.anchor_targets)
+        anchor_pairs(self.anchor_targets, origin)
         if self.train_targets is not None:
             _modality_list(origin, "train_targets", self.train_targets)
             if not self.train_targets:
@@ -268,7 +269,7 @@ class DiffusionConfig(TrainConfig):
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
         pair_weight_matrix(self.pair_weights, origin)
-        _modality_list(origin, "anchor_targets", self.anchor_targets)
+        anchor_pairs(self.anchor_targets, origin)
         self.unet_config(origin)
         sched = self.scheduler_config(origin)
         if not 0 <= self.ema_decay < 1:
@@ -372,7 +373,7 @@ def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
             return None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise bad('a list of modality names, e.g. ["t1ce"]' + (", or null" if key == "train_targets" else ""))
-        return [_canonical_or_same(v) for v in value]
+        return ["->".join(_canonical_or_same(m) for m in v.split("->")) for v in value]
     if key == "pair_weights":
         if value is None:
             return None
@@ -411,6 +412,26 @@ def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
 def _positive_int(origin: str, name: str, value: int, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise UsageError(f"{origin}: {name} = {value!r} must be an integer >= {minimum}")
+
+
+def anchor_pairs(entries: list[str], origin: str = "config") -> list[tuple[int, int]]:
+    """``anchor_targets`` as (source, target) indices into MODALITIES, in order: "t1->t1ce" is one pair, "t1ce"
+    every pair into T1ce. A pair named twice, or a name that is neither, raises UsageError."""
+    pairs: list[tuple[int, int]] = []
+    for entry in entries:
+        names = entry.split("->")
+        if len(names) > 2 or not all(n in MODALITIES for n in names) or (len(names) == 2 and names[0] == names[1]):
+            raise UsageError(
+                f"{origin}: anchor_targets entry {entry!r} must be a modality ({', '.join(MODALITIES)}) or "
+                "'source->target' with two different ones"
+            )
+        t = MODALITIES.index(names[-1])
+        sources = [MODALITIES.index(names[0])] if len(names) == 2 else [s for s in range(len(MODALITIES)) if s != t]
+        for s in sources:
+            if (s, t) in pairs:
+                raise UsageError(f"{origin}: anchor_targets names the pair {MODALITIES[s]}->{MODALITIES[t]} twice")
+            pairs.append((s, t))
+    return pairs
 
 
 def _modality_list(origin: str, name: str, values: list[str]) -> None:

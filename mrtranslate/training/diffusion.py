@@ -3,7 +3,7 @@
 For a pair (source, target) of one subject: z_src, z_tgt = quantized latents; t ~ U{0..T-1} (or the config's
 ``timestep_range``); noise ~ N(0, I);
 x_t = sqrt(acp_t) z_tgt + sqrt(1 - acp_t) noise; loss = MSE(UNet(cat[x_t, z_src, spade(z_src, target)], t, target),
-noise), z_tgt anchored to the source for a target in ``anchor_targets`` (as in the spade stage). AdamW; an EMA
+noise), z_tgt anchored to the source for a pair in ``anchor_targets`` (as in the spade stage). AdamW; an EMA
 of the UNet weights (LitEma's warm-up) is what export writes.
 """
 

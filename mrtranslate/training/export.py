@@ -154,8 +154,9 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
         f"- modalities: {', '.join(pipe.modalities)}",
         f"- model space: {p['spacing_mm']} mm RAS grid {p['grid']}, intensities: percentiles "
         f"{p['lower_percentile']} / {p['upper_percentile']} -> -1 / +1",
-        *([f"- trained with `anchor_targets` {anchored}: these targets are written on the source's scale (their "
-           "brain median equals the source's), not rescaled to the published 99.5th percentile"] if anchored else []),
+        *([f"- trained with `anchor_targets` {anchored}: the targets of these pairs (a modality alone: of every pair "
+           "into it) are written on the source's scale (their brain median equals the source's), not rescaled to "
+           "the published 99.5th percentile"] if anchored else []),
         "",
         "## Data",
         *_data_lines(data),

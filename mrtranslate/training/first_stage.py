@@ -111,41 +111,42 @@ def encode_codes(vqgan: VQGAN, images: ImageSet, device: torch.device, progress:
 
 @torch.no_grad()
 def encode_anchored_codes(
-    vqgan: VQGAN, images: ImageSet, anchor: list[int], device: torch.device, progress: bool = True
+    vqgan: VQGAN, images: ImageSet, pairs: list[tuple[int, int]], device: torch.device, progress: bool = True
 ) -> torch.Tensor:
-    """Codes ``[N, M(source), len(anchor), d, h, w]`` of each anchored target rescaled to each source
-    (:func:`data.anchor_to_source`); -1 where the source or target is missing or they are the same scan."""
+    """Codes ``[N, len(pairs), d, h, w]``: for each (source, target) pair, the subject's target scan rescaled to
+    its source (:func:`data.anchor_to_source`), encoded; -1 where the subject lacks the source or the target."""
     vqgan.eval()
     f = vqgan.config.downsampling_factor
     grid = images.images.shape[2:]
-    n_sub, n_mod = images.available.shape
-    codes = torch.full((n_sub, n_mod, len(anchor), *(g // f for g in grid)), -1, dtype=torch.int32)
-    todo = [(n, s, k) for n in range(n_sub) for s in range(n_mod) for k, t in enumerate(anchor)
-            if s != t and bool(images.available[n, s]) and bool(images.available[n, t])]
-    for n, s, k in tqdm(todo, desc="encoding anchored targets", unit="scan", disable=not progress, leave=False):
-        x = anchor_to_source(images.images[n, s], images.images[n, anchor[k]])[None, None].to(device)
-        codes[n, s, k] = vqgan.quantize.codes(vqgan.encode_continuous(x))[0].to("cpu", torch.int32)
+    codes = torch.full((len(images), len(pairs), *(g // f for g in grid)), -1, dtype=torch.int32)
+    todo = [(n, k) for n in range(len(images)) for k, (s, t) in enumerate(pairs)
+            if bool(images.available[n, s]) and bool(images.available[n, t])]
+    for n, k in tqdm(todo, desc="encoding anchored targets", unit="scan", disable=not progress, leave=False):
+        s, t = pairs[k]
+        x = anchor_to_source(images.images[n, s], images.images[n, t])[None, None].to(device)
+        codes[n, k] = vqgan.quantize.codes(vqgan.encode_continuous(x))[0].to("cpu", torch.int32)
     return codes
 
 
 class TargetCodes:
     """The training target's codes of a (subject, source, target) batch: the target scan's own codes, or for a
-    target in ``anchor`` (modality indices) those of the scan anchored to the source."""
+    pair in ``pairs`` (indices into MODALITIES) those of the target anchored to the source (``anchored``)."""
 
-    def __init__(self, codes: torch.Tensor, anchored: torch.Tensor | None, anchor: list[int]):
-        if anchor and (anchored is None or anchored.shape[2] != len(anchor)):
-            raise ValueError(f"anchored codes for {len(anchor)} target(s) needed, got "
+    def __init__(self, codes: torch.Tensor, anchored: torch.Tensor | None, pairs: list[tuple[int, int]]):
+        if pairs and (anchored is None or anchored.shape[1] != len(pairs)):
+            raise ValueError(f"anchored codes for {len(pairs)} pair(s) needed, got "
                              f"{None if anchored is None else tuple(anchored.shape)}")
         self.codes = codes
         self.anchored = anchored
-        self.slot = {t: k for k, t in enumerate(anchor)}
+        self.slot = {pair: k for k, pair in enumerate(pairs)}
 
     def __call__(self, subjects: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
         out = self.codes[subjects, tgt]
         if self.slot:
             for i, (n, s, t) in enumerate(zip(subjects.tolist(), src.tolist(), tgt.tolist(), strict=True)):
-                if t in self.slot:
-                    out[i] = self.anchored[n, s, self.slot[t]]
+                k = self.slot.get((s, t))
+                if k is not None:
+                    out[i] = self.anchored[n, k]
         return out
 
 

@@ -4,7 +4,7 @@ loss = l1_weight * |spade(z_src, target) - z_tgt| + adv_weight * CE(D(spade(z_sr
        [+ cycle_weight * |spade(spade(z_src, target), source) - z_src|  (the paper's cycle term, off as published)]
 D, the latent discriminator, learns CE(D(z_tgt), target) + CE(D(fake), "fake") (4 modalities + 1 class).
 Only ``vqgan.spade.*`` is trained (with ``train_targets``, only those targets' switchable SPADE layers); encoder,
-quantizer and decoder stay as the first stage left them. z_tgt is the target scan's latent, or for a target in
+quantizer and decoder stay as the first stage left them. z_tgt is the target scan's latent, or for a pair in
 ``anchor_targets`` that of the scan rescaled to the source's brain median (``data.anchor_to_source``).
 """
 
