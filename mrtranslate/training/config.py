@@ -372,7 +372,8 @@ def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
         if value is None and key == "train_targets":
             return None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad('a list of modality names, e.g. ["t1ce"]' + (", or null" if key == "train_targets" else ""))
+            raise bad('a list of modality names, e.g. ["t1ce"], or null' if key == "train_targets"
+                      else 'a list of "source->target" pairs or target modality names, e.g. ["t1->t1ce"]')
         return ["->".join(_canonical_or_same(m) for m in v.split("->")) for v in value]
     if key == "pair_weights":
         if value is None:
