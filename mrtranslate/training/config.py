@@ -296,6 +296,16 @@ def config_differences(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
     return ", ".join(f"{k} {mine.get(k)!r} vs {theirs.get(k)!r}" for k in keys if mine.get(k) != theirs.get(k))
 
 
+def _pair_indices(key: str, modalities: Sequence[str] = MODALITIES) -> tuple[int, int] | None:
+    """``(source, target)`` indices of ``"source->target"`` (aliases accepted); None unless it names two different
+    modalities of ``modalities``."""
+    try:
+        src, tgt = [modalities.index(canonical(m)) for m in key.split("->")]
+    except (ModalityError, ValueError):  # not two names, an unknown name, or one the model lacks
+        return None
+    return None if src == tgt else (src, tgt)
+
+
 def pair_weight_matrix(
     weights: dict[str, float] | None, origin: str = "config", modalities: Sequence[str] = MODALITIES
 ) -> torch.Tensor | None:
@@ -306,18 +316,15 @@ def pair_weight_matrix(
     n = len(modalities)
     matrix = torch.ones(n, n, dtype=torch.float64) - torch.eye(n, dtype=torch.float64)
     for key, w in weights.items():
-        try:
-            src, tgt = [modalities.index(canonical(m)) for m in key.split("->")]
-        except (ModalityError, ValueError):  # not two names, an unknown name, or one the model lacks
-            src = tgt = None
-        if src is None or src == tgt:
+        pair = _pair_indices(key, modalities)
+        if pair is None:
             raise UsageError(
                 f"{origin}: pair_weights key {key!r} must be 'source->target' with two different modalities "
                 f"of {', '.join(modalities)}"
             )
         if not (math.isfinite(w) and w >= 0):
             raise UsageError(f"{origin}: pair_weights[{key!r}] = {w} must be a number >= 0")
-        matrix[src, tgt] = w
+        matrix[pair] = w
     if not matrix.sum() > 0:
         raise UsageError(f"{origin}: pair_weights gives every pair weight 0: at least one must be drawn")
     return matrix
@@ -420,15 +427,18 @@ def anchor_pairs(entries: list[str], origin: str = "config") -> list[tuple[int, 
     every pair into T1ce. A pair named twice, or a name that is neither, raises UsageError."""
     pairs: list[tuple[int, int]] = []
     for entry in entries:
-        names = entry.split("->")
-        if len(names) > 2 or not all(n in MODALITIES for n in names) or (len(names) == 2 and names[0] == names[1]):
+        if "->" in entry:
+            named = _pair_indices(entry)
+            todo = [] if named is None else [named]
+        else:
+            t = MODALITIES.index(entry) if entry in MODALITIES else None
+            todo = [] if t is None else [(s, t) for s in range(len(MODALITIES)) if s != t]
+        if not todo:
             raise UsageError(
                 f"{origin}: anchor_targets entry {entry!r} must be a modality ({', '.join(MODALITIES)}) or "
                 "'source->target' with two different ones"
             )
-        t = MODALITIES.index(names[-1])
-        sources = [MODALITIES.index(names[0])] if len(names) == 2 else [s for s in range(len(MODALITIES)) if s != t]
-        for s in sources:
+        for s, t in todo:
             if (s, t) in pairs:
                 raise UsageError(f"{origin}: anchor_targets names the pair {MODALITIES[s]}->{MODALITIES[t]} twice")
             pairs.append((s, t))

@@ -104,9 +104,14 @@ def encode_codes(vqgan: VQGAN, images: ImageSet, device: torch.device, progress:
     codes = torch.full((len(images), len(MODALITIES), *(g // f for g in grid)), -1, dtype=torch.int32)
     todo = images.available.nonzero().tolist()
     for n, m in tqdm(todo, desc="encoding", unit="scan", disable=not progress, leave=False):
-        x = images.images[n, m][None, None].to(device)
-        codes[n, m] = vqgan.quantize.codes(vqgan.encode_continuous(x))[0].to("cpu", torch.int32)
+        codes[n, m] = _codes_of(vqgan, images.images[n, m], device)
     return codes
+
+
+def _codes_of(vqgan: VQGAN, image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Codebook indices (int32, on the CPU) of one model-space scan ``[*grid]``."""
+    x = image[None, None].to(device)
+    return vqgan.quantize.codes(vqgan.encode_continuous(x))[0].to("cpu", torch.int32)
 
 
 @torch.no_grad()
@@ -123,8 +128,7 @@ def encode_anchored_codes(
             if bool(images.available[n, s]) and bool(images.available[n, t])]
     for n, k in tqdm(todo, desc="encoding anchored targets", unit="scan", disable=not progress, leave=False):
         s, t = pairs[k]
-        x = anchor_to_source(images.images[n, s], images.images[n, t])[None, None].to(device)
-        codes[n, k] = vqgan.quantize.codes(vqgan.encode_continuous(x))[0].to("cpu", torch.int32)
+        codes[n, k] = _codes_of(vqgan, anchor_to_source(images.images[n, s], images.images[n, t]), device)
     return codes
 
 
