@@ -34,7 +34,7 @@ from mrtranslate.modalities import MODALITIES  # noqa: E402
 from mrtranslate.models import UNetConfig, VQGANConfig  # noqa: E402
 from mrtranslate.pipeline import ALDMPipeline  # noqa: E402
 from mrtranslate.training import builders  # noqa: E402
-from mrtranslate.training.autoencoder import AutoencoderStage  # noqa: E402
+from mrtranslate.training.autoencoder import AutoencoderStage, reconstruction_l1  # noqa: E402
 from mrtranslate.training.checkpoint import load_checkpoint  # noqa: E402
 from mrtranslate.training.config import (  # noqa: E402
     STAGES,
@@ -156,6 +156,7 @@ def test_defaults_are_the_published_values() -> None:
     ae, sp, df = AutoencoderConfig(), SpadeConfig(), DiffusionConfig()
     assert (ae.lr, ae.betas, ae.batch_size, ae.codebook_beta, ae.disc_weight) == (1e-5, (0.5, 0.9), 4, 0.25, 0.0)
     assert ae.vqgan_config() == VQGANConfig() and ae.preprocessing["grid"] == [144, 192, 144]
+    assert ae.background_weight == 1.0  # the plain mean of |x - rec| over every voxel
     assert sp.lr == 2e-5 and sp.cycle_weight == 0.0
     assert (df.lr, df.ema_decay, df.unet_config()) == (1e-5, 0.9999, UNetConfig())
 
@@ -172,6 +173,8 @@ def test_defaults_are_the_published_values() -> None:
         ({"lr_schedule": "linear"}, "lr_schedule"),
         ({"lr_min": 1.0}, "lr_min"),
         ({"warmup_steps": -1}, "warmup_steps"),
+        ({"background_weight": -0.1}, "background_weight"),
+        ({"background_weight": 2.0}, "background_weight"),
     ],
 )
 def test_config_errors_name_the_setting(override: dict, message: str) -> None:
@@ -383,7 +386,8 @@ def test_diffusion_fine_tunes_from_a_model_folder(chain: dict[str, Path], tmp_pa
               first_stage=str(chain["spade"]), progress=False)
 
 
-def test_autoencoder_fine_tunes_from_a_vqgan_and_can_keep_its_encoder(chain: dict[str, Path], tmp_path: Path) -> None:
+def test_autoencoder_fine_tunes_from_a_vqgan_and_can_keep_its_encoder(chain: dict[str, Path], tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     model = tmp_path / "model"
     assert main(["export", str(chain["diffusion"]), "--out", str(model), "-q"]) == 0
     start = ALDMPipeline.from_pretrained(model).vqgan.state_dict()
@@ -403,6 +407,22 @@ def test_autoencoder_fine_tunes_from_a_vqgan_and_can_keep_its_encoder(chain: dic
     assert main(["export", str(run), "--out", str(tmp_path / "decoder-model"), "-q"]) == 0
     assert f"The VQ-GAN started from the model folder `{model.resolve()}`" in (
         tmp_path / "decoder-model" / "README.md").read_text()
+    # background_weight reaches the loss, and the rec column logs that loss
+    import mrtranslate.training.autoencoder as ae_module
+
+    seen: list[tuple[float, float]] = []
+
+    def recording(x, rec, background_weight=1.0):
+        loss = reconstruction_l1(x, rec, background_weight)
+        seen.append((background_weight, float(loss.detach())))
+        return loss
+
+    monkeypatch.setattr(ae_module, "reconstruction_l1", recording)
+    run = tmp_path / "edge"
+    train("autoencoder", run, data, autoencoder_config(steps=2, freeze_encoder=True, background_weight=0.25),
+          init=str(model), progress=False)
+    assert [w for w, _ in seen] == [0.25, 0.25]
+    assert [float(r["rec"]) for r in _rows(run)] == pytest.approx([v for _, v in seen])
     # without freeze_encoder everything trains; a run works as init too; steps 0 keeps the init's weights
     run = tmp_path / "all"
     train("autoencoder", run, data, autoencoder_config(steps=0), init=str(chain["autoencoder"]), progress=False)
@@ -472,6 +492,22 @@ def test_dead_code_restart_moves_unused_codes_and_resumes_exactly(phantoms: Path
 
 
 # ---- anchored targets and one target's layers (anchor_targets, train_targets) -----------------------------
+def test_reconstruction_l1_weighs_the_background_by_background_weight() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 1, 4, 5, 6, generator=g) * 2 - 1
+    x[:, :, :2] = -1  # background: the raw scan's 0
+    rec = torch.rand(2, 1, 4, 5, 6, generator=g) * 2 - 1
+    diff, brain = (x - rec).abs().numpy(), (x > -1).numpy()
+    assert float(reconstruction_l1(x, rec)) == pytest.approx(float(diff.mean()), rel=1e-6)  # published
+    for w in (0.0, 0.1, 0.5):
+        want = (diff[brain].sum() + w * diff[~brain].sum()) / (brain.sum() + w * (~brain).sum())
+        assert float(reconstruction_l1(x, rec, w)) == pytest.approx(float(want), rel=1e-6)
+    # weight 0: the background's reconstruction does not matter, the brain's does
+    assert float(reconstruction_l1(x, torch.where(x > -1, rec, 5.0), 0.0)) == pytest.approx(
+        float(diff[brain].mean()), rel=1e-6)
+    assert float(reconstruction_l1(torch.full_like(x, -1.0), rec, 0.0)) == 0.0  # a crop of background only
+
+
 def test_anchor_to_source_takes_the_source_median() -> None:
     g = torch.Generator().manual_seed(1)
     src = torch.rand(1, 1, 6, 7, 8, generator=g) * 1.5 - 0.5

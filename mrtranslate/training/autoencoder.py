@@ -1,6 +1,6 @@
 """Stage 1: the VQ-GAN autoencoder (encoder, quantizer, quant convs, decoder; MS-SPADE untouched).
 
-loss = L1(x, x_rec) [+ perceptual_weight * perceptual(x, x_rec)] + codebook_weight * codebook
+loss = L1(x, x_rec) (background voxels optionally down-weighted: ``background_weight``) [+ perceptual_weight * perceptual(x, x_rec)] + codebook_weight * codebook
        [+ adaptive weight * disc_weight * hinge generator loss, from step ``disc_start``]
 The 3D PatchGAN is trained with the hinge loss from ``disc_start`` on; with ``disc_weight`` 0 (published)
 it is not built at all. Source and target of a sample are the same scan: a random modality of a random
@@ -44,6 +44,18 @@ class _Autoencode(nn.Module):
         z_q = self.vqgan.quantize.lookup(codes)  # float32, gradient to the codebook
         z_st = z_e + (z_q.to(z_e.dtype) - z_e).detach()
         return self.vqgan.decode(z_st), z_e, z_q, codes
+
+
+def reconstruction_l1(x: torch.Tensor, rec: torch.Tensor, background_weight: float = 1.0) -> torch.Tensor:
+    """Mean |x - rec|, background voxels (``x <= -1``) weighted ``background_weight`` and the brain 1.
+
+    1.0 is the published plain mean. A crop without any brain voxel and weight 0 gives 0.
+    """
+    diff = (x - rec).abs()
+    if background_weight == 1.0:
+        return diff.mean()
+    weight = torch.where(x > -1, 1.0, background_weight).to(diff.dtype)
+    return (diff * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 class CodeUsage(nn.Module):
@@ -113,7 +125,7 @@ class AutoencoderStage(Stage):
         self.vqgan.train()
         with self.autocast():
             rec, z_e, z_q, codes = self.net(x)
-        rec_loss = (x.float() - rec.float()).abs().mean()
+        rec_loss = reconstruction_l1(x.float(), rec.float(), cfg.background_weight)
         nll = rec_loss
         zero = torch.zeros((), device=self.device)
         p_loss = zero

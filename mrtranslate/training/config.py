@@ -139,10 +139,17 @@ class AutoencoderConfig(TrainConfig):
     # With ``init``: train the decoder side only (post_quant_conv, decoder), the encoder and codebook kept as they
     # are. The codes, and so a model's MS-SPADE and UNet, stay valid: a drop-in sharper decoder.
     freeze_encoder: bool = False
+    # Not published (1.0: the plain mean over every voxel, as published): the weight of background voxels (model
+    # value -1, the raw scan's 0) in the L1 reconstruction loss, brain voxels weighing 1. Outputs are 0 outside
+    # the source's foreground anyway, so below 1 the decoder spends less on the step at the brain's edge, which
+    # otherwise darkens the brain's outermost voxels.
+    background_weight: float = 1.0
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
         vq = self.vqgan_config(origin)
+        if not 0.0 <= self.background_weight <= 1.0:
+            raise UsageError(f"{origin}: background_weight = {self.background_weight} must be in [0, 1]")
         if self.freeze_encoder and not self.init:
             raise UsageError(f"{origin}: freeze_encoder needs init, the model folder or run whose encoder is kept")
         if self.freeze_encoder and self.codebook_restart_every:
