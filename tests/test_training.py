@@ -387,7 +387,8 @@ def test_diffusion_fine_tunes_from_a_model_folder(chain: dict[str, Path], tmp_pa
 
 
 def test_autoencoder_fine_tunes_from_a_vqgan_and_can_keep_its_encoder(chain: dict[str, Path], tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
     model = tmp_path / "model"
     assert main(["export", str(chain["diffusion"]), "--out", str(model), "-q"]) == 0
     start = ALDMPipeline.from_pretrained(model).vqgan.state_dict()
@@ -423,6 +424,13 @@ def test_autoencoder_fine_tunes_from_a_vqgan_and_can_keep_its_encoder(chain: dic
           init=str(model), progress=False)
     assert [w for w, _ in seen] == [0.25, 0.25]
     assert [float(r["rec"]) for r in _rows(run)] == pytest.approx([v for _, v in seen])
+    # a diffusion run on an autoencoder run warns of an untrained MS-SPADE only when that run started from scratch
+    for first_stage, warns in ((run, False), (chain["autoencoder"], True)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="mrtranslate"):
+            train("diffusion", tmp_path / f"unet-{warns}", data, diffusion_config(steps=0), first_stage=str(first_stage),
+                  progress=False)
+        assert ("MS-SPADE is untrained" in caplog.text) == warns
     # without freeze_encoder everything trains; a run works as init too; steps 0 keeps the init's weights
     run = tmp_path / "all"
     train("autoencoder", run, data, autoencoder_config(steps=0), init=str(chain["autoencoder"]), progress=False)

@@ -84,7 +84,9 @@ def build_stage(
         first = _first_stage_of_run(folder, record)
         extras = {}
     if isinstance(cfg, DiffusionConfig) and first.source.get("stage") == "autoencoder":
-        logger.warning("the first stage is an autoencoder run: its MS-SPADE is untrained; train a spade run first")
+        # an autoencoder run keeps the MS-SPADE it started with (a fine-tuned model's or spade run's is trained)
+        if not (first.provenance and first.provenance[-1].get("init")):
+            logger.warning("the first stage is an autoencoder run: its MS-SPADE is untrained; train a spade run first")
     data_info = None
     subjects = None
     if record is None:
