@@ -428,8 +428,8 @@ def test_autoencoder_fine_tunes_from_a_vqgan_and_can_keep_its_encoder(chain: dic
     for first_stage, warns in ((run, False), (chain["autoencoder"], True)):
         caplog.clear()
         with caplog.at_level("WARNING", logger="mrtranslate"):
-            train("diffusion", tmp_path / f"unet-{warns}", data, diffusion_config(steps=0), first_stage=str(first_stage),
-                  progress=False)
+            train("diffusion", tmp_path / f"unet-{warns}", data, diffusion_config(steps=0),
+                  first_stage=str(first_stage), progress=False)
         assert ("MS-SPADE is untrained" in caplog.text) == warns
     # without freeze_encoder everything trains; a run works as init too; steps 0 keeps the init's weights
     run = tmp_path / "all"

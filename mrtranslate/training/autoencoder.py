@@ -1,7 +1,8 @@
 """Stage 1: the VQ-GAN autoencoder (encoder, quantizer, quant convs, decoder; MS-SPADE untouched).
 
-loss = L1(x, x_rec) (background voxels optionally down-weighted: ``background_weight``) [+ perceptual_weight * perceptual(x, x_rec)] + codebook_weight * codebook
+loss = L1(x, x_rec) [+ perceptual_weight * perceptual(x, x_rec)] + codebook_weight * codebook
        [+ adaptive weight * disc_weight * hinge generator loss, from step ``disc_start``]
+The L1 weighs background voxels (model value -1) ``background_weight`` (1, published: a plain mean).
 The 3D PatchGAN is trained with the hinge loss from ``disc_start`` on; with ``disc_weight`` 0 (published)
 it is not built at all. Source and target of a sample are the same scan: a random modality of a random
 subject, randomly cropped to ``crop``.
