@@ -18,7 +18,7 @@ from torch import nn
 from ..models import VQGAN
 from ..volumes import Preprocessing
 from .config import AutoencoderConfig
-from .data import ImageSet, random_crops, sample_scans, step_generator
+from .data import ImageSet, model_foreground, random_crops, sample_scans, step_generator
 from .discriminators import PatchGAN3D, RealFake
 from .distributed import DistContext
 from .losses import (
@@ -50,13 +50,13 @@ class _Autoencode(nn.Module):
 def reconstruction_l1(x: torch.Tensor, rec: torch.Tensor, background_weight: float = 1.0) -> torch.Tensor:
     """Mean |x - rec|, background voxels (``x <= -1``) weighted ``background_weight`` and the brain 1.
 
-    1.0 is the published plain mean. A crop without any brain voxel and weight 0 gives 0.
+    1.0 is the published plain mean. A crop without any brain voxel and weight 0 gives 0 (0 / tiny).
     """
     diff = (x - rec).abs()
     if background_weight == 1.0:
         return diff.mean()
-    weight = torch.where(x > -1, 1.0, background_weight).to(diff.dtype)
-    return (diff * weight).sum() / weight.sum().clamp_min(1.0)
+    weight = torch.where(model_foreground(x), 1.0, background_weight).to(diff.dtype)
+    return (diff * weight).sum() / weight.sum().clamp_min(torch.finfo(weight.dtype).tiny)
 
 
 class CodeUsage(nn.Module):

@@ -107,6 +107,11 @@ def preprocess_subject(subject: Subject, prep: Preprocessing) -> tuple[torch.Ten
     return out, available
 
 
+def model_foreground(x: torch.Tensor) -> torch.Tensor:
+    """The voxels of a scan in model units above the background value -1 (the raw 0 at the 0.5th percentile)."""
+    return x > -1
+
+
 def anchor_to_source(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``target`` (model units) rescaled about -1 so that its median over its foreground equals ``source``'s there.
 
@@ -115,7 +120,7 @@ def anchor_to_source(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor
     enhancing tumour can move by a factor of two) to the source's normal-tissue level. The median is torch's
     (the lower of the two middle values of an even count). Either tensor may carry leading dimensions of size 1.
     """
-    brain = target > -1
+    brain = model_foreground(target)
     if not bool(brain.any()):
         raise InputImageError("the target scan has no foreground voxel (all at the background value -1)")
     src_med = (source[brain] + 1).median()
