@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import itertools
 import json
 import math
 import signal
@@ -500,6 +501,53 @@ def test_dead_code_restart_moves_unused_codes_and_resumes_exactly(phantoms: Path
 
 
 # ---- anchored targets and one target's layers (anchor_targets, train_targets) -----------------------------
+def test_decoder_fine_tuning_can_decode_the_translated_latents_of_its_ms_spade(chain: dict[str, Path], tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrtranslate.models import VQGAN
+
+    for bad, message in (({"translated_fraction": 1.5}, "translated_fraction"),
+                         ({"translated_fraction": 0.5, "init": "m"}, "needs freeze_encoder")):
+        with pytest.raises(UsageError, match=message):
+            load_config("autoencoder", overrides=autoencoder_config(**bad))
+    model = tmp_path / "model"
+    assert main(["export", str(chain["diffusion"]), "--out", str(model), "-q"]) == 0
+    pipe = ALDMPipeline.from_pretrained(model)
+    data = _data_of(chain)
+    cfg = autoencoder_config(steps=2, freeze_encoder=True, translated_fraction=1.0, crop=[8, 16, 8])
+    seen = []
+    step = AutoencoderStage.train_step
+    monkeypatch.setattr(AutoencoderStage, "train_step", lambda self, b, i: seen.append(b) or step(self, b, i))
+    decoded = []
+    decode = VQGAN.decode
+    monkeypatch.setattr(VQGAN, "decode", lambda self, z: decoded.append(z.detach().clone()) or decode(self, z))
+    train("autoencoder", tmp_path / "whole", data, cfg, init=str(model), progress=False)
+    prep = Preprocessing.from_dict(cfg["preprocessing"])
+    images = load_images(dataset_subjects(data), prep, progress=False).images
+    f = pipe.vqgan.config.downsampling_factor
+    with torch.no_grad():
+        latents = [[pipe.vqgan.quantize.lookup(pipe.vqgan.quantize.codes(pipe.vqgan.encode_continuous(im[None, None])))
+                    for im in subject] for subject in images]
+    assert len(seen) == 2 and len(decoded) == 2
+    for batch, dec in zip(seen, decoded):
+        assert batch["alt"].all()  # every phantom has four scans, so every sample is a translated one
+        torch.testing.assert_close(dec, batch["z"])  # the decoder's input is the translated latent
+        for x, z in zip(batch["x"], batch["z"]):
+            # the scan and offset (multiples of f) that x was cropped from, and z the same crop of a translation
+            hits = [(n, m, o) for n, subject in enumerate(images) for m, im in enumerate(subject)
+                    for o in itertools.product(*(range(0, g - c + 1, f) for g, c in zip(im.shape, x.shape[1:])))
+                    if torch.equal(im[o[0]:o[0] + 8, o[1]:o[1] + 16, o[2]:o[2] + 8], x[0])]
+            assert len(hits) == 1
+            n, m, o = hits[0]
+            window = (slice(None), *(slice(k // f, k // f + c // f) for k, c in zip(o, x.shape[1:])))
+            with torch.no_grad():
+                options = [pipe.vqgan.spade(latents[n][k], torch.tensor([m]))[0][window] for k in range(4) if k != m]
+            assert any(torch.allclose(z, y, atol=1e-5) for y in options)
+    # resumed from its checkpoint (the translations made again from the restored weights): the same run
+    train("autoencoder", tmp_path / "half", data, cfg, init=str(model), steps=1, progress=False)
+    train("autoencoder", tmp_path / "half", resume=True, steps=2, progress=False)
+    assert checkpoint_differences(tmp_path / "whole", tmp_path / "half") == []
+
+
 def test_reconstruction_l1_weighs_the_background_by_background_weight() -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.rand(2, 1, 4, 5, 6, generator=g) * 2 - 1

@@ -68,7 +68,7 @@ def build_stage(
             init = _initial_vqgan(cfg)
             extras["init"] = dict(init.source)
         images = load_images(subjects, prep, ctx.rank, ctx.world_size, progress)
-        stage = AutoencoderStage(cfg, ctx, images, None if init is None else init.vqgan)
+        stage = AutoencoderStage(cfg, ctx, images, None if init is None else init.vqgan, progress)
         return Built(stage, describe_dataset(root, subjects), extras)
     if not isinstance(cfg, (SpadeConfig, DiffusionConfig)):
         raise UsageError(f"unknown stage config {type(cfg).__name__}")

@@ -144,12 +144,21 @@ class AutoencoderConfig(TrainConfig):
     # the source's foreground anyway, so below 1 the decoder spends less on the step at the brain's edge, which
     # otherwise darkens the brain's outermost voxels.
     background_weight: float = 1.0
+    # Not published (0: every sample reconstructs its own scan): with freeze_encoder, the fraction of samples
+    # whose decoder input is instead the init model's MS-SPADE output for another scan of the same subject (its
+    # quantized latent translated to this scan's modality, on the whole volume, then cropped with the scan), so
+    # that the decoder also learns to decode the target-like latents that translation hands it.
+    translated_fraction: float = 0.0
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
         vq = self.vqgan_config(origin)
         if not 0.0 <= self.background_weight <= 1.0:
             raise UsageError(f"{origin}: background_weight = {self.background_weight} must be in [0, 1]")
+        if not 0.0 <= self.translated_fraction <= 1.0:
+            raise UsageError(f"{origin}: translated_fraction = {self.translated_fraction} must be in [0, 1]")
+        if self.translated_fraction and not self.freeze_encoder:
+            raise UsageError(f"{origin}: translated_fraction needs freeze_encoder (MS-SPADE's codes must stay valid)")
         if self.freeze_encoder and not self.init:
             raise UsageError(f"{origin}: freeze_encoder needs init, the model folder or run whose encoder is kept")
         if self.freeze_encoder and self.codebook_restart_every:
