@@ -21,9 +21,9 @@ from ..models import VQGAN
 from ..volumes import Preprocessing
 from .config import AutoencoderConfig
 from .data import ImageSet, model_foreground, random_crops, sample_scans, step_generator
-from .first_stage import encode_codes, translate_codes
 from .discriminators import PatchGAN3D, RealFake
 from .distributed import DistContext
+from .first_stage import encode_codes, translate_codes
 from .losses import (
     EncoderFeatures,
     adaptive_gan_weight,
