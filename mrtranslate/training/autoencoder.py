@@ -20,7 +20,7 @@ from torch import nn
 from ..models import VQGAN
 from ..volumes import Preprocessing
 from .config import AutoencoderConfig
-from .data import ImageSet, model_foreground, random_crops, sample_scans, step_generator
+from .data import ImageSet, crop_offsets, model_foreground, random_crops, sample_scans, step_generator
 from .discriminators import PatchGAN3D, RealFake
 from .distributed import DistContext
 from .first_stage import encode_codes, translate_codes
@@ -152,12 +152,12 @@ class AutoencoderStage(Stage):
         z = torch.zeros((n, self.vqgan.config.embed_dim, *(c // f for c in crop)), dtype=torch.float32)
         alt = torch.zeros(n, dtype=torch.bool)
         for i, (s, m) in enumerate(zip(subjects.tolist(), mods.tolist(), strict=True)):
-            o = [int(torch.randint((side - c) // f + 1, (1,), generator=g)) for side, c in zip(grid, crop, strict=True)]
-            x[i, 0] = self.images.images[s, m][tuple(slice(k * f, k * f + c) for k, c in zip(o, crop, strict=True))]
+            o = crop_offsets(grid, crop, g, align=f)
+            x[i, 0] = self.images.images[s, m][tuple(slice(k, k + c) for k, c in zip(o, crop, strict=True))]
             others = [k for k in self.images.available[s].nonzero(as_tuple=True)[0].tolist() if k != m]
             if float(torch.rand((), generator=g)) < self.cfg.translated_fraction and others:
                 src = others[int(torch.randint(len(others), (1,), generator=g))]
-                window = (slice(None), *(slice(k, k + c // f) for k, c in zip(o, crop, strict=True)))
+                window = (slice(None), *(slice(k // f, (k + c) // f) for k, c in zip(o, crop, strict=True)))
                 z[i] = self.translated[s, src, m][window]
                 alt[i] = True
         return {"x": x, "z": z, "alt": alt}

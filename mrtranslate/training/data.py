@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -242,6 +243,12 @@ def random_crops(volumes: torch.Tensor, crop: list[int] | None, gen: torch.Gener
     sides = volumes.shape[1:]
     out = torch.empty((volumes.shape[0], 1, *crop), dtype=volumes.dtype)
     for i in range(volumes.shape[0]):
-        o = [int(torch.randint(s - c + 1, (1,), generator=gen)) for s, c in zip(sides, crop, strict=True)]
+        o = crop_offsets(sides, crop, gen)
         out[i, 0] = volumes[i, o[0] : o[0] + crop[0], o[1] : o[1] + crop[1], o[2] : o[2] + crop[2]]
     return out
+
+
+def crop_offsets(sides: Sequence[int], crop: Sequence[int], gen: torch.Generator, align: int = 1) -> list[int]:
+    """A random start of a ``crop`` inside ``sides`` on every axis, a multiple of ``align`` (1: any voxel)."""
+    return [int(torch.randint((s - c) // align + 1, (1,), generator=gen)) * align
+            for s, c in zip(sides, crop, strict=True)]
