@@ -25,7 +25,7 @@ as in the BraTS synthesis challenge) and over the whole volume. The report folde
     figures/<source>_to_<target>.png
 
 Resumable: model predictions are reused when their record says they were made from the same source file
-(SHA-256) by the same model weights (SHA-256 of the model folder's files), steps, eta, strength and seed, in a batch
+(SHA-256) by the same model weights (SHA-256 of the model folder's files), steps, eta, strength, samples and seed, in a batch
 with the same targets (the batch decides the noise each target gets, so only then is a reused file exactly
 what a fresh run would write).
 Anything else is recomputed and overwritten. Lookup-table predictions are cheap and never written.
@@ -268,6 +268,7 @@ def evaluate(
     *,
     eta: float | None = None,
     strength: float | None = None,
+    samples: int | None = None,
     device: str | None = None,
     dtype: str | None = None,
     revision: str | None = None,
@@ -297,14 +298,14 @@ def evaluate(
     translator = None
     keys: dict[str, dict[str, Any]] = {}
     settings: dict[str, Any] = {"data": str(data), "model": None, "steps": None, "eta": None, "strength": None,
-                                "seed": seed}
+                                "samples": None, "seed": seed}
     modalities: Sequence[str] = MODALITIES
     if chosen:
         from .translator import Translator
 
         translator = Translator.from_pretrained(
             model, revision=revision, local_files_only=local_files_only, device=device, dtype=dtype,
-            steps=steps, eta=eta, strength=strength, seed=seed, progress=progress,
+            steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, progress=progress,
         )
         if "aldm" in chosen and translator.pipeline.unet is None:
             raise UsageError("this model has no diffusion UNet (first stage only): evaluate it with --method spade")
@@ -314,8 +315,11 @@ def evaluate(
         keys = {"aldm": {"method": "aldm", "model_sha256": fingerprint, "steps": info["steps"], "eta": info["eta"],
                          "strength": info["strength"], "seed": seed},
                 "spade": {"method": "spade", "model_sha256": fingerprint}}
+        if info["samples"] > 1:  # (absent for one sample, so that records written before the option still match)
+            keys["aldm"]["samples"] = info["samples"]
         settings.update(model=info["model"], model_revision=info["model_revision"], model_sha256=fingerprint,
-                        steps=info["steps"], eta=info["eta"], strength=info["strength"], device=info["device"],
+                        steps=info["steps"], eta=info["eta"], strength=info["strength"], samples=info["samples"],
+                        device=info["device"],
                         precision=info["precision"])
     pairs = task_pairs(sources, targets, modalities)
     all_methods = chosen + (["lut"] if baseline is not None else [])

@@ -187,9 +187,10 @@ def write_markdown(path: Path, entries: Sequence[Mapping[str, Any]], settings: M
         f"- methods: {', '.join(METHOD_LABELS.get(m, m) for m in settings['methods'])}",
     ]
     if settings.get("model") is not None:
-        strength = settings.get("strength")
+        strength, samples = settings.get("strength"), settings.get("samples")
         sampling = (f", {settings['steps']} DDIM steps, eta {settings['eta']}"
-                    f"{f', strength {strength}' if strength is not None and strength < 1 else ''}, seed {settings['seed']}")
+                    f"{f', strength {strength}' if strength is not None and strength < 1 else ''}"
+                    f"{f', mean of {samples} samples' if samples is not None and samples > 1 else ''}, seed {settings['seed']}")
         lines.append(f"- model: `{settings['model']}`" + (sampling if "aldm" in settings["methods"] else ""))
     if settings.get("fit_data"):
         lines.append(

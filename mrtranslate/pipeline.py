@@ -24,7 +24,7 @@ from .errors import ModelFormatError, UsageError
 from .models import VQGAN, UNet, UNetConfig, VQGANConfig
 from .models.config import ModelConfig
 from .models import streaming
-from .pipeline_config import PipelineConfig
+from .pipeline_config import PipelineConfig, check_samples
 from .runtime import MemoryPlan, Runtime, plan_memory
 from .schedulers import DDIMScheduler, SchedulerConfig
 
@@ -280,6 +280,18 @@ class ALDMPipeline:
             raise UsageError(f"target class ids must be in 0..{k - 1} ({', '.join(self.modalities)}), got {t.tolist()}")
         return t.to(self.device)
 
+    def _source(self, source: int | None, n: int) -> torch.Tensor | None:
+        """The source class id for each of ``n`` targets; None when MS-SPADE does not use it."""
+        if self.vqgan.spade.source_gate is None:
+            return None
+        k = len(self.modalities)
+        if source is None:
+            raise UsageError("this model's MS-SPADE has a per-pair source gate: pass the source class id "
+                             f"(source=, 0..{k - 1}: {', '.join(self.modalities)})")
+        if isinstance(source, bool) or not isinstance(source, int) or not 0 <= source < k:
+            raise UsageError(f"source class id must be in 0..{k - 1} ({', '.join(self.modalities)}), got {source!r}")
+        return torch.full((n,), source, dtype=torch.long, device=self.device)
+
     # -- the four stages -------------------------------------------------------------------------
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -298,13 +310,19 @@ class ALDMPipeline:
         return zq.contiguous()
 
     @torch.inference_mode()
-    def target_like(self, z_q: torch.Tensor, targets: torch.Tensor | Sequence[int]) -> torch.Tensor:
-        """MS-SPADE: map the quantized source latent to a target-like latent for each target class."""
+    def target_like(
+        self, z_q: torch.Tensor, targets: torch.Tensor | Sequence[int], source: int | None = None
+    ) -> torch.Tensor:
+        """MS-SPADE: map the quantized source latent to a target-like latent for each target class.
+
+        ``source`` (the source's class id) is needed by, and only used by, a model with a source gate.
+        """
         t = self._targets(targets)
+        s = self._source(source, t.numel())
         if z_q.shape[0] == 1 and t.numel() > 1:
             z_q = z_q.expand(t.numel(), *z_q.shape[1:])
         with self.runtime.autocast():
-            out = self.vqgan.spade(self._layout(z_q.to(device=self.device, dtype=self.dtype)), t)
+            out = self.vqgan.spade(self._layout(z_q.to(device=self.device, dtype=self.dtype)), t, s)
         return out.float().contiguous()
 
     @torch.inference_mode()
@@ -318,6 +336,8 @@ class ALDMPipeline:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: bool = True,
         strength: float = 1.0,
+        source: int | None = None,
+        samples: int = 1,
     ) -> torch.Tensor:
         """DDIM for every target in one batched pass; returns the target latents ``[T, C, ...]``.
 
@@ -329,8 +349,24 @@ class ALDMPipeline:
         ``strength`` 1 (the published sampler) starts from pure noise. ``strength`` s < 1 runs only the DDIM
         steps at timesteps <= s * T and starts from MS-SPADE's target-like latent noised to the first of them,
         ``sqrt(a_t) spade + sqrt(1 - a_t) x_T`` (SDEdit, Meng et al. 2022): fewer steps, and it skips the
-        high noise levels, where a briefly trained UNet is least reliable.
+        high noise levels, where a briefly trained UNet is least reliable. ``source``: as in ``target_like``.
+
+        ``samples`` k > 1 (not published) draws k samples of each target in the same batch (k times the UNet's
+        memory) and returns their mean latent: an estimate of the posterior mean, with less of the sampler's
+        noise than any one sample. Target ``i``'s k samples draw, in turn, from generator ``i`` of a list;
+        ``x_T`` then holds ``T * k`` noises, target by target.
         """
+        if check_samples(samples) > 1:
+            t = self._targets(targets)
+            n = t.numel()
+            if isinstance(generator, (list, tuple)):
+                if len(generator) != n:
+                    raise UsageError(f"got {len(generator)} generators for {n} targets")
+                generator = [g for g in generator for _ in range(samples)]
+            z_all = z_q.expand(n, *z_q.shape[1:]) if z_q.shape[0] == 1 else z_q
+            x = self.sample(z_all.repeat_interleave(samples, 0), t.repeat_interleave(samples), steps, eta, x_T,
+                            generator, progress, strength, source)
+            return x.view(n, samples, *x.shape[1:]).mean(1).contiguous()
         if self.unet is None or self.scheduler is None:
             raise UsageError("this model folder has no diffusion UNet (first stage only): it cannot sample")
         t = self._targets(targets)
@@ -344,7 +380,7 @@ class ALDMPipeline:
         if any(s % f for s in z_src.shape[2:]):
             raise UsageError(f"latent sides {tuple(z_src.shape[2:])} must be multiples of {f} for this UNet")
         plan = self.scheduler.steps(steps, eta, strength)
-        spade = self.target_like(z_src, t)
+        spade = self.target_like(z_src, t, source)
         cond = self._layout(torch.cat([z_src, spade.to(z_src.dtype)], dim=1))
         shape = (n, self.unet.config.out_channels, *z_src.shape[2:])
         x = (x_T if x_T is not None else _randn(shape, generator)).to(self.device, torch.float32)
@@ -386,6 +422,7 @@ class ALDMPipeline:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: bool = True,
         strength: float | None = None,
+        source: int | None = None,
     ) -> torch.Tensor:
         """Source image ``[1, 1, D, H, W]`` -> one image per target ``[T, 1, D, H, W]``."""
         z = self.encode(x)
@@ -397,6 +434,7 @@ class ALDMPipeline:
             generator=generator,
             progress=progress,
             strength=self.config.default_strength if strength is None else strength,
+            source=source,
         )
         return self.decode(lat)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .errors import ModelFormatError
+from .errors import ModelFormatError, UsageError
 from .modalities import MODALITIES, canonical
 from .models.config import ModelConfig, check_int
 from .schedulers.ddim import is_strength
@@ -20,6 +20,15 @@ PUBLISHED_PREPROCESSING: dict[str, Any] = {
 }
 
 COMPONENTS = ("vqgan", "unet", "scheduler")
+#: The most diffusion samples averaged per target (``ALDMPipeline.sample``'s ``samples``).
+MAX_SAMPLES = 64
+
+
+def check_samples(samples: Any) -> int:
+    """``samples`` when it is a number of diffusion samples to average, else UsageError."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
+        raise UsageError(f"samples = {samples!r}: use an integer from 1 to {MAX_SAMPLES} (1 as published)")
+    return samples
 
 
 @dataclasses.dataclass
@@ -31,6 +40,7 @@ class PipelineConfig(ModelConfig):
     default_steps: int = 200
     default_eta: float = 1.0
     default_strength: float = 1.0  # 1: sample from pure noise, as the authors do (see DDIMScheduler.steps)
+    default_samples: int = 1  # diffusion samples averaged per target; 1 as published (see ALDMPipeline.sample)
     components: tuple[str, ...] = COMPONENTS
     name: str = ""
 
@@ -50,6 +60,7 @@ class PipelineConfig(ModelConfig):
         if ("unet" in self.components) != ("scheduler" in self.components):
             raise ModelFormatError(f"{origin}: 'unet' and 'scheduler' come together")
         check_int(origin, "default_steps", self.default_steps, 1, 1000)
+        check_int(origin, "default_samples", self.default_samples, 1, MAX_SAMPLES)
         if not is_strength(self.default_strength):
             raise ModelFormatError(f"{origin}: default_strength must be a number in (0, 1], got {self.default_strength!r}")
         p = self.preprocessing

@@ -21,6 +21,7 @@ from .errors import ModalityError, UsageError
 from .hub import ResolvedModel, push_to_hub, resolve_model
 from .modalities import canonical, canonical_list, guess_from_filename
 from .pipeline import ALDMPipeline
+from .pipeline_config import check_samples
 from .runtime import Runtime
 from .volumes import ModelSpaceInverse, Preprocessing, Volume, load_volume, to_model_space
 
@@ -54,6 +55,7 @@ class Translator:
         steps: int | None = None,
         eta: float | None = None,
         strength: float | None = None,
+        samples: int | None = None,
         seed: int | None = DEFAULT_SEED,
         progress: bool = True,
         max_memory: int | str | None = None,
@@ -74,6 +76,7 @@ class Translator:
         self.steps = steps
         self.eta = eta
         self.strength = strength
+        self.samples = samples
         self.seed = seed
         self.progress = progress
         self._source: str | None = None
@@ -101,6 +104,7 @@ class Translator:
         steps: int | None = None,
         eta: float | None = None,
         strength: float | None = None,
+        samples: int | None = None,
         seed: int | None = DEFAULT_SEED,
         progress: bool = True,
     ) -> Translator:
@@ -108,11 +112,11 @@ class Translator:
         of a bundled model (None: the bundled default). ``device``: auto (CUDA when available), cpu or cuda;
         ``dtype``: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16. ``compile``: ``torch.compile`` the UNet
         (opt-in; the first volume pays the compilation, tens of seconds, later ones run faster). ``steps``,
-        ``eta``, ``strength`` (see ``ALDMPipeline.sample``): None takes the model's defaults."""
+        ``eta``, ``strength``, ``samples`` (see ``ALDMPipeline.sample``): None takes the model's defaults."""
         return cls(
             model=model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device,
-            dtype=dtype, max_memory=max_memory, compile=compile, steps=steps, eta=eta, strength=strength, seed=seed,
-            progress=progress,
+            dtype=dtype, max_memory=max_memory, compile=compile, steps=steps, eta=eta, strength=strength,
+            samples=samples, seed=seed, progress=progress,
         )
 
     def __call__(self, image: Any, source: str | None = None) -> Translator:
@@ -176,13 +180,15 @@ class Translator:
         seed: int | None = None,
         progress: bool | None = None,
         strength: float | None = None,
+        samples: int | None = None,
     ) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
         """Translate the bound source into ``targets`` (modality names or aliases) in one batched pass.
 
         One target returns a ``nibabel.Nifti1Image``; several return a dict keyed by canonical name.
         """
         names = self._bound_targets(targets)
-        latents = self.translate_tensor(names, steps=steps, eta=eta, seed=seed, progress=progress, strength=strength)
+        latents = self.translate_tensor(names, steps=steps, eta=eta, seed=seed, progress=progress, strength=strength,
+                                        samples=samples)
         return self._images(names, latents, "")
 
     def to_spade_only(self, *targets: str) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
@@ -194,7 +200,8 @@ class Translator:
         names = self._bound_targets(targets)
         pipe = self.pipeline
         pipe.plan(self._tensor.shape[2:], len(names))  # refuses before allocating when it cannot fit
-        latents = pipe.target_like(pipe.encode(self._tensor), [self.modalities.index(t) for t in names])
+        latents = pipe.target_like(pipe.encode(self._tensor), [self.modalities.index(t) for t in names],
+                                   self._source_id())
         return self._images(names, latents, " MS-SPADE only")
 
     def _bound_targets(self, targets: Sequence[str]) -> list[str]:
@@ -222,11 +229,13 @@ class Translator:
         seed: int | None = None,
         progress: bool | None = None,
         strength: float | None = None,
+        samples: int | None = None,
     ) -> torch.Tensor:
         """Target latents ``[T, C, ...]`` for the bound source (encode once, sample every target in one batch)."""
         pipe = self.pipeline
         ids = [self.modalities.index(t) for t in targets]
-        pipe.plan(self._tensor.shape[2:], len(ids))  # refuses before allocating when it cannot fit
+        sampling = self._sampling(steps, eta, strength, samples)
+        pipe.plan(self._tensor.shape[2:], len(ids) * sampling["samples"])  # refuses before allocating when it cannot fit
         seed = self.seed if seed is None else seed
         # one generator per target, seeded by (seed, target): a target's output does not depend on which
         # other targets are translated with it (a resumed batch reproduces a full run)
@@ -237,17 +246,28 @@ class Translator:
             ids,
             generator=gen,
             progress=self.progress if progress is None else progress,
-            **self._sampling(steps, eta, strength),
+            source=self._source_id(),
+            **sampling,
         )
 
-    def _sampling(self, steps: int | None, eta: float | None, strength: float | None) -> dict[str, Any]:
-        """Steps, eta and strength of a call: the call's own, else this translator's, else the model's defaults."""
+    def _source_id(self) -> int:
+        if self._source is None:
+            raise UsageError("no source image: call the translator with one first, e.g. tr('t1.nii.gz').to('t2')")
+        return self.modalities.index(self._source)
+
+    def _sampling(
+        self, steps: int | None, eta: float | None, strength: float | None, samples: int | None = None
+    ) -> dict[str, Any]:
+        """Steps, eta, strength and samples of a call: the call's own, else this translator's, else the model's
+        defaults."""
         c = self.pipeline.config
         return {"steps": _first(steps, self.steps, c.default_steps), "eta": _first(eta, self.eta, c.default_eta),
-                "strength": _first(strength, self.strength, c.default_strength)}
+                "strength": _first(strength, self.strength, c.default_strength),
+                "samples": check_samples(_first(samples, self.samples, c.default_samples))}
 
     def run_record(self, targets: Sequence[str], steps: int | None = None, eta: float | None = None,
-                   seed: int | None = None, strength: float | None = None) -> dict[str, Any]:
+                   seed: int | None = None, strength: float | None = None,
+                   samples: int | None = None) -> dict[str, Any]:
         """What produced an output: for a sidecar JSON written beside it."""
         pipe = self.pipeline
         return {
@@ -257,7 +277,7 @@ class Translator:
             "model_revision": self.resolved.revision if self.resolved else None,
             "source_modality": self._source,
             "targets": list(targets),
-            **self._sampling(steps, eta, strength),
+            **self._sampling(steps, eta, strength, samples),
             "seed": self.seed if seed is None else seed,
             "device": str(pipe.device),
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),

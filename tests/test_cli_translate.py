@@ -67,7 +67,7 @@ def test_writes_each_target_on_the_input_grid_with_a_run_record(small_model: Pat
         assert record["target"] == target and record["targets"] == ["t2", "flair"]
         assert record["source_modality"] == "t1"
         assert (record["model"], record["model_source"]) == (str(small_model.resolve()), "local")
-        assert (record["steps"], record["eta"], record["strength"], record["seed"]) == (1, 1.0, 1.0, 0)
+        assert (record["steps"], record["eta"], record["strength"], record["samples"], record["seed"]) == (1, 1.0, 1.0, 1, 0)
         assert record["input"] == str(inp) and record["mrtranslate_version"] == mrtranslate.__version__
     assert not np.array_equal(np.asarray(nib.load(str(tmp_path / "sub-01_T1w_t2.nii.gz")).dataobj),
                               np.asarray(nib.load(str(tmp_path / "sub-01_T1w_flair.nii.gz")).dataobj))
@@ -84,6 +84,19 @@ def test_strength_changes_the_output_and_is_recorded(small_model: Path, tmp_path
         assert json.loads((tmp_path / strength / "sub-01_T1w_t2.json").read_text())["strength"] == float(strength)
         outputs[strength] = np.asarray(nib.load(str(tmp_path / strength / "sub-01_T1w_t2.nii.gz")).dataobj)
     assert not np.array_equal(outputs["1"], outputs["0.5"])
+
+
+def test_samples_average_several_diffusion_samples_and_are_recorded(small_model: Path, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    inp = write_head(tmp_path / "sub-01_T1w.nii.gz")
+    outputs = {}
+    for samples in ("1", "3"):
+        code, _, err = run(capsys, inp, "--to", "t2", "--model", small_model, "--steps", "2", "--samples", samples,
+                           "-q", "-o", tmp_path / samples)
+        assert code == 0, err
+        assert json.loads((tmp_path / samples / "sub-01_T1w_t2.json").read_text())["samples"] == int(samples)
+        outputs[samples] = np.asarray(nib.load(str(tmp_path / samples / "sub-01_T1w_t2.nii.gz")).dataobj)
+    assert not np.array_equal(outputs["1"], outputs["3"])
 
 
 def test_out_dir_is_created_and_each_output_is_reported(small_model: Path, tmp_path: Path,
@@ -249,6 +262,8 @@ USER_ERRORS = {
     "bad steps": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--steps", "0"], 2, "steps"),
     "bad strength": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--strength", "0"], 2,
                      "strength = 0.0: use a number in (0, 1]"),
+    "bad samples": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--samples", "0"], 2,
+                    "samples = 0: use an integer from 1 to 64"),
     "memory budget": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--max-memory", "1KB"], 1,
                       "needs about"),
     "bad memory size": (lambda d: [write_head(d / "s_T1w.nii.gz"), "--to", "t2", "--max-memory", "lots"], 2,

@@ -197,3 +197,67 @@ def test_published_configuration_runs_at_full_size() -> None:
     lat = pipe.sample(z, [2, 3], steps=2, generator=torch.Generator().manual_seed(0), progress=False)
     img = pipe.decode(lat[:1])
     assert img.shape == (1, 1, 144, 192, 144) and torch.isfinite(img).all()
+
+
+def _gated(pipe: ALDMPipeline, values: dict[tuple[int, int], float]) -> ALDMPipeline:
+    """``pipe`` with a source gate set to ``values`` per (source, target) pair (0 elsewhere)."""
+    pipe.vqgan.add_source_gate()
+    with torch.no_grad():
+        for (s, t), v in values.items():
+            pipe.vqgan.spade.source_gate[s, t] = v
+    return pipe
+
+
+def test_source_gate_moves_each_pair_towards_its_source_latent(tmp_path: Path) -> None:
+    """out = y + g[s, t] * (z - y), per channel, with y the blocks' output; g = 0 is the model without a gate."""
+    plain = tiny_pipeline()
+    z = plain.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    y = plain.target_like(z, [1, 2, 3])
+    pipe = _gated(tiny_pipeline(), {(0, 1): 1.0, (0, 2): 0.25})
+    assert pipe.vqgan.config.spade_source_gate
+    with pytest.raises(UsageError, match="source gate: pass the source class id"):
+        pipe.target_like(z, [1])
+    with pytest.raises(UsageError, match="source class id must be in 0..3"):
+        pipe.target_like(z, [1], source=4)
+    got = pipe.target_like(z, [1, 2, 3], source=0)
+    assert torch.allclose(got[0], z[0], atol=1e-6)  # gate 1: the source latent itself
+    assert torch.allclose(got[1], 0.75 * y[1] + 0.25 * z[0], atol=1e-6)
+    assert torch.allclose(got[2], y[2], atol=1e-5)  # gate 0: the blocks alone
+    assert torch.allclose(pipe.target_like(z, [1], source=2)[0], y[0], atol=1e-5)  # another source: its gate (0)
+    # one channel's gate leaves the other channels as the blocks made them
+    with torch.no_grad():
+        pipe.vqgan.spade.source_gate[3, 2] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    got = pipe.target_like(z, [2], source=3)[0]
+    assert torch.allclose(got[1], z[0, 1], atol=1e-6) and torch.allclose(got[[0, 2, 3]], y[1, [0, 2, 3]], atol=1e-5)
+    # the sampler conditions on (and SDEdit starts from) the gated latent; the folder keeps the gate
+    assert not torch.equal(pipe.sample(z, [1], steps=2, eta=0.0, x_T=torch.zeros(1, 4, 16, 16, 16), source=0,
+                                       strength=0.5, progress=False),
+                           plain.sample(z, [1], steps=2, eta=0.0, x_T=torch.zeros(1, 4, 16, 16, 16), strength=0.5,
+                                        progress=False))
+    pipe.save_pretrained(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "vqgan" / "config.json").read_text())["spade_source_gate"] is True
+    back = ALDMPipeline.from_pretrained(tmp_path / "m")
+    assert torch.equal(back.vqgan.spade.source_gate, pipe.vqgan.spade.source_gate)
+    assert torch.equal(back.target_like(z, [1, 2], source=3), pipe.target_like(z, [1, 2], source=3))
+    # a folder without the gate ignores source= (the published MS-SPADE has no source input)
+    assert torch.equal(plain.target_like(z, [1, 2, 3], source=0), plain.target_like(z, [1, 2, 3]))
+
+
+def test_samples_average_the_latents_of_that_many_samples() -> None:
+    """samples k: each target's k samples draw their noises in turn from its generator; the mean is returned."""
+    pipe = tiny_pipeline()
+    z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    kw = dict(steps=4, eta=0.0, strength=0.5, progress=False)
+    got = pipe.sample(z, [1, 3], samples=3, generator=[torch.Generator().manual_seed(s) for s in (5, 6)], **kw)
+    for i, (t, seed) in enumerate(((1, 5), (3, 6))):
+        g = torch.Generator().manual_seed(seed)
+        noises = [torch.randn((1, 4, 16, 16, 16), generator=g) for _ in range(3)]
+        each = [pipe.sample(z, [t], x_T=n, **kw) for n in noises]
+        mean = torch.stack(each).mean(0)
+        assert float((got[i : i + 1] - mean).norm() / mean.norm()) < 1e-5
+        assert float((each[0] - mean).norm() / mean.norm()) > 1e-3  # the samples differ, or this test could not fail
+    one = pipe.sample(z, [1], generator=torch.Generator().manual_seed(5), **kw)
+    assert torch.equal(one, pipe.sample(z, [1], samples=1, generator=torch.Generator().manual_seed(5), **kw))
+    for bad in (0, 65, 2.0, True):
+        with pytest.raises(UsageError, match="samples = .*: use an integer from 1 to 64"):
+            pipe.sample(z, [1], samples=bad, **kw)

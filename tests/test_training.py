@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 pytest.importorskip("nilearn")  # the phantom simulator needs the train extra
 
@@ -728,3 +729,59 @@ def test_the_gpu_script_variants_name_existing_configs(monkeypatch: pytest.Monke
         for stage, name in zip(STAGES, files, strict=True):
             if name is not None:
                 assert load_config(stage, CONFIGS / "f2" / name).stage == stage
+
+
+# ---- MS-SPADE's per-pair source gate (source_gate, gate_only) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"gate_only": True, "source_gate": True}, "adv_weight and cycle_weight to 0"),
+        ({"gate_only": True, "source_gate": True, "adv_weight": 0, "train_targets": ["t1ce"]}, "train_targets to null"),
+        ({"gate_only": "yes", "adv_weight": 0}, "gate_only"),
+    ],
+)
+def test_gate_config_errors_name_the_setting(override: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        load_config("spade", overrides=spade_config(**override))
+
+
+def test_spade_trains_the_source_gate_alone_and_the_unet_sees_the_gated_latents(
+        chain: dict[str, Path], tmp_path: Path) -> None:
+    data = _data_of(chain)
+    with pytest.raises(UsageError, match="has no source gate to train; set source_gate"):
+        train("spade", tmp_path / "nogate", data, spade_config(gate_only=True, adv_weight=0),
+              first_stage=str(chain["spade"]), progress=False)
+    cfg = spade_config(source_gate=True, gate_only=True, adv_weight=0, lr=0.05)
+    run = tmp_path / "gate"
+    train("spade", run, data, cfg, first_stage=str(chain["spade"]), progress=False)
+    before = load_checkpoint(chain["spade"] / "checkpoint")[0]
+    after = load_checkpoint(run / "checkpoint")[0]
+    gate = after.pop("model/vqgan/spade.source_gate")
+    assert sorted(k for k in after if k.startswith("model/vqgan/")) == sorted(
+        k for k in before if k.startswith("model/vqgan/"))
+    assert all(torch.equal(after[k], before[k]) for k in after if k.startswith("model/vqgan/"))  # the rest frozen
+    assert gate.shape == (4, 4, TINY_VQ.embed_dim) and bool(gate.abs().gt(0).any())
+    assert torch.equal(gate.diagonal(dim1=0, dim2=1), torch.zeros(TINY_VQ.embed_dim, 4))  # no pair s -> s is drawn
+    # resumed after 2 steps: the uninterrupted run
+    half = tmp_path / "half"
+    train("spade", half, data, cfg, steps=2, first_stage=str(chain["spade"]), progress=False)
+    train("spade", half, None, resume=True, steps=4, progress=False)
+    assert checkpoint_differences(run, half) == []
+    # the exported first stage carries the gate; a diffusion run on it conditions on the gated latents
+    assert main(["export", str(run), "--out", str(tmp_path / "model"), "-q"]) == 0
+    pipe = ALDMPipeline.from_pretrained(tmp_path / "model")
+    assert pipe.vqgan.config.spade_source_gate and torch.equal(pipe.vqgan.spade.source_gate, gate)
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "MS-SPADE has a source gate" in card and f"| t1 | - | {float(gate[0, 1].mean()):.3f} |" in card
+    diff = tmp_path / "diffusion"
+    train("diffusion", diff, data, diffusion_config(steps=1), first_stage=str(run), progress=False)
+    cache = load_file(str(diff / "latents-0-of-1.safetensors"))
+    with torch.no_grad():
+        z = pipe.vqgan.quantize.lookup(cache["codes"][0, 0][None].long())
+    gated = pipe.target_like(z, [1, 2], source=0)
+    assert torch.allclose(cache["translated"][0, 0, [1, 2]], gated, atol=1e-5)
+    with torch.no_grad():
+        pipe.vqgan.spade.source_gate.zero_()
+    assert not torch.allclose(gated, pipe.target_like(z, [1, 2], source=0), atol=1e-4)  # the gate mattered

@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from _hubserver import hub_env, hub_server, set_hub_env  # noqa: F401
 from _translate_utils import (  # noqa: F401
     assert_same_geometry,
@@ -181,6 +182,31 @@ def test_a_targets_output_does_not_depend_on_its_batch_mates(small_model: Path, 
     np.testing.assert_allclose(_arr(bound.to("flair")), _arr(both["flair"]), rtol=0, atol=1e-5)
     np.testing.assert_allclose(_arr(bound.to("t2")), _arr(both["t2"]), rtol=0, atol=1e-5)
     assert not np.allclose(_arr(both["t2"]), _arr(both["flair"]))
+
+
+def test_a_gated_model_gets_the_bound_source_and_samples_come_from_the_model(small_model: Path,
+                                                                             tmp_path: Path) -> None:
+    """The source gate of (t1, t2) at 1: T1 -> T2 is the T1's own latent decoded; T2 -> T1 is MS-SPADE's."""
+    from mrtranslate.pipeline import ALDMPipeline
+
+    pipe = ALDMPipeline.from_pretrained(small_model)
+    pipe.vqgan.add_source_gate()
+    with torch.no_grad():
+        pipe.vqgan.spade.source_gate[0, 2] = 1.0
+    pipe.config.default_samples = 2
+    gated = pipe.save_pretrained(tmp_path / "gated")
+    path = write_head(tmp_path / "sub-01_T1w.nii.gz")
+    tr = Translator(path, model=gated, progress=False)
+    x = tr._tensor
+    expected = tr._inverse(pipe.decode(pipe.encode(x))[0, 0])
+    np.testing.assert_allclose(_arr(tr.to_spade_only("t2")), _arr(expected), rtol=0, atol=1e-4)
+    plain = Translator(path, model=small_model, progress=False)
+    np.testing.assert_allclose(_arr(tr.to_spade_only("flair")), _arr(plain.to_spade_only("flair")), rtol=0, atol=1e-4)
+    as_t2 = Translator(path, model=gated, source="t2", progress=False)  # the same image declared a T2
+    plain_t2 = Translator(path, model=small_model, source="t2", progress=False)
+    np.testing.assert_allclose(_arr(as_t2.to_spade_only("t1")), _arr(plain_t2.to_spade_only("t1")), rtol=0, atol=1e-4)
+    assert tr.run_record(["t2"])["samples"] == 2  # the folder's default_samples
+    assert not np.allclose(_arr(tr.to("t2")), _arr(tr.to("t2", samples=1)))
 
 
 # -- source inference ------------------------------------------------------------------------------------

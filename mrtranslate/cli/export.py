@@ -18,6 +18,7 @@ def export_command(
     name: Optional[str] = typer.Option(None, "--name", help="Model name in model_index.json and the model card."),
     default_steps: Optional[int] = typer.Option(None, "--default-steps", help="DDIM steps the model suggests (default 200)."),
     default_strength: float = typer.Option(1.0, "--default-strength", help="Sampling strength the model suggests: 1 (as published) samples from pure noise; below 1 starts from the noised MS-SPADE latent."),
+    default_samples: int = typer.Option(1, "--default-samples", help="Diffusion samples averaged per target that the model suggests: 1 as published."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
@@ -26,6 +27,6 @@ def export_command(
     from ..training.export import export
 
     folder = export(run, out, weights=weights, name=name, default_steps=default_steps,
-                    default_strength=default_strength, overwrite=overwrite)
+                    default_strength=default_strength, default_samples=default_samples, overwrite=overwrite)
     if not quiet:
         typer.echo(f"wrote {folder}")

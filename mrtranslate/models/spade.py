@@ -66,20 +66,42 @@ class SPADEResBlock(nn.Module):
 
 
 class SPADEGenerator(nn.Module):
-    """Four switchable SPADE residual blocks, widths z -> nf -> 2nf -> nf -> z."""
+    """Four switchable SPADE residual blocks, widths z -> nf -> 2nf -> nf -> z.
 
-    def __init__(self, num_classes: int = 4, z_dim: int = 4, nf: int = 128, hidden: int = 64):
+    ``source_gate`` (not published; off for the published model) adds one weight per (source, target, channel),
+    ``source_gate[s, t]``, that moves the output of a pair towards its source latent:
+    ``out = y + source_gate[s, t] * (z - y)`` with ``y`` the blocks' output. It starts at 0 (the blocks alone)
+    and trains with the stage's latent L1, so a pair whose target latent is closer to the source latent than
+    the shared blocks can get (T1 <-> T1ce, which differ only where a tumour enhances) learns to keep it.
+    Such a model needs the source class of every sample.
+    """
+
+    def __init__(self, num_classes: int = 4, z_dim: int = 4, nf: int = 128, hidden: int = 64, source_gate: bool = False):
         super().__init__()
         widths = [z_dim, nf, 2 * nf, nf, z_dim]
         self.block = nn.ModuleList(
             SPADEResBlock(widths[i], widths[i + 1], num_classes, hidden) for i in range(4)
         )
         self.num_classes = num_classes
+        self.source_gate = nn.Parameter(torch.zeros(num_classes, num_classes, z_dim)) if source_gate else None
 
-    def forward(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, classes: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
         classes = classes.to(device=z.device, dtype=torch.long).reshape(-1)
         if classes.numel() != z.shape[0]:
             raise ValueError(f"got {classes.numel()} target classes for a batch of {z.shape[0]} latents")
+        if self.source_gate is not None:
+            if sources is None:
+                raise ValueError("this MS-SPADE has a source gate: it needs the source class of every sample")
+            sources = sources.to(device=z.device, dtype=torch.long).reshape(-1)
+            if sources.numel() == 1:
+                sources = sources.expand(z.shape[0])
+            if sources.numel() != z.shape[0]:
+                raise ValueError(f"got {sources.numel()} source classes for a batch of {z.shape[0]} latents")
+        y = z
         for blk in self.block:
-            z = blk(z, classes)
-        return z
+            y = blk(y, classes)
+        if self.source_gate is None:
+            return y
+        gate = self.source_gate[sources, classes].to(y.dtype)  # [B, C]
+        gate = gate.reshape(*gate.shape, *(1,) * (y.dim() - 2))
+        return y + gate * (z.to(y.dtype) - y)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ModelFormatError
 from .config import MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_CODEBOOK, MAX_LEVELS, ModelConfig, check_int, check_int_tuple
 from .layers import GroupNorm32, conv3d, upsample_nearest2x
 from .spade import SPADEGenerator
@@ -34,6 +35,8 @@ class VQGANConfig(ModelConfig):
     num_classes: int = 4
     spade_nf: int = 128
     spade_hidden: int = 64
+    # not published: MS-SPADE's per-(source, target) gate towards the source latent (models/spade.py)
+    spade_source_gate: bool = False
 
     @property
     def downsampling_factor(self) -> int:
@@ -52,10 +55,10 @@ class VQGANConfig(ModelConfig):
         check_int(origin, "num_classes", self.num_classes, 1, MAX_CLASSES)
         check_int(origin, "spade_nf", self.spade_nf, 1, MAX_CHANNELS)
         check_int(origin, "spade_hidden", self.spade_hidden, 1, MAX_CHANNELS)
+        if not isinstance(self.spade_source_gate, bool):
+            raise ModelFormatError(f"{origin}: spade_source_gate = {self.spade_source_gate!r} must be true or false")
         for m in self.ch_mult:
             if (self.ch * m) % self.num_groups:
-                from ..errors import ModelFormatError
-
                 raise ModelFormatError(f"{origin}: num_groups {self.num_groups} does not divide {self.ch * m} channels")
         super().validate(origin)
 
@@ -229,7 +232,15 @@ class VQGAN(nn.Module):
         self.quant_conv = conv3d(cfg.z_channels, cfg.embed_dim, 1)
         self.post_quant_conv = conv3d(cfg.embed_dim, cfg.z_channels, 1)
         self.quantize = VectorQuantizer(cfg.n_embed, cfg.embed_dim)
-        self.spade = SPADEGenerator(cfg.num_classes, cfg.embed_dim, cfg.spade_nf, cfg.spade_hidden)
+        self.spade = SPADEGenerator(cfg.num_classes, cfg.embed_dim, cfg.spade_nf, cfg.spade_hidden, cfg.spade_source_gate)
+
+    def add_source_gate(self) -> None:
+        """Give MS-SPADE a source gate at 0 (the same outputs until it trains); nothing if it has one."""
+        if self.spade.source_gate is None:
+            ref = next(self.spade.parameters())
+            shape = (self.config.num_classes, self.config.num_classes, self.config.embed_dim)
+            self.spade.source_gate = nn.Parameter(torch.zeros(shape, device=ref.device, dtype=ref.dtype))
+            self.config = dataclasses.replace(self.config, spade_source_gate=True)
 
     def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
         """``quant_conv(encoder(x))``: the latent before quantization."""
@@ -243,5 +254,7 @@ class VQGAN(nn.Module):
         """Latent -> image, without re-quantization."""
         return self.decoder(self.post_quant_conv(z))
 
-    def translate_latent(self, z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.spade(z, targets)
+    def translate_latent(
+        self, z: torch.Tensor, targets: torch.Tensor, sources: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.spade(z, targets, sources)

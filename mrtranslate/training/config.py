@@ -222,9 +222,17 @@ class SpadeConfig(TrainConfig):
     # target modalities train, the shared convolutions and the other targets' layers stay as they are, so every
     # pair into another target keeps its output exactly. Batches then draw only pairs into these targets.
     train_targets: list[str] | None = None
+    # Not published: give MS-SPADE its per-(source, target) gate towards the source latent (models/spade.py),
+    # starting at 0, unless the first stage has one already; with gate_only, only that gate trains (the blocks
+    # frozen: every pair's output moves only along source latent minus blocks' output).
+    source_gate: bool = False
+    gate_only: bool = False
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
+        if self.gate_only and (self.train_targets is not None or self.adv_weight > 0 or self.cycle_weight > 0):
+            raise UsageError(f"{origin}: gate_only trains the source gate alone: set train_targets to null and "
+                             "adv_weight and cycle_weight to 0")
         for name in ("l1_weight", "adv_weight", "cycle_weight"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")

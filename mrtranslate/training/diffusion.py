@@ -96,7 +96,8 @@ class DiffusionStage(Stage):
         subjects, src, tgt = sample_pairs(self.available, n, g, self.pair_weights)
         t = torch.randint(*self.timesteps, (n,), generator=g)
         noise = torch.randn((n, *self.latent_shape), generator=g)
-        out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.targets(subjects, src, tgt), "tgt": tgt}
+        out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.targets(subjects, src, tgt), "tgt": tgt,
+               "src": src}
         out.update({"t": t, "noise": noise})
         if self.translated is not None:
             out["cond"] = self.translated[subjects, src, tgt]
@@ -113,7 +114,7 @@ class DiffusionStage(Stage):
             cond = self.tensor(batch["cond"])
         else:
             with torch.no_grad(), self.autocast():
-                cond = self.vqgan.spade(z_src, tgt).float()
+                cond = self.vqgan.spade(z_src, tgt, batch["src"].to(self.device)).float()
         x_t = self.scheduler.add_noise(z_tgt, noise, t)
         with self.autocast():
             eps = self.net(torch.cat([x_t, z_src, cond], dim=1), t, tgt)

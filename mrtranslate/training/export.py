@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import ModelFormatError, OutputExistsError, UsageError
 from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
 from ..pipeline import ALDMPipeline
-from ..pipeline_config import PipelineConfig
+from ..pipeline_config import MAX_SAMPLES, PipelineConfig
 from ..schedulers import DDIMScheduler, SchedulerConfig
 from ..schedulers.ddim import is_strength
 from .checkpoint import load_checkpoint, load_module
@@ -43,13 +43,15 @@ def export(
     name: str | None = None,
     default_steps: int | None = None,
     default_strength: float = 1.0,
+    default_samples: int = 1,
     overwrite: bool = False,
 ) -> Path:
     """Write the model folder ``out`` from the run folder ``run``; returns ``out``.
 
     ``weights``: ``ema`` (what the authors sample with) or ``raw`` UNet weights of a diffusion run.
     ``default_steps``: the DDIM steps the folder suggests (default: the published 200); ``default_strength``
-    the sampling strength it suggests (1: from pure noise, as published; see ``ALDMPipeline.sample``).
+    the sampling strength it suggests (1: from pure noise, as published; see ``ALDMPipeline.sample``);
+    ``default_samples`` the diffusion samples it suggests averaging per target (1, as published).
     """
     folder = RunFolder(run)
     if not folder.is_run():
@@ -60,6 +62,8 @@ def export(
         raise UsageError(f"--weights {weights!r}: use ema or raw")
     if not is_strength(default_strength):
         raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
+    if isinstance(default_samples, bool) or not isinstance(default_samples, int) or not 1 <= default_samples <= MAX_SAMPLES:
+        raise UsageError(f"--default-samples {default_samples!r}: use an integer from 1 to {MAX_SAMPLES} (1: as published)")
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise OutputExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
@@ -86,7 +90,7 @@ def export(
     stages = list(folder.read_run().get("provenance", [])) + [summary]
     title = name or f"ALDM {'model' if unet is not None else 'first stage'} ({folder.path.name}, step {scalars['step']})"
     pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=1.0,
-                          default_strength=default_strength)
+                          default_strength=default_strength, default_samples=default_samples)
     pcfg.validate("model_index.json")
     pipe = ALDMPipeline(vqgan.eval(), unet, scheduler, pcfg)
     card = model_card(title, pipe, stages, weights if unet is not None else None)
@@ -133,6 +137,22 @@ def _command_lines(stage: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _gate_lines(pipe: ALDMPipeline) -> list[str]:
+    """The MS-SPADE source gate's values (mean over channels) per pair, when the model has one."""
+    gate = pipe.vqgan.spade.source_gate
+    if gate is None:
+        return []
+    mods = pipe.modalities
+    lines = ["- MS-SPADE has a source gate (not published; `mrtranslate train spade` with `source_gate`): a pair's "
+             "output is `y + g * (z - y)`, with `y` the blocks' output and `z` the source latent; `g` per pair "
+             "(mean over the latent channels; rows: source, columns: target):", "",
+             "| source \\ target | " + " | ".join(mods) + " |", "| --- |" + " --: |" * len(mods)]
+    for i, src in enumerate(mods):
+        cells = ["-" if i == j else f"{float(gate[i, j].detach().mean()):.3f}" for j in range(len(mods))]
+        lines.append(f"| {src} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], weights: str | None) -> str:
     p = pipe.config.preprocessing
     runs = [s for s in stages if s.get("stage") in ("autoencoder", "spade", "diffusion")]
@@ -157,6 +177,7 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
         *([f"- trained with `anchor_targets` {anchored}: the targets of these pairs (a modality alone: of every pair "
            "into it) are written on the source's scale (their brain median equals the source's), not rescaled to "
            "the published 99.5th percentile"] if anchored else []),
+        *_gate_lines(pipe),
         "",
         "## Data",
         *_data_lines(data),

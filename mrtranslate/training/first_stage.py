@@ -166,7 +166,8 @@ def translate_codes(
     for n, s in tqdm(pairs, desc="MS-SPADE", unit="scan", disable=not progress, leave=False):
         targets = [t for t in available[n].nonzero(as_tuple=True)[0].tolist() if t != s]
         z = vqgan.quantize.lookup(codes[n, s][None].long().to(device))
-        y = vqgan.spade(z.expand(len(targets), *z.shape[1:]), torch.tensor(targets, device=device))
+        y = vqgan.spade(z.expand(len(targets), *z.shape[1:]), torch.tensor(targets, device=device),
+                        torch.tensor([s], device=device))
         out[n, s, targets] = y.to("cpu", torch.float32)
     return out
 

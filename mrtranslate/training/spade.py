@@ -3,8 +3,9 @@
 loss = l1_weight * |spade(z_src, target) - z_tgt| + adv_weight * CE(D(spade(z_src, target)), target)
        [+ cycle_weight * |spade(spade(z_src, target), source) - z_src|  (the paper's cycle term, off as published)]
 D, the latent discriminator, learns CE(D(z_tgt), target) + CE(D(fake), "fake") (4 modalities + 1 class).
-Only ``vqgan.spade.*`` is trained (with ``train_targets``, only those targets' switchable SPADE layers); encoder,
-quantizer and decoder stay as the first stage left them. z_tgt is the target scan's latent, or for a pair in
+Only ``vqgan.spade.*`` is trained (with ``train_targets``, only those targets' switchable SPADE layers; with
+``gate_only``, only the per-pair source gate that ``source_gate`` adds, models/spade.py); encoder, quantizer and
+decoder stay as the first stage left them. z_tgt is the target scan's latent, or for a pair in
 ``anchor_targets`` that of the scan rescaled to the source's brain median (``data.anchor_to_source``).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..modalities import MODALITIES
 from ..models.spade import SwitchableSPADE
 from .config import SpadeConfig
@@ -36,13 +38,17 @@ class _Translate(nn.Module):
     def forward(
         self, z_src: torch.Tensor, source: torch.Tensor, target: torch.Tensor, cycle: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        fake = self.spade(z_src, target)
-        return fake, (self.spade(fake, source) if cycle else None)
+        fake = self.spade(z_src, target, source)
+        return fake, (self.spade(fake, source, target) if cycle else None)
 
 
-def trainable_spade(spade: nn.Module, train_targets: list[str] | None) -> list[nn.Parameter]:
-    """Set ``requires_grad`` on what trains, and return it: all of MS-SPADE, or (``train_targets``) only the
-    switchable SPADE layers of those target modalities."""
+def trainable_spade(spade: nn.Module, train_targets: list[str] | None, gate_only: bool = False) -> list[nn.Parameter]:
+    """Set ``requires_grad`` on what trains, and return it: all of MS-SPADE, (``train_targets``) only the
+    switchable SPADE layers of those target modalities, or (``gate_only``) only the source gate."""
+    if gate_only:
+        spade.requires_grad_(False)
+        spade.source_gate.requires_grad_(True)
+        return [spade.source_gate]
     if train_targets is None:
         spade.requires_grad_(True)
         return list(spade.parameters())
@@ -71,7 +77,11 @@ class SpadeStage(Stage):
         self.targets = targets or TargetCodes(codes, None, [])
         self.pair_weights = cfg.pair_matrix()
         vqgan = first.vqgan.requires_grad_(False)
-        trained = trainable_spade(vqgan.spade, cfg.train_targets)
+        if cfg.source_gate:
+            vqgan.add_source_gate()
+        elif cfg.gate_only and vqgan.spade.source_gate is None:
+            raise UsageError(f"gate_only: the first stage {cfg.first_stage} has no source gate to train; set source_gate")
+        trained = trainable_spade(vqgan.spade, cfg.train_targets, cfg.gate_only)
         self.vqgan = self.place(vqgan)
         self.nets["vqgan"] = self.vqgan
         # a class absent from a batch leaves its SPADE layers unused: DDP must be told
