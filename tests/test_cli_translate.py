@@ -73,30 +73,21 @@ def test_writes_each_target_on_the_input_grid_with_a_run_record(small_model: Pat
                               np.asarray(nib.load(str(tmp_path / "sub-01_T1w_flair.nii.gz")).dataobj))
 
 
-def test_strength_changes_the_output_and_is_recorded(small_model: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture) -> None:
+@pytest.mark.parametrize(("option", "values", "read"), [("strength", ("1", "0.5"), float),
+                                                        ("samples", ("1", "3"), int)])
+def test_sampling_options_change_the_output_and_are_recorded(option: str, values: tuple[str, str], read,
+                                                             small_model: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """--strength (where sampling starts) and --samples (the mean of that many samples per target)."""
     inp = write_head(tmp_path / "sub-01_T1w.nii.gz")
     outputs = {}
-    for strength in ("1", "0.5"):
-        code, _, err = run(capsys, inp, "--to", "t2", "--model", small_model, "--steps", "4", "--strength", strength,
-                           "-q", "-o", tmp_path / strength)
+    for value in values:
+        code, _, err = run(capsys, inp, "--to", "t2", "--model", small_model, "--steps", "4", f"--{option}", value,
+                           "-q", "-o", tmp_path / value)
         assert code == 0, err
-        assert json.loads((tmp_path / strength / "sub-01_T1w_t2.json").read_text())["strength"] == float(strength)
-        outputs[strength] = np.asarray(nib.load(str(tmp_path / strength / "sub-01_T1w_t2.nii.gz")).dataobj)
-    assert not np.array_equal(outputs["1"], outputs["0.5"])
-
-
-def test_samples_average_several_diffusion_samples_and_are_recorded(small_model: Path, tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture) -> None:
-    inp = write_head(tmp_path / "sub-01_T1w.nii.gz")
-    outputs = {}
-    for samples in ("1", "3"):
-        code, _, err = run(capsys, inp, "--to", "t2", "--model", small_model, "--steps", "2", "--samples", samples,
-                           "-q", "-o", tmp_path / samples)
-        assert code == 0, err
-        assert json.loads((tmp_path / samples / "sub-01_T1w_t2.json").read_text())["samples"] == int(samples)
-        outputs[samples] = np.asarray(nib.load(str(tmp_path / samples / "sub-01_T1w_t2.nii.gz")).dataobj)
-    assert not np.array_equal(outputs["1"], outputs["3"])
+        assert json.loads((tmp_path / value / "sub-01_T1w_t2.json").read_text())[option] == read(value)
+        outputs[value] = np.asarray(nib.load(str(tmp_path / value / "sub-01_T1w_t2.nii.gz")).dataobj)
+    assert not np.array_equal(*(outputs[v] for v in values))
 
 
 def test_out_dir_is_created_and_each_output_is_reported(small_model: Path, tmp_path: Path,
