@@ -24,10 +24,10 @@ COMPONENTS = ("vqgan", "unet", "scheduler")
 MAX_SAMPLES = 64
 
 
-def check_samples(samples: Any) -> int:
-    """``samples`` when it is a number of diffusion samples to average, else UsageError."""
+def check_samples(samples: Any, name: str = "samples") -> int:
+    """``samples`` when it is a number of diffusion samples to average, else UsageError naming ``name``."""
     if isinstance(samples, bool) or not isinstance(samples, int) or not 1 <= samples <= MAX_SAMPLES:
-        raise UsageError(f"samples = {samples!r}: use an integer from 1 to {MAX_SAMPLES} (1 as published)")
+        raise UsageError(f"{name} = {samples!r}: use an integer from 1 to {MAX_SAMPLES} (1 as published)")
     return samples
 
 

@@ -205,8 +205,7 @@ class Translator:
         return self._images(names, latents, " MS-SPADE only")
 
     def _bound_targets(self, targets: Sequence[str]) -> list[str]:
-        if self._tensor is None or self._inverse is None:
-            raise UsageError("no source image: call the translator with one first, e.g. tr('t1.nii.gz').to('t2')")
+        self._require_bound()
         return _target_names(targets, self._source, self.modalities)
 
     def _images(
@@ -251,9 +250,12 @@ class Translator:
         )
 
     def _source_id(self) -> int:
-        if self._source is None:
-            raise UsageError("no source image: call the translator with one first, e.g. tr('t1.nii.gz').to('t2')")
+        self._require_bound()
         return self.modalities.index(self._source)
+
+    def _require_bound(self) -> None:
+        if self._tensor is None or self._inverse is None or self._source is None:
+            raise UsageError("no source image: call the translator with one first, e.g. tr('t1.nii.gz').to('t2')")
 
     def _sampling(
         self, steps: int | None, eta: float | None, strength: float | None, samples: int | None = None

@@ -83,7 +83,17 @@ class SPADEGenerator(nn.Module):
             SPADEResBlock(widths[i], widths[i + 1], num_classes, hidden) for i in range(4)
         )
         self.num_classes = num_classes
-        self.source_gate = nn.Parameter(torch.zeros(num_classes, num_classes, z_dim)) if source_gate else None
+        self.z_dim = z_dim
+        self.source_gate: nn.Parameter | None = None
+        if source_gate:
+            self.add_source_gate()
+
+    def add_source_gate(self) -> None:
+        """Add the source gate at 0 (the same outputs until it trains), beside the blocks; nothing if it exists."""
+        if self.source_gate is None:
+            ref = next(self.block.parameters())
+            shape = (self.num_classes, self.num_classes, self.z_dim)
+            self.source_gate = nn.Parameter(torch.zeros(shape, device=ref.device, dtype=ref.dtype))
 
     def forward(self, z: torch.Tensor, classes: torch.Tensor, sources: torch.Tensor | None = None) -> torch.Tensor:
         classes = classes.to(device=z.device, dtype=torch.long).reshape(-1)

@@ -236,11 +236,8 @@ class VQGAN(nn.Module):
 
     def add_source_gate(self) -> None:
         """Give MS-SPADE a source gate at 0 (the same outputs until it trains); nothing if it has one."""
-        if self.spade.source_gate is None:
-            ref = next(self.spade.parameters())
-            shape = (self.config.num_classes, self.config.num_classes, self.config.embed_dim)
-            self.spade.source_gate = nn.Parameter(torch.zeros(shape, device=ref.device, dtype=ref.dtype))
-            self.config = dataclasses.replace(self.config, spade_source_gate=True)
+        self.spade.add_source_gate()
+        self.config = dataclasses.replace(self.config, spade_source_gate=True)
 
     def encode_continuous(self, x: torch.Tensor) -> torch.Tensor:
         """``quant_conv(encoder(x))``: the latent before quantization."""

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import ModelFormatError, OutputExistsError, UsageError
 from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
 from ..pipeline import ALDMPipeline
-from ..pipeline_config import MAX_SAMPLES, PipelineConfig
+from ..pipeline_config import PipelineConfig, check_samples
 from ..schedulers import DDIMScheduler, SchedulerConfig
 from ..schedulers.ddim import is_strength
 from .checkpoint import load_checkpoint, load_module
@@ -62,8 +62,7 @@ def export(
         raise UsageError(f"--weights {weights!r}: use ema or raw")
     if not is_strength(default_strength):
         raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
-    if isinstance(default_samples, bool) or not isinstance(default_samples, int) or not 1 <= default_samples <= MAX_SAMPLES:
-        raise UsageError(f"--default-samples {default_samples!r}: use an integer from 1 to {MAX_SAMPLES} (1: as published)")
+    check_samples(default_samples, "--default-samples")
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise OutputExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
