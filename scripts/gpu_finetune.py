@@ -7,6 +7,8 @@ seconds (issue 5).
 Each variant: for ``sharper`` first ``train autoencoder --init MODEL`` (the whole VQ-GAN), then ``train spade
 --first-stage MODEL`` (or that autoencoder run: either way the model's MS-SPADE continues), then ``train diffusion
 --first-stage SPADE_RUN --init MODEL`` (continues its UNet on the new MS-SPADE's latents), then ``export``.
+The ``gated*`` variants have no spade stage: ``train diffusion --first-stage MODEL --init MODEL`` continues the
+UNet on the conditioning of the model's own MS-SPADE (with its source gate).
 A stage is first run for ``--probe-s`` seconds to measure its speed on this machine, then resumed with
 the step count that fills its share of the time, so the cosine learning rate ends where the time does (the runs
 record both commands, as ``mrtranslate train ... --resume --steps N``). The phantoms are made there (nibabel and
@@ -39,6 +41,11 @@ VARIANTS = {  # name: (autoencoder config or None, spade config, diffusion confi
     # "continue" and "sharper" with the T1 -> T1ce targets anchored to the T1's brain median (anchor_targets)
     "anchored": (None, "spade-gpu2-anchored.json", "diffusion-gpu2-anchored.json"),
     "sharper-anchored": ("autoencoder-gpu.json", "spade-gpu2-anchored.json", "diffusion-gpu2-anchored.json"),
+    # the UNet alone (no spade stage: --first-stage is the model itself), on the conditioning of a model whose
+    # MS-SPADE has a source gate (v9's T1 -> T1ce): timesteps [0, 200), only [0, 50), or T1 -> T1ce drawn 3x
+    "gated": (None, None, "diffusion-gpu2.json"),
+    "gated-lowt": (None, None, "diffusion-gpu-gate-lowt.json"),
+    "gated-pw": (None, None, "diffusion-gpu-gate-pw.json"),
 }
 
 
@@ -99,13 +106,15 @@ def run_variant(args: argparse.Namespace) -> int:
         timed_stage("autoencoder", runs / "autoencoder", work / "data", cfg / ae_cfg, None, model,
                     left * args.ae_share, args, clock)
         first = runs / "autoencoder"
-    left = clock.left() - args.export_s
-    timed_stage("spade", runs / "spade", work / "data", cfg / spade_cfg, first, None, left * args.spade_share,
-                args, clock)
-    timed_stage("diffusion", runs / "diffusion", work / "data", cfg / diff_cfg, runs / "spade", model,
+    if spade_cfg:
+        left = clock.left() - args.export_s
+        timed_stage("spade", runs / "spade", work / "data", cfg / spade_cfg, first, None, left * args.spade_share,
+                    args, clock)
+        first = runs / "spade"
+    timed_stage("diffusion", runs / "diffusion", work / "data", cfg / diff_cfg, first, model,
                 clock.left() - args.export_s, args, clock)
     export(runs / "diffusion", work / "models" / args.variant, name="phantom-demo", default_steps=50,
-           default_strength=0.05)
+           default_strength=0.05, default_samples=args.default_samples)
     clock.say(f"{args.variant} exported")
     return 0
 
@@ -124,6 +133,7 @@ def main() -> int:
                     help="the autoencoder's share of a variant's time, where the variant has that stage")
     ap.add_argument("--spade-share", type=float, default=0.42, help="MS-SPADE's share of the time after it")
     ap.add_argument("--export-s", type=float, default=45.0, help="seconds kept for the export and the packing")
+    ap.add_argument("--default-samples", type=int, default=4, help="the exported models' default_samples")
     add_worker_args(ap)
     args = ap.parse_args()
     if args.variant:
@@ -144,7 +154,7 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--variant", v, "--device", args.device, "--work", str(work),
                "--model", args.model, "--threads", str(args.threads), "--probe-s", str(args.probe_s),
                "--ae-share", str(args.ae_share), "--spade-share", str(args.spade_share),
-               "--export-s", str(args.export_s),
+               "--export-s", str(args.export_s), "--default-samples", str(args.default_samples),
                "--start", str(clock.start), "--deadline", str(clock.deadline - 10)]
         procs.append((v, subprocess.Popen(cmd, stdout=(meta / f"{v}.log").open("w"), stderr=subprocess.STDOUT,
                                           env=env)))
