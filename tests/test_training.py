@@ -724,7 +724,7 @@ def test_the_demo_configs_are_valid(path: Path) -> None:
 def test_the_gpu_script_variants_name_existing_configs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(CONFIGS.parents[1] / "scripts"))
     variants = importlib.import_module("gpu_finetune").VARIANTS
-    assert {"continue", "sharper", "anchored", "sharper-anchored"} <= set(variants)
+    assert {"continue", "sharper", "anchored", "sharper-anchored", "gated", "gated-lowt", "gated-pw"} <= set(variants)
     for files in variants.values():
         for stage, name in zip(STAGES, files, strict=True):
             if name is not None:
