@@ -423,8 +423,10 @@ class ALDMPipeline:
         progress: bool = True,
         strength: float | None = None,
         source: int | None = None,
+        samples: int | None = None,
     ) -> torch.Tensor:
-        """Source image ``[1, 1, D, H, W]`` -> one image per target ``[T, 1, D, H, W]``."""
+        """Source image ``[1, 1, D, H, W]`` -> one image per target ``[T, 1, D, H, W]``; ``steps``, ``eta``,
+        ``strength`` and ``samples`` default to the model's (``model_index.json``)."""
         z = self.encode(x)
         lat = self.sample(
             z,
@@ -435,6 +437,7 @@ class ALDMPipeline:
             progress=progress,
             strength=self.config.default_strength if strength is None else strength,
             source=source,
+            samples=self.config.default_samples if samples is None else samples,
         )
         return self.decode(lat)
 

@@ -261,3 +261,21 @@ def test_samples_average_the_latents_of_that_many_samples() -> None:
     for bad in (0, 65, 2.0, True):
         with pytest.raises(UsageError, match="samples = .*: use an integer from 1 to 64"):
             pipe.sample(z, [1], samples=bad, **kw)
+
+
+def test_translate_takes_the_models_default_samples() -> None:
+    """translate(), like Translator, averages the model's default_samples unless samples= is given."""
+    pipe = tiny_pipeline()
+    pipe.config.default_samples = 2
+    x = torch.rand(1, 1, 32, 32, 32) * 2 - 1
+    kw = dict(steps=4, eta=1.0, strength=0.5, progress=False)
+
+    def run(**extra):
+        return pipe.translate(x, [1], generator=[torch.Generator().manual_seed(7)], **kw, **extra)
+
+    two = pipe.decode(pipe.sample(pipe.encode(x), [1], samples=2,
+                                  generator=[torch.Generator().manual_seed(7)], **kw))
+    assert torch.equal(run(), two)
+    one = run(samples=1)
+    assert torch.equal(one, pipe.decode(pipe.sample(pipe.encode(x), [1], generator=[torch.Generator().manual_seed(7)], **kw)))
+    assert float((one - two).norm() / two.norm()) > 1e-4  # one sample is not the mean of two
