@@ -317,8 +317,12 @@ def evaluate(
                 "spade": {"method": "spade", "model_sha256": fingerprint}}
         if info["samples"] > 1:  # (absent for one sample, so that records written before the option still match)
             keys["aldm"]["samples"] = info["samples"]
+        pair_strength = translator.pipeline.config.pair_strength if strength is None else {}
+        if pair_strength:  # the model's per-pair strengths apply (absent otherwise, as for samples)
+            keys["aldm"]["pair_strength"] = dict(pair_strength)
         settings.update(model=info["model"], model_revision=info["model_revision"], model_sha256=fingerprint,
                         steps=info["steps"], eta=info["eta"], strength=info["strength"], samples=info["samples"],
+                        pair_strength=dict(pair_strength),
                         device=info["device"],
                         precision=info["precision"])
     pairs = task_pairs(sources, targets, modalities)

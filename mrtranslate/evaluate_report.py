@@ -188,8 +188,10 @@ def write_markdown(path: Path, entries: Sequence[Mapping[str, Any]], settings: M
     ]
     if settings.get("model") is not None:
         strength, samples = settings.get("strength"), settings.get("samples")
+        pairs = settings.get("pair_strength") or {}
         sampling = (f", {settings['steps']} DDIM steps, eta {settings['eta']}"
-                    f"{f', strength {strength}' if strength is not None and strength < 1 else ''}"
+                    f"{f', strength {strength}' if strength is not None and (strength < 1 or pairs) else ''}"
+                    f"{' (' + ', '.join(f'{k}: {v}' for k, v in pairs.items()) + ')' if pairs else ''}"
                     f"{f', mean of {samples} samples' if samples is not None and samples > 1 else ''}, seed {settings['seed']}")
         lines.append(f"- model: `{settings['model']}`" + (sampling if "aldm" in settings["methods"] else ""))
     if settings.get("fit_data"):

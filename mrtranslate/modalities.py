@@ -72,6 +72,16 @@ def canonical_list(names: Iterable[str]) -> list[str]:
     return out
 
 
+def pair_indices(key: str, modalities: Sequence[str] = MODALITIES) -> tuple[int, int] | None:
+    """``(source, target)`` indices of ``"source->target"`` (aliases accepted); None unless it names two different
+    modalities of ``modalities``."""
+    try:
+        src, tgt = [list(modalities).index(canonical(m)) for m in str(key).split("->")]
+    except (ModalityError, ValueError):  # not two names, an unknown name, or one the model lacks
+        return None
+    return None if src == tgt else (src, tgt)
+
+
 _TOKEN_SPLIT = re.compile(r"[^a-z0-9-]+")
 
 

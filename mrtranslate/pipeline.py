@@ -206,8 +206,7 @@ class ALDMPipeline:
             f"- modalities: {', '.join(c.modalities)}",
             f"- voxel spacing: {p['spacing_mm']} mm, grid: {p['grid']} (RAS)",
             f"- components: {', '.join(c.components)}",
-            f"- default sampling: {c.default_steps} DDIM steps, eta {c.default_eta}"
-            + (f", strength {c.default_strength}" if c.default_strength < 1 else ""),
+            f"- default sampling: {c.sampling_summary()}",
         ]
         return "\n".join(lines) + "\n"
 
@@ -335,7 +334,7 @@ class ALDMPipeline:
         x_T: torch.Tensor | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: bool = True,
-        strength: float = 1.0,
+        strength: float | Sequence[float] = 1.0,
         source: int | None = None,
         samples: int = 1,
     ) -> torch.Tensor:
@@ -355,7 +354,14 @@ class ALDMPipeline:
         memory) and returns their mean latent: an estimate of the posterior mean, with less of the sampler's
         noise than any one sample. Target ``i``'s k samples draw, in turn, from generator ``i`` of a list;
         ``x_T`` then holds ``T * k`` noises, target by target.
+
+        ``strength`` may also be a list, one per target (see ``PipelineConfig.pair_strength``): the targets of
+        each strength run as one batch, in turn; with one generator per target, each target's result is the same
+        as when sampled alone.
         """
+        if isinstance(strength, (list, tuple)):
+            return self._sample_by_strength(z_q, targets, steps, eta, x_T, generator, progress, strength, source,
+                                            samples)
         if check_samples(samples) > 1:
             t = self._targets(targets)
             n = t.numel()
@@ -398,6 +404,46 @@ class ALDMPipeline:
             x = self.scheduler.step(st, x, eps, noise)
         return x.contiguous()
 
+    def _sample_by_strength(self, z_q: torch.Tensor, targets: torch.Tensor | Sequence[int], steps: int, eta: float,
+                            x_T: torch.Tensor | None, generator: torch.Generator | Sequence[torch.Generator] | None,
+                            progress: bool, strength: Sequence[float], source: int | None, samples: int
+                            ) -> torch.Tensor:
+        """``sample`` with one strength per target: one ``sample`` call per distinct strength, results in order."""
+        t = self._targets(targets)
+        n = t.numel()
+        if len(strength) != n:
+            raise UsageError(f"got {len(strength)} strengths for {n} targets")
+        k = check_samples(samples)
+        if z_q.shape[0] not in (1, n):
+            raise UsageError(f"got {z_q.shape[0]} latents for {n} targets")
+        if isinstance(generator, (list, tuple)) and len(generator) != n:
+            raise UsageError(f"got {len(generator)} generators for {n} targets")
+        out: list[torch.Tensor | None] = [None] * n
+        for s in dict.fromkeys(float(v) for v in strength):  # distinct strengths, first-seen order
+            idx = [i for i in range(n) if float(strength[i]) == s]
+            rows = [i * k + j for i in idx for j in range(k)]
+            x = self.sample(
+                z_q if z_q.shape[0] == 1 else z_q[idx], t[idx], steps, eta,
+                None if x_T is None else x_T[rows],
+                [generator[i] for i in idx] if isinstance(generator, (list, tuple)) else generator,
+                progress, s, source, samples,
+            )
+            for j, i in enumerate(idx):
+                out[i] = x[j]
+        return torch.stack(out)  # type: ignore[arg-type]
+
+    def strengths(self, targets: torch.Tensor | Sequence[int], source: int | None) -> float | list[float]:
+        """The model's sampling strength for each target from ``source`` (class ids): ``default_strength``, or
+        one per target when the model sets ``pair_strength``."""
+        c = self.config
+        if not c.pair_strength:
+            return c.default_strength
+        if source is None:
+            raise UsageError("this model sets a sampling strength per pair (pair_strength): pass the source class id "
+                             f"(source=, 0..{len(self.modalities) - 1}: {', '.join(self.modalities)}) or a strength")
+        mods = self.modalities
+        return [c.strength_for(mods[source], mods[int(i)]) for i in self._targets(targets).tolist()]
+
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent -> image ``[B, 1, D, H, W]``, without re-quantization.
@@ -426,7 +472,8 @@ class ALDMPipeline:
         samples: int | None = None,
     ) -> torch.Tensor:
         """Source image ``[1, 1, D, H, W]`` -> one image per target ``[T, 1, D, H, W]``; ``steps``, ``eta``,
-        ``strength`` and ``samples`` default to the model's (``model_index.json``)."""
+        ``strength`` and ``samples`` default to the model's (``model_index.json``; ``strength``: per pair when it
+        sets ``pair_strength``, see ``strengths``)."""
         z = self.encode(x)
         lat = self.sample(
             z,
@@ -435,7 +482,7 @@ class ALDMPipeline:
             eta=self.config.default_eta if eta is None else eta,
             generator=generator,
             progress=progress,
-            strength=self.config.default_strength if strength is None else strength,
+            strength=self.strengths(targets, source) if strength is None else strength,
             source=source,
             samples=self.config.default_samples if samples is None else samples,
         )

@@ -6,7 +6,7 @@ import dataclasses
 from typing import Any
 
 from .errors import ModelFormatError, UsageError
-from .modalities import MODALITIES, canonical
+from .modalities import MODALITIES, canonical, pair_indices
 from .models.config import ModelConfig, check_int
 from .schedulers.ddim import is_strength
 
@@ -41,6 +41,8 @@ class PipelineConfig(ModelConfig):
     default_eta: float = 1.0
     default_strength: float = 1.0  # 1: sample from pure noise, as the authors do (see DDIMScheduler.steps)
     default_samples: int = 1  # diffusion samples averaged per target; 1 as published (see ALDMPipeline.sample)
+    #: "source->target" -> the sampling strength of that pair, where it differs from default_strength (not published)
+    pair_strength: dict[str, float] = dataclasses.field(default_factory=dict)
     components: tuple[str, ...] = COMPONENTS
     name: str = ""
 
@@ -63,6 +65,21 @@ class PipelineConfig(ModelConfig):
         check_int(origin, "default_samples", self.default_samples, 1, MAX_SAMPLES)
         if not is_strength(self.default_strength):
             raise ModelFormatError(f"{origin}: default_strength must be a number in (0, 1], got {self.default_strength!r}")
+        if not isinstance(self.pair_strength, dict):
+            raise ModelFormatError(f"{origin}: pair_strength must be an object of 'source->target': strength")
+        pairs: dict[str, float] = {}
+        for key, value in self.pair_strength.items():
+            ij = pair_indices(key, mods)
+            if ij is None:
+                raise ModelFormatError(f"{origin}: pair_strength key {key!r} must be 'source->target' with two "
+                                       f"different modalities of {', '.join(mods)}")
+            if not is_strength(value):
+                raise ModelFormatError(f"{origin}: pair_strength[{key!r}] must be a number in (0, 1], got {value!r}")
+            name = f"{mods[ij[0]]}->{mods[ij[1]]}"
+            if name in pairs:
+                raise ModelFormatError(f"{origin}: pair_strength names {name} twice")
+            pairs[name] = float(value)
+        self.pair_strength = pairs
         p = self.preprocessing
         if not isinstance(p, dict):
             raise ModelFormatError(f"{origin}: preprocessing must be an object")
@@ -76,6 +93,23 @@ class PipelineConfig(ModelConfig):
             if not isinstance(s, (int, float)) or not 0.05 <= float(s) <= 20:
                 raise ModelFormatError(f"{origin}: preprocessing.spacing_mm {p['spacing_mm']} is out of range")
         super().validate(origin)
+
+    def strength_for(self, source: str, target: str) -> float:
+        """The model's sampling strength for ``source`` -> ``target`` (canonical names): its ``pair_strength``
+        entry, else ``default_strength``."""
+        return self.pair_strength.get(f"{source}->{target}", self.default_strength)
+
+    def sampling_summary(self) -> str:
+        """The sampling the model suggests, in words, e.g. "50 DDIM steps, eta 1.0, strength 0.05 (t1->t1ce:
+        0.02), mean of 4 samples"."""
+        text = f"{self.default_steps} DDIM steps, eta {self.default_eta}"
+        if self.default_strength < 1 or self.pair_strength:
+            text += f", strength {self.default_strength}"
+        if self.pair_strength:
+            text += " (" + ", ".join(f"{k}: {v}" for k, v in self.pair_strength.items()) + ")"
+        if self.default_samples > 1:
+            text += f", mean of {self.default_samples} samples"
+        return text
 
     @property
     def has_diffusion(self) -> bool:

@@ -233,7 +233,7 @@ class Translator:
         """Target latents ``[T, C, ...]`` for the bound source (encode once, sample every target in one batch)."""
         pipe = self.pipeline
         ids = [self.modalities.index(t) for t in targets]
-        sampling = self._sampling(steps, eta, strength, samples)
+        sampling = self._sampling(steps, eta, strength, samples, targets)
         pipe.plan(self._tensor.shape[2:], len(ids) * sampling["samples"])  # refuses before allocating when it cannot fit
         seed = self.seed if seed is None else seed
         # one generator per target, seeded by (seed, target): a target's output does not depend on which
@@ -258,13 +258,21 @@ class Translator:
             raise UsageError("no source image: call the translator with one first, e.g. tr('t1.nii.gz').to('t2')")
 
     def _sampling(
-        self, steps: int | None, eta: float | None, strength: float | None, samples: int | None = None
+        self, steps: int | None, eta: float | None, strength: float | None, samples: int | None = None,
+        targets: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Steps, eta, strength and samples of a call: the call's own, else this translator's, else the model's
-        defaults."""
+        defaults. The model's strength is per pair when it sets ``pair_strength``: then, for a bound source and
+        ``targets``, a list with one strength per target."""
         c = self.pipeline.config
+        given = strength if strength is not None else self.strength
+        chosen: float | list[float] = c.default_strength if given is None else given
+        if given is None and c.pair_strength and self._source is not None and targets:
+            chosen = [c.strength_for(self._source, t) for t in targets]
+            if len(set(chosen)) == 1:
+                chosen = chosen[0]
         return {"steps": _first(steps, self.steps, c.default_steps), "eta": _first(eta, self.eta, c.default_eta),
-                "strength": _first(strength, self.strength, c.default_strength),
+                "strength": chosen,
                 "samples": check_samples(_first(samples, self.samples, c.default_samples))}
 
     def run_record(self, targets: Sequence[str], steps: int | None = None, eta: float | None = None,
@@ -279,7 +287,7 @@ class Translator:
             "model_revision": self.resolved.revision if self.resolved else None,
             "source_modality": self._source,
             "targets": list(targets),
-            **self._sampling(steps, eta, strength, samples),
+            **self._sampling(steps, eta, strength, samples, targets),
             "seed": self.seed if seed is None else seed,
             "device": str(pipe.device),
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),

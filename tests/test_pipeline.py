@@ -279,3 +279,63 @@ def test_translate_takes_the_models_default_samples() -> None:
     one = run(samples=1)
     assert torch.equal(one, pipe.decode(pipe.sample(pipe.encode(x), [1], generator=[torch.Generator().manual_seed(7)], **kw)))
     assert float((one - two).norm() / two.norm()) > 1e-4  # one sample is not the mean of two
+
+
+def test_per_target_strengths_sample_each_target_as_alone() -> None:
+    """strength as a list: each target sampled with its own strength, as if alone (one generator per target)."""
+    pipe = tiny_pipeline()
+    z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    kw = dict(steps=4, eta=1.0, progress=False)
+    targets, strengths, seeds = [1, 2, 3], [0.6, 0.3, 0.6], [5, 6, 7]  # 4 steps: 0.6 runs 3, 0.3 runs 2
+    for samples in (1, 2):
+        got = pipe.sample(z, targets, strength=strengths, samples=samples,
+                          generator=[torch.Generator().manual_seed(s) for s in seeds], **kw)
+        for i, (t, s, seed) in enumerate(zip(targets, strengths, seeds)):
+            alone = pipe.sample(z, [t], strength=s, samples=samples, generator=[torch.Generator().manual_seed(seed)], **kw)
+            assert float((got[i : i + 1] - alone).norm() / alone.norm()) < 1e-5
+    other = pipe.sample(z, [2], strength=0.6, samples=2, generator=[torch.Generator().manual_seed(6)], **kw)
+    assert float((got[1:2] - other).norm() / other.norm()) > 1e-3  # the strength of target 2 mattered
+    with pytest.raises(UsageError, match="got 2 strengths for 3 targets"):
+        pipe.sample(z, targets, strength=[0.6, 0.3], **kw)
+    with pytest.raises(UsageError, match="strength = 0"):
+        pipe.sample(z, targets, strength=[0.6, 0.0, 0.6], **kw)
+
+
+def test_pair_strength_is_the_models_strength_of_that_pair(tmp_path: Path) -> None:
+    """model_index.json's pair_strength: translate() samples that pair at its own strength, the others at the
+    default; it needs the source; aliases are canonicalised and bad entries refused when the folder loads."""
+    pipe = tiny_pipeline()
+    pipe.config.default_strength = 0.6  # 4 steps: 0.6 runs 3 of them, 0.3 runs 2
+    pipe.config.pair_strength = {"T1->t1c": 0.3}
+    pipe.config.validate()
+    assert pipe.config.pair_strength == {"t1->t1ce": 0.3}
+    assert pipe.config.strength_for("t1", "t1ce") == 0.3 and pipe.config.strength_for("t2", "t1ce") == 0.6
+    assert "strength 0.6 (t1->t1ce: 0.3)" in pipe.default_model_card()
+    back = ALDMPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "m"))
+    assert back.config.pair_strength == {"t1->t1ce": 0.3}
+    x = torch.rand(1, 1, 32, 32, 32) * 2 - 1
+    kw = dict(steps=4, eta=1.0, progress=False)
+
+    def run(targets, source, **extra):
+        gens = [torch.Generator().manual_seed(10 + t) for t in targets]
+        return back.translate(x, targets, generator=gens, source=source, **kw, **extra)
+
+    def close(a, b):  # (a batch of 2 and of 1 may round differently)
+        return float((a - b).norm() / b.norm()) < 1e-5
+
+    both = run([1, 2], 0)
+    assert close(both[:1], run([1], 0, strength=0.3))
+    assert close(both[1:], run([2], 0, strength=0.6))
+    assert not close(both[:1], run([1], 0, strength=0.6))  # the pair's strength mattered
+    assert close(run([1], 2), run([1], 2, strength=0.6))  # from T2 the default strength applies
+    assert back.strengths([1, 2, 3], 0) == [0.3, 0.6, 0.6]
+    with pytest.raises(UsageError, match="strength per pair.*pass the source"):
+        run([1], None)
+    for bad, match in (({"t1->t1": 0.3}, "must be 'source->target'"), ({"t1->t5": 0.3}, "must be 'source->target'"),
+                       ({"t1->t1ce": 0}, r"must be a number in \(0, 1\]"), ({"t1->t1ce": 0.2, "t1n->t1c": 0.3}, "twice"),
+                       ([0.3], "must be an object")):
+        index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+        index["pair_strength"] = bad
+        (tmp_path / "m" / "model_index.json").write_text(json.dumps(index))
+        with pytest.raises(ModelFormatError, match=match):
+            ALDMPipeline.from_pretrained(tmp_path / "m")

@@ -458,11 +458,18 @@ def test_autoencoder_fine_tunes_from_a_vqgan_and_can_keep_its_encoder(chain: dic
 def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path], tmp_path: Path) -> None:
     assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--default-strength", "0", "-q"]) == 2
     assert not (tmp_path / "bad").exists()
+    for bad in ("t1->t1ce", "t1->t1ce=x", "t1->t1=0.2", "t1->t1ce=1.5"):
+        assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--pair-strength", bad,
+                     "-q"]) == 2
+        assert not (tmp_path / "bad").exists()
+    assert main(["export", str(chain["spade"]), "--out", str(tmp_path / "bad"), "--pair-strength", "t1->t2=0.2",
+                 "-q"]) == 2  # no diffusion stage to sample
     assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "model"), "--default-steps", "3",
-                 "--default-strength", "0.5", "-q"]) == 0
+                 "--default-strength", "0.5", "--pair-strength", "T1->t1c=0.2", "-q"]) == 0
     pipe = ALDMPipeline.from_pretrained(tmp_path / "model")
     assert pipe.config.components == ("vqgan", "unet", "scheduler")
     assert (pipe.config.default_steps, pipe.config.default_strength) == (3, 0.5)
+    assert pipe.config.pair_strength == {"t1->t1ce": 0.2}
     assert pipe.config.preprocessing["spacing_mm"] == [PHANTOM_SPACING] * 3
     tensors, _ = load_checkpoint(chain["diffusion"] / "checkpoint")
     assert torch.equal(pipe.unet.state_dict()["out.2.weight"], tensors["ema/unet/out.2.weight"])
@@ -473,7 +480,8 @@ def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path]
         assert f"mrtranslate train {stage} --data" in card
     assert "Phantom_0_00000" in card and "seed 0" in card and "| diffusion | 4 |" in card
     assert "anchor_targets" not in card  # the published scale for every target
-    out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], steps=2, progress=False)
+    assert "sampling it suggests: 3 DDIM steps, eta 1.0, strength 0.5 (t1->t1ce: 0.2)" in card
+    out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], steps=2, progress=False, source=0)
     assert out.shape == (1, 1, 20, 24, 20) and torch.isfinite(out).all()
     # a first-stage run exports a first-stage-only folder, usable as the first stage of a later run
     assert main(["export", str(chain["spade"]), "--out", str(tmp_path / "fs"), "-q"]) == 0

@@ -209,6 +209,27 @@ def test_a_gated_model_gets_the_bound_source_and_samples_come_from_the_model(sma
     assert not np.allclose(_arr(tr.to("t2")), _arr(tr.to("t2", samples=1)))
 
 
+def test_the_models_pair_strength_applies_to_its_pair_unless_a_strength_is_given(small_model: Path,
+                                                                                 tmp_path: Path) -> None:
+    from mrtranslate.pipeline import ALDMPipeline
+
+    pipe = ALDMPipeline.from_pretrained(small_model)
+    pipe.config.default_steps, pipe.config.default_strength = 4, 0.6  # 0.6 runs 3 of the 4 steps, 0.3 runs 2
+    pipe.config.pair_strength = {"t1->flair": 0.3}
+    folder = pipe.save_pretrained(tmp_path / "pairs")
+    path = write_head(tmp_path / "sub-01_T1w.nii.gz")
+    tr = Translator(path, model=folder, progress=False)
+    both = tr.to("t2", "flair")
+    np.testing.assert_allclose(_arr(both["flair"]), _arr(tr.to("flair", strength=0.3)), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(_arr(both["t2"]), _arr(tr.to("t2", strength=0.6)), rtol=0, atol=1e-5)
+    assert not np.allclose(_arr(both["flair"]), _arr(tr.to("flair", strength=0.6)), rtol=0, atol=1e-4)
+    assert tr.run_record(["t2", "flair"])["strength"] == [0.6, 0.3]
+    assert tr.run_record(["t2"])["strength"] == 0.6
+    fixed = Translator(path, model=folder, strength=0.6, progress=False)  # a translator's own strength: every pair
+    np.testing.assert_allclose(_arr(fixed.to("flair")), _arr(tr.to("flair", strength=0.6)), rtol=0, atol=1e-5)
+    assert fixed.run_record(["t2", "flair"])["strength"] == 0.6
+
+
 # -- source inference ------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("name", "expected"),

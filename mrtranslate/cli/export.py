@@ -19,6 +19,7 @@ def export_command(
     default_steps: Optional[int] = typer.Option(None, "--default-steps", help="DDIM steps the model suggests (default 200)."),
     default_strength: float = typer.Option(1.0, "--default-strength", help="Sampling strength the model suggests: 1 (as published) samples from pure noise; below 1 starts from the noised MS-SPADE latent."),
     default_samples: int = typer.Option(1, "--default-samples", help="Diffusion samples averaged per target that the model suggests: 1 as published."),
+    pair_strength: Optional[list[str]] = typer.Option(None, "--pair-strength", metavar="SOURCE->TARGET=S", help="A pair's own sampling strength, where it differs from --default-strength (repeatable; e.g. 't1->t1ce=0.02')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
@@ -27,6 +28,26 @@ def export_command(
     from ..training.export import export
 
     folder = export(run, out, weights=weights, name=name, default_steps=default_steps,
-                    default_strength=default_strength, default_samples=default_samples, overwrite=overwrite)
+                    default_strength=default_strength, default_samples=default_samples,
+                    pair_strength=_pair_strengths(pair_strength or []), overwrite=overwrite)
     if not quiet:
         typer.echo(f"wrote {folder}")
+
+
+def _pair_strengths(entries: list[str]) -> dict[str, float]:
+    """``["t1->t1ce=0.02", ...]`` -> ``{"t1->t1ce": 0.02}``; malformed entries are usage errors."""
+    from ..errors import UsageError
+
+    out: dict[str, float] = {}
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or number is None:
+            raise UsageError(f"--pair-strength {entry!r}: write SOURCE->TARGET=STRENGTH, e.g. 't1->t1ce=0.02'")
+        if key.strip() in out:
+            raise UsageError(f"--pair-strength names {key.strip()} twice")
+        out[key.strip()] = number
+    return out

@@ -184,6 +184,7 @@ def info_command(
         "default_steps": pipe.config.default_steps,
         "default_eta": pipe.config.default_eta,
         "default_strength": pipe.config.default_strength,
+        "pair_strength": pipe.config.pair_strength,
         "default_samples": pipe.config.default_samples,
     }
     if as_json:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import ModalityError, MRTranslateError, UsageError
-from ..modalities import MODALITIES, canonical
+from ..modalities import MODALITIES, canonical, pair_indices
 from ..models import UNetConfig, VQGANConfig
 from ..pipeline_config import PUBLISHED_PREPROCESSING
 from ..schedulers import SchedulerConfig
@@ -320,16 +320,6 @@ def config_differences(mine: dict[str, Any], theirs: dict[str, Any]) -> str:
     return ", ".join(f"{k} {mine.get(k)!r} vs {theirs.get(k)!r}" for k in keys if mine.get(k) != theirs.get(k))
 
 
-def _pair_indices(key: str, modalities: Sequence[str] = MODALITIES) -> tuple[int, int] | None:
-    """``(source, target)`` indices of ``"source->target"`` (aliases accepted); None unless it names two different
-    modalities of ``modalities``."""
-    try:
-        src, tgt = [modalities.index(canonical(m)) for m in key.split("->")]
-    except (ModalityError, ValueError):  # not two names, an unknown name, or one the model lacks
-        return None
-    return None if src == tgt else (src, tgt)
-
-
 def pair_weight_matrix(
     weights: dict[str, float] | None, origin: str = "config", modalities: Sequence[str] = MODALITIES
 ) -> torch.Tensor | None:
@@ -340,7 +330,7 @@ def pair_weight_matrix(
     n = len(modalities)
     matrix = torch.ones(n, n, dtype=torch.float64) - torch.eye(n, dtype=torch.float64)
     for key, w in weights.items():
-        pair = _pair_indices(key, modalities)
+        pair = pair_indices(key, modalities)
         if pair is None:
             raise UsageError(
                 f"{origin}: pair_weights key {key!r} must be 'source->target' with two different modalities "
@@ -452,7 +442,7 @@ def anchor_pairs(entries: list[str], origin: str = "config") -> list[tuple[int, 
     pairs: list[tuple[int, int]] = []
     for entry in entries:
         if "->" in entry:
-            named = _pair_indices(entry)
+            named = pair_indices(entry)
             todo = [] if named is None else [named]
         else:
             t = MODALITIES.index(entry) if entry in MODALITIES else None

@@ -17,6 +17,7 @@ import torch
 
 from .. import __version__
 from ..errors import ModelFormatError, OutputExistsError, UsageError
+from ..modalities import MODALITIES, pair_indices
 from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
 from ..pipeline import ALDMPipeline
 from ..pipeline_config import PipelineConfig, check_samples
@@ -44,6 +45,7 @@ def export(
     default_steps: int | None = None,
     default_strength: float = 1.0,
     default_samples: int = 1,
+    pair_strength: dict[str, float] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the model folder ``out`` from the run folder ``run``; returns ``out``.
@@ -51,7 +53,8 @@ def export(
     ``weights``: ``ema`` (what the authors sample with) or ``raw`` UNet weights of a diffusion run.
     ``default_steps``: the DDIM steps the folder suggests (default: the published 200); ``default_strength``
     the sampling strength it suggests (1: from pure noise, as published; see ``ALDMPipeline.sample``);
-    ``default_samples`` the diffusion samples it suggests averaging per target (1, as published).
+    ``default_samples`` the diffusion samples it suggests averaging per target (1, as published);
+    ``pair_strength`` ``{"source->target": strength}`` for pairs whose strength differs from ``default_strength``.
     """
     folder = RunFolder(run)
     if not folder.is_run():
@@ -63,12 +66,21 @@ def export(
     if not is_strength(default_strength):
         raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
     check_samples(default_samples, "--default-samples")
+    for key, value in (pair_strength or {}).items():
+        if pair_indices(key) is None:
+            raise UsageError(f"--pair-strength {key!r}: name a pair as SOURCE->TARGET=STRENGTH, two different "
+                             f"modalities of {', '.join(MODALITIES)} (e.g. t1->t1ce=0.02)")
+        if not is_strength(value):
+            raise UsageError(f"--pair-strength {key}={value!r}: use a strength in (0, 1]")
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise OutputExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
     tensors, scalars = load_checkpoint(folder.checkpoint_dir)
     origin = str(folder.checkpoint_dir)
     stage = scalars.get("stage")
+    if pair_strength and stage != "diffusion":
+        raise UsageError(f"--pair-strength sets how the diffusion stage samples; {folder.path} is a {stage} run "
+                         "(no diffusion UNet): drop it")
     try:
         vqgan = VQGAN(VQGANConfig.from_dict(scalars["vqgan_config"], origin=origin))
         prep = dict(scalars["preprocessing"])
@@ -89,7 +101,8 @@ def export(
     stages = list(folder.read_run().get("provenance", [])) + [summary]
     title = name or f"ALDM {'model' if unet is not None else 'first stage'} ({folder.path.name}, step {scalars['step']})"
     pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=1.0,
-                          default_strength=default_strength, default_samples=default_samples)
+                          default_strength=default_strength, default_samples=default_samples,
+                          pair_strength=dict(pair_strength or {}))
     pcfg.validate("model_index.json")
     pipe = ALDMPipeline(vqgan.eval(), unet, scheduler, pcfg)
     card = model_card(title, pipe, stages, weights if unet is not None else None)
@@ -171,6 +184,7 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
         f"- components: {', '.join(pipe.config.components)}"
         + (f" (UNet: {weights} weights)" if weights else " (first stage only: reconstruction and MS-SPADE, no sampling)"),
         f"- modalities: {', '.join(pipe.modalities)}",
+        *([f"- sampling it suggests: {pipe.config.sampling_summary()}"] if weights else []),
         f"- model space: {p['spacing_mm']} mm RAS grid {p['grid']}, intensities: percentiles "
         f"{p['lower_percentile']} / {p['upper_percentile']} -> -1 / +1",
         *([f"- trained with `anchor_targets` {anchored}: the targets of these pairs (a modality alone: of every pair "
