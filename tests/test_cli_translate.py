@@ -90,6 +90,27 @@ def test_sampling_options_change_the_output_and_are_recorded(option: str, values
     assert not np.array_equal(*(outputs[v] for v in values))
 
 
+def test_each_record_holds_its_own_pairs_strength(small_model: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """A model with pair_strength: each output's record names the strength its pair was sampled at."""
+    from mrtranslate.pipeline import ALDMPipeline
+
+    pipe = ALDMPipeline.from_pretrained(small_model)
+    pipe.config.default_strength, pipe.config.pair_strength = 0.6, {"t1->flair": 0.3}
+    model = pipe.save_pretrained(tmp_path / "pairs")
+    inp = write_head(tmp_path / "sub-01_T1w.nii.gz")
+    code, _, err = run(capsys, inp, "--to", "t2", "flair", "--model", model, "--steps", "4", "-q", "-o", tmp_path / "a")
+    assert code == 0, err
+    read = lambda folder, t: json.loads((tmp_path / folder / f"sub-01_T1w_{t}.json").read_text())  # noqa: E731
+    assert (read("a", "t2")["strength"], read("a", "flair")["strength"]) == (0.6, 0.3)
+    code, _, err = run(capsys, inp, "--to", "t2", "flair", "--model", model, "--steps", "4", "--strength", "0.6",
+                       "-q", "-o", tmp_path / "b")
+    assert code == 0, err
+    assert (read("b", "t2")["strength"], read("b", "flair")["strength"]) == (0.6, 0.6)
+    flair = [np.asarray(nib.load(str(tmp_path / f / "sub-01_T1w_flair.nii.gz")).dataobj) for f in ("a", "b")]
+    assert not np.array_equal(*flair)
+
+
 def test_out_dir_is_created_and_each_output_is_reported(small_model: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     inp = write_head(tmp_path / "in" / "BraTS2021_00001_t2.nii.gz")

@@ -326,3 +326,28 @@ def test_first_stage_only_model_evaluates_spade_but_refuses_aldm(setup, tmp_path
                        figures=False)
     assert [(e["task"], e["method"], e["n"]) for e in summary["tasks"]] == [("t2->flair", "spade", 1)]
     assert not (tmp_path / "r" / "figures").exists()
+
+
+def test_a_models_pair_strength_is_used_said_and_part_of_the_reuse_key(setup, tmp_path):
+    from mrtranslate.pipeline import ALDMPipeline
+
+    root, model = setup
+    pipe = ALDMPipeline.from_pretrained(model)
+    pipe.config.default_steps, pipe.config.default_strength = 4, 0.6  # 0.6 runs 3 of the 4 steps, 0.3 runs 2
+    pipe.config.pair_strength = {"t1->flair": 0.3}
+    pairs = pipe.save_pretrained(tmp_path / "pairs")
+    out = tmp_path / "r"
+    run = dict(cases=1, progress=False, figures=False)
+    evaluate(root / "test", pairs, "t1", ["t2", "flair"], ["aldm"], out, **run)
+    assert "strength 0.6 (t1->flair: 0.3)" in (out / "summary.md").read_text(encoding="utf-8")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["settings"]["pair_strength"] == {"t1->flair": 0.3}
+    subject = find_subjects(root / "test")[0]
+    bound = Translator(subject.files["t1"], model=pairs, source="t1", progress=False)
+    saved = {t: np.asarray(nib.load(str(out / "pred" / "aldm" / subject.case / f"{subject.case}_{t}_from_t1.nii.gz"
+                                         )).dataobj) for t in ("t2", "flair")}
+    np.testing.assert_allclose(saved["flair"], np.asarray(bound.to("flair", strength=0.3).dataobj), rtol=0, atol=1e-5)
+    np.testing.assert_allclose(saved["t2"], np.asarray(bound.to("t2", strength=0.6).dataobj), rtol=0, atol=1e-5)
+    evaluate(root / "test", pairs, "t1", ["t2", "flair"], ["aldm"], out, strength=0.6, **run)  # every pair at 0.6
+    _, rows = _rows(out)
+    assert [r["reused"] for r in rows] == ["0", "0"]  # a different key: not the pair-strength predictions

@@ -133,9 +133,12 @@ def translate_command(
             images = result if isinstance(result, dict) else {wanted[0]: result}
             record = bound.run_record(wanted)
             record["input"] = str(inp)
+            strengths = record["strength"]  # one per target where the model sets a strength per pair
             for t, img in images.items():
                 path = save_image(img, outs[t], overwrite=overwrite, inputs=inputs)
-                write_record(path.with_name(path.name[: -len(".nii.gz")] + ".json"), {**record, "target": t})
+                own = strengths[wanted.index(t)] if isinstance(strengths, list) else strengths
+                write_record(path.with_name(path.name[: -len(".nii.gz")] + ".json"),
+                             {**record, "target": t, "strength": own})
                 if not quiet:
                     tqdm.write(f"wrote {path}")
         except Exception as exc:  # noqa: BLE001 - with --continue-on-error one input's failure never stops the batch
