@@ -433,8 +433,9 @@ class ALDMPipeline:
         return torch.stack(out)  # type: ignore[arg-type]
 
     def strengths(self, targets: torch.Tensor | Sequence[int], source: int | None) -> float | list[float]:
-        """The model's sampling strength for each target from ``source`` (class ids): ``default_strength``, or
-        one per target when the model sets ``pair_strength``."""
+        """The model's sampling strength for the targets from ``source`` (class ids): one number when every
+        target has the same (``default_strength`` unless the model's ``pair_strength`` names the pair), else a
+        list with one per target."""
         c = self.config
         if not c.pair_strength:
             return c.default_strength
@@ -442,7 +443,8 @@ class ALDMPipeline:
             raise UsageError("this model sets a sampling strength per pair (pair_strength): pass the source class id "
                              f"(source=, 0..{len(self.modalities) - 1}: {', '.join(self.modalities)}) or a strength")
         mods = self.modalities
-        return [c.strength_for(mods[source], mods[int(i)]) for i in self._targets(targets).tolist()]
+        each = [c.strength_for(mods[source], mods[int(i)]) for i in self._targets(targets).tolist()]
+        return each[0] if len(set(each)) == 1 else each
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -263,14 +263,12 @@ class Translator:
     ) -> dict[str, Any]:
         """Steps, eta, strength and samples of a call: the call's own, else this translator's, else the model's
         defaults. The model's strength is per pair when it sets ``pair_strength``: then, for a bound source and
-        ``targets``, a list with one strength per target."""
+        ``targets``, a list with one strength per target where they differ (``ALDMPipeline.strengths``)."""
         c = self.pipeline.config
         given = strength if strength is not None else self.strength
         chosen: float | list[float] = c.default_strength if given is None else given
-        if given is None and c.pair_strength and self._source is not None and targets:
-            chosen = [c.strength_for(self._source, t) for t in targets]
-            if len(set(chosen)) == 1:
-                chosen = chosen[0]
+        if given is None and self._source is not None and targets:
+            chosen = self.pipeline.strengths([self.modalities.index(t) for t in targets], self._source_id())
         return {"steps": _first(steps, self.steps, c.default_steps), "eta": _first(eta, self.eta, c.default_eta),
                 "strength": chosen,
                 "samples": check_samples(_first(samples, self.samples, c.default_samples))}

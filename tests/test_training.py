@@ -462,6 +462,8 @@ def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path]
         assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--pair-strength", bad,
                      "-q"]) == 2
         assert not (tmp_path / "bad").exists()
+    assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--pair-strength", "t1->t1ce=0.2",
+                 "--pair-strength", "t1n->t1c=0.3", "-q"]) == 2  # one pair, two spellings
     assert main(["export", str(chain["spade"]), "--out", str(tmp_path / "bad"), "--pair-strength", "t1->t2=0.2",
                  "-q"]) == 2  # no diffusion stage to sample
     assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "model"), "--default-steps", "3",

@@ -17,7 +17,6 @@ import torch
 
 from .. import __version__
 from ..errors import ModelFormatError, OutputExistsError, UsageError
-from ..modalities import MODALITIES, pair_indices
 from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
 from ..pipeline import ALDMPipeline
 from ..pipeline_config import PipelineConfig, check_samples
@@ -66,12 +65,11 @@ def export(
     if not is_strength(default_strength):
         raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
     check_samples(default_samples, "--default-samples")
-    for key, value in (pair_strength or {}).items():
-        if pair_indices(key) is None:
-            raise UsageError(f"--pair-strength {key!r}: name a pair as SOURCE->TARGET=STRENGTH, two different "
-                             f"modalities of {', '.join(MODALITIES)} (e.g. t1->t1ce=0.02)")
-        if not is_strength(value):
-            raise UsageError(f"--pair-strength {key}={value!r}: use a strength in (0, 1]")
+    pairs = PipelineConfig(pair_strength=dict(pair_strength or {}))
+    try:  # the checks model_index.json gets, before any checkpoint is read
+        pairs.validate("--pair-strength")
+    except ModelFormatError as exc:
+        raise UsageError(f"{exc} (e.g. --pair-strength 't1->t1ce=0.02')") from None
     out = Path(out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
         raise OutputExistsError(f"{out} exists and is not empty: choose another --out or pass --overwrite")
@@ -102,7 +100,7 @@ def export(
     title = name or f"ALDM {'model' if unet is not None else 'first stage'} ({folder.path.name}, step {scalars['step']})"
     pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=1.0,
                           default_strength=default_strength, default_samples=default_samples,
-                          pair_strength=dict(pair_strength or {}))
+                          pair_strength=pairs.pair_strength)
     pcfg.validate("model_index.json")
     pipe = ALDMPipeline(vqgan.eval(), unet, scheduler, pcfg)
     card = model_card(title, pipe, stages, weights if unet is not None else None)
