@@ -4,17 +4,20 @@ Three layouts are recognised, each one subject per folder:
 
 * BraTS 2021: ``<case>/<case>_t1.nii.gz``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg``
 * BraTS 2023: ``<case>/<case>-t1n.nii.gz``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``
+* BraTS toolkit (brain-extracted): ``<case>/<case>_t1_bet.nii.gz``, ``_t1c_bet``, ``_t2_bet``, ``_fla_bet``
 * BIDS: ``sub-XX/anat/sub-XX_T1w.nii.gz`` (``_ce-gadolinium_T1w``, ``_T2w``, ``_FLAIR``), optionally with
   sessions ``sub-XX/ses-YY/anat/``; each session is one subject named ``sub-XX_ses-YY``.
 
 A file's role comes from the last token of its name (its BIDS suffix or BraTS ending), so that
-``sub-01_T1w_brainmask.nii.gz`` or ``case_t1_bias.nii.gz`` are ignored rather than mistaken for a T1.
+``sub-01_T1w_brainmask.nii.gz`` or ``case_t1_bias.nii.gz`` are ignored rather than mistaken for a T1; a
+last token that only says the scan was skull-stripped (``bet``, ``brain``, ``skullstripped``) is skipped.
 A folder that holds modality files itself and no subject folders is read as one subject.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from .modalities import MODALITIES, canonical, guess_from_filename
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 SEG_TOKENS: frozenset[str] = frozenset({"seg", "dseg"})
+# Name endings that say how a scan was processed, not what it is: the token before them names the scan.
+STRIPPED_TOKENS: frozenset[str] = frozenset({"bet", "brain", "skullstripped"})
 
 
 @dataclass
@@ -54,11 +59,19 @@ def file_role(filename: str) -> str | None:
     ('t1ce', 'flair')
     >>> file_role("sub-01_ce-gadolinium_T1w.nii.gz"), file_role("sub-01_T1w_brainmask.nii.gz")
     ('t1ce', None)
+    >>> file_role("TCGA-FG-6692_fla_bet.nii.gz")
+    'flair'
+
     """
     stem = _stem(Path(filename).name)
     if stem is None:
         return None
     # The last "_" token first (keeps aliases such as "t2-flair"), then the last "-" token (BraTS 2023).
+    while True:
+        head, _, last = stem.rpartition("_")
+        if not head or last not in STRIPPED_TOKENS:
+            break
+        stem = head
     candidates = [stem.rsplit("_", 1)[-1]]
     candidates.append(re.split(r"[_-]", stem)[-1])
     for token in candidates:
@@ -129,12 +142,14 @@ def _subjects_in(folder: Path) -> list[Subject]:
     return found
 
 
-def find_subjects(root: Path | str) -> list[Subject]:
+def find_subjects(root: Path | str, require: Sequence[str] = ()) -> list[Subject]:
     """All subjects of a dataset folder, sorted by case name.
 
     Raises ``DatasetLayoutError`` when ``root`` is not a folder, when it holds no subject in any of the
-    recognised layouts, or when a subject has two files for one modality.
+    recognised layouts, when a subject has two files for one modality, or when a subject lacks one of the
+    modalities in ``require`` (names or aliases; empty: any subset is accepted).
     """
+    required = [canonical(m) for m in require]
     root = Path(root)
     if not root.is_dir():
         raise DatasetLayoutError(f"dataset folder {root} does not exist or is not a folder; pass a folder of subjects")
@@ -157,4 +172,12 @@ def find_subjects(root: Path | str) -> list[Subject]:
             f"subject {duplicates[0]!r} appears twice in {root} (files both in its folder and in anat/); "
             "keep one layout per subject"
         )
+    for subject in subjects:
+        missing = [m for m in required if m not in subject.files]
+        if missing:
+            have = ", ".join(p.name for p in subject.files.values())
+            raise DatasetLayoutError(
+                f"subject {subject.case!r} in {root} has no {' or '.join(missing)} image (its files: {have}); "
+                "add the missing scan or move the subject out of the folder"
+            )
     return sorted(subjects, key=lambda s: s.case)

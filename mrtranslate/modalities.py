@@ -37,6 +37,8 @@ _ALIASES: dict[str, str] = {
     "t2-weighted": "t2",
     "t2flair": "flair",
     "t2-flair": "flair",
+    # the BraTS toolkit's brain-extracted outputs (<id>_fla_bet.nii.gz)
+    "fla": "flair",
 }
 
 

@@ -399,9 +399,9 @@ class ALDMPipeline:
         for st in tqdm(plan, desc="sampling", unit="step", disable=not progress, leave=False):
             ts = torch.full((n,), st.timestep, device=self.device, dtype=torch.long)
             with self.runtime.autocast():
-                eps = self.unet(self._layout(torch.cat([x.to(self.dtype), cond], dim=1)), ts, t)
+                out = self.unet(self._layout(torch.cat([x.to(self.dtype), cond], dim=1)), ts, t)
             noise = _randn(shape, generator).to(self.device) if st.sigma > 0 else None
-            x = self.scheduler.step(st, x, eps, noise)
+            x = self.scheduler.step(st, x, out, noise)
         return x.contiguous()
 
     def _sample_by_strength(self, z_q: torch.Tensor, targets: torch.Tensor | Sequence[int], steps: int, eta: float,

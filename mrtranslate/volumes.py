@@ -5,7 +5,8 @@ Forward (:func:`to_model_space`), as the published ALDM was trained (MONAI ``Ori
 ``ScaleIntensityRangePercentiles(0.5, 99.5, -1, 1)`` without clipping):
 
 1. load and validate the input (:func:`load_volume`);
-2. foreground = voxels > 0; its bounding box is the region the model sees;
+2. foreground = voxels > 0; its bounding box is the region the model sees; values < 0 (around a real
+   brain after interpolation) are background and become 0 before scaling;
 3. geometry. *Exact path*: when the input, after exact voxel reordering to RAS (flips and axis swaps), is
    axis-aligned with exactly the model's ``spacing_mm``, crop to the foreground box and pad symmetrically /
    centre-crop to ``grid`` with integer offsets: no interpolation, bit for bit the published preprocessing.
@@ -294,7 +295,7 @@ def _resampled_forward(vol: Volume, fg: np.ndarray, prep: Preprocessing) -> tupl
     lo, hi = foreground_box(fg)
     src = np.zeros_like(vol.data)  # the foreground box only, as the exact path crops to it
     box = tuple(slice(int(lo[k]), int(hi[k]) + 1) for k in range(3))
-    src[box] = vol.data[box]
+    src[box] = np.maximum(vol.data[box], 0)
     src = gaussian_smooth(src, antialias_sigmas(zooms, model_along_input))
     grid = np.empty(prep.grid, dtype=np.float32)
     slab = max(1, _SLAB_POINTS // int(g[1] * g[2]))
@@ -345,6 +346,9 @@ def to_model_space(src: ImageSource, prep: Preprocessing | None = None,
     else:
         grid, grid_affine, plan = _resampled_forward(vol, fg, prep)
 
+    # Values <= 0 are background: small negative values around a real brain (interpolation ringing) would
+    # otherwise set the lower percentile and lift the background above -1. No-op for non-negative inputs.
+    np.maximum(grid, 0, out=grid)
     # As MONAI: numpy percentiles of the float32 grid, cast to float32, float32 arithmetic, no clipping.
     p_lo, p_hi = (np.float32(p) for p in np.percentile(grid, [prep.lower_percentile, prep.upper_percentile]))
     if not p_hi > p_lo:

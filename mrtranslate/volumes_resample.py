@@ -133,3 +133,33 @@ def grid_points(transform: np.ndarray, shape: tuple[int, int, int], start: int, 
     for k in range(3):
         pts[..., k] = m[k, 0] * i0 + m[k, 1] * i1 + m[k, 2] * i2 + t[k]
     return pts
+
+
+def resample_to_spacing(data: np.ndarray, affine: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """``data`` on an axis-aligned RAS grid of ``spacing`` mm covering the same field of view: ``(array, affine)``.
+
+    The same interpolation as the model's resampled path (Gaussian anti-aliasing along axes that become
+    coarser, then trilinear), so that training data resampled here matches what inference feeds the model.
+    The new grid's first voxel centre is the world-space minimum of the input's voxel centres; images of one
+    subject that share a grid (co-registered scans) stay voxel-aligned after resampling.
+    """
+    shape = np.asarray(data.shape[:3])
+    corners = np.array([[i, j, k] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1) for k in (0, shape[2] - 1)],
+                       dtype=np.float64)
+    world = corners @ affine[:3, :3].T + affine[:3, 3]
+    wmin, wmax = world.min(axis=0), world.max(axis=0)
+    step = np.asarray(spacing, dtype=np.float64)
+    out_shape = tuple(int(n) for n in np.floor((wmax - wmin) / step + 1e-6).astype(int) + 1)
+    out_affine = np.diag([*step, 1.0])
+    out_affine[:3, 3] = wmin
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    directions = np.abs(affine[:3, :3] / zooms)
+    model_along_input = np.sqrt(((directions * step[:, None]) ** 2).sum(axis=0))
+    src = gaussian_smooth(data, antialias_sigmas(zooms, model_along_input))
+    input_from_out = np.linalg.inv(affine) @ out_affine
+    out = np.empty(out_shape, dtype=np.float32)
+    slab = max(1, _CHUNK_POINTS // int(out_shape[1] * out_shape[2]))
+    for start in range(0, out_shape[0], slab):
+        stop = min(out_shape[0], start + slab)
+        out[start:stop] = sample_trilinear(src, grid_points(input_from_out, out_shape, start, stop))
+    return out, out_affine

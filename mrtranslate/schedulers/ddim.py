@@ -15,12 +15,17 @@ from ..errors import ModelFormatError, UsageError
 from ..models.config import ModelConfig, check_int
 
 
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
+
+
 @dataclasses.dataclass
 class SchedulerConfig(ModelConfig):
     num_train_timesteps: int = 1000
     beta_start: float = 0.0015
     beta_end: float = 0.0195
     beta_schedule: str = "scaled_linear"  # betas = linspace(sqrt(start), sqrt(end), T) ** 2
+    # What the UNet predicts: "epsilon" (the noise, as published), "sample" (the clean latent x0) or
+    # "v_prediction" (v = sqrt(a) eps - sqrt(1 - a) x0, Salimans & Ho 2022); the names are diffusers'.
     prediction_type: str = "epsilon"
     timestep_spacing: str = "ldm"  # c = T // S; t = 0, c, 2c, ... (< T) plus 1
     scale_factor: float = 1.0
@@ -29,8 +34,10 @@ class SchedulerConfig(ModelConfig):
         check_int(origin, "num_train_timesteps", self.num_train_timesteps, 2, 100_000)
         if self.beta_schedule not in ("scaled_linear", "linear"):
             raise ModelFormatError(f"{origin}: unknown beta_schedule {self.beta_schedule!r} (scaled_linear, linear)")
-        if self.prediction_type != "epsilon":
-            raise ModelFormatError(f"{origin}: prediction_type {self.prediction_type!r} is not supported (epsilon)")
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ModelFormatError(
+                f"{origin}: prediction_type {self.prediction_type!r} is not supported ({', '.join(PREDICTION_TYPES)})"
+            )
         if self.timestep_spacing != "ldm":
             raise ModelFormatError(f"{origin}: timestep_spacing {self.timestep_spacing!r} is not supported (ldm)")
         if not (0 < float(self.beta_start) < float(self.beta_end) < 1):
@@ -74,6 +81,17 @@ class DDIMScheduler:
         acp = self.alphas_cumprod.to(x0.device)[t].to(torch.float32)
         shape = (-1,) + (1,) * (x0.dim() - 1)
         return (acp.sqrt().view(shape) * x0.float() + (1 - acp).sqrt().view(shape) * noise.float()).to(x0.dtype)
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet learns to output at ``x_t = add_noise(x0, noise, t)`` for the config's prediction type."""
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return x0
+        acp = self.alphas_cumprod.to(x0.device)[t].to(torch.float32)
+        shape = (-1,) + (1,) * (x0.dim() - 1)
+        return acp.sqrt().view(shape) * noise.float() - (1 - acp).sqrt().view(shape) * x0.float()
 
     # -- sampling --------------------------------------------------------------------------------
     def timesteps(self, steps: int) -> torch.Tensor:
@@ -139,22 +157,35 @@ class DDIMScheduler:
             "sigmas": torch.tensor([x.sigma for x in s], dtype=torch.float64),
         }
 
-    @staticmethod
-    def step(step: DDIMStep, x: torch.Tensor, eps: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def split(self, step: DDIMStep, x: torch.Tensor, model_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0, eps)`` at ``x = x_t`` from the UNet's output, in float32, for the config's prediction type.
+
+        epsilon: x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)            (DDIM eq. 9, not clipped)
+        sample:  eps = (x_t - sqrt(a) x0) / sqrt(1 - a)
+        v:       x0 = sqrt(a) x_t - sqrt(1 - a) v,  eps = sqrt(1 - a) x_t + sqrt(a) v   (Salimans & Ho 2022, eq. 5)
+        """
+        f32 = torch.float32
+        a = torch.tensor(step.alpha, dtype=f32)
+        sqrt_one_minus_a = torch.sqrt(1.0 - a)
+        x, out = x.float(), model_output.float()
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return (x - sqrt_one_minus_a * out) / a.sqrt(), out
+        if kind == "sample":
+            return out, (x - a.sqrt() * out) / sqrt_one_minus_a
+        return a.sqrt() * x - sqrt_one_minus_a * out, sqrt_one_minus_a * x + a.sqrt() * out
+
+    def step(self, step: DDIMStep, x: torch.Tensor, model_output: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """One DDIM update from x_t to x_{t-1}, in float32 whatever the network's dtype.
 
-        1. x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)                     (DDIM eq. 9, not clipped)
+        1. (x0, eps) from the UNet's output (:meth:`split`; epsilon prediction: DDIM eq. 9)
         2. dir = sqrt(1 - a_prev - sigma^2) eps                           (direction to x_t)
         3. x_{t-1} = sqrt(a_prev) x0 + dir + sigma z, z ~ N(0, I)         (DDIM eq. 12)
         """
         f32 = torch.float32
-        a = torch.tensor(step.alpha, dtype=f32)
         a_prev = torch.tensor(step.alpha_prev, dtype=f32)
         sigma = torch.tensor(step.sigma, dtype=f32)
-        sqrt_one_minus_a = torch.sqrt(1.0 - torch.tensor(step.alpha, dtype=f32))
-        x = x.float()
-        eps = eps.float()
-        x0 = (x - sqrt_one_minus_a * eps) / a.sqrt()
+        x0, eps = self.split(step, x, model_output)
         out = a_prev.sqrt() * x0 + (1.0 - a_prev - sigma**2).sqrt() * eps
         if step.sigma > 0:
             if noise is None:

@@ -32,6 +32,7 @@ from .first_stage import (
     encode_anchored_codes,
     encode_codes,
     load_first_stage,
+    model_path,
     translate_codes,
 )
 from .runs import RunFolder
@@ -98,7 +99,7 @@ def build_stage(
     if isinstance(cfg, DiffusionConfig) and cfg.init is not None and record is None:
         # read (and checked) before the data are encoded; a resumed run's checkpoint holds the UNet instead
         init_unet = initial_unet(cfg.init, cfg.unet_config())
-        extras["init"] = {"path": str(Path(cfg.init).resolve()), "kind": "model"}
+        extras["init"] = {"path": str(model_path(cfg.init).resolve()), "kind": "model"}
     translate = isinstance(cfg, DiffusionConfig) and cfg.cache_spade
     prefixes = FIRST_STAGE_ENCODER + (("spade.",) if translate else ())
     prep = Preprocessing.from_dict(first.preprocessing)

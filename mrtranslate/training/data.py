@@ -4,7 +4,10 @@ Preprocessing is the model's (:mod:`mrtranslate.volumes`, as the authors trained
 foreground box, symmetric zero pad / centre crop to the grid, per-modality percentile scaling to [-1, 1]
 (not clipped). For training, all modalities of a subject share ONE box, the T1's foreground box as the
 authors do (the union of the foregrounds when a subject has no T1), so that source and target stay
-voxel-aligned. Data must already be at the model spacing: training never resamples.
+voxel-aligned. Values <= 0 are background (real scans can hold small negative values around the brain
+from interpolation) and become 0, as at inference. Scans at another spacing (e.g. 1 mm BraTS files for a
+2 mm model) are resampled once, when loaded, with the interpolation inference uses
+(:func:`~mrtranslate.volumes_resample.resample_to_spacing`).
 
 Sampling is stateless: the batch of step ``k`` on process ``rank`` is a function of ``(seed, k, rank)``
 only (:func:`step_generator`), so a resumed run draws exactly the batches an uninterrupted run draws,
@@ -29,7 +32,7 @@ from ..errors import DatasetLayoutError, GridMismatchError, InputImageError
 from ..layout import Subject, find_subjects
 from ..modalities import MODALITIES
 from ..volumes import Preprocessing, load_volume
-from ..volumes_resample import foreground_box, is_aligned_at_spacing, ras_reorder
+from ..volumes_resample import foreground_box, is_aligned_at_spacing, ras_reorder, resample_to_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +57,11 @@ def preprocess_subject(subject: Subject, prep: Preprocessing) -> tuple[torch.Ten
     geometry: tuple[Path, np.ndarray, tuple[int, ...]] | None = None
     for modality, path in subject.files.items():
         vol = load_volume(path, name=f"{subject.case} {modality} ({path.name})")
+        data = np.maximum(vol.data, 0)
         to_ras, _, ras_affine, ras_shape = ras_reorder(vol.affine, vol.shape)
         if not is_aligned_at_spacing(ras_affine, prep.spacing_mm):
-            spacing = ", ".join(f"{s:.3g}" for s in vol.spacing)
-            want = "x".join(f"{s:g}" for s in prep.spacing_mm)
-            raise InputImageError(
-                f"{path}: voxels of ({spacing}) mm, but the model is trained at {want} mm axis-aligned: resample "
-                f"the dataset to {want} mm first (phantoms: make them with --spacing {prep.spacing_mm[0]:g}) "
-                "or set preprocessing.spacing_mm in the config"
-            )
+            data, ras_affine = resample_to_spacing(data, vol.affine, prep.spacing_mm)
+            to_ras, ras_shape = nib.orientations.axcodes2ornt(("R", "A", "S")), data.shape
         if geometry is None:
             geometry = (path, ras_affine, ras_shape)
         elif ras_shape != geometry[2] or not np.allclose(ras_affine, geometry[1], atol=1e-3):
@@ -71,7 +70,7 @@ def preprocess_subject(subject: Subject, prep: Preprocessing) -> tuple[torch.Ten
                 f"and {geometry[0].name} (shape {geometry[2]}, affine {np.round(geometry[1], 3).tolist()}) are not "
                 "on one voxel grid: co-register the modalities of each subject"
             )
-        ras[modality] = np.ascontiguousarray(nib.orientations.apply_orientation(vol.data, to_ras))
+        ras[modality] = np.ascontiguousarray(nib.orientations.apply_orientation(data, to_ras))
 
     if "t1" in ras and (ras["t1"] > 0).any():
         mask = ras["t1"] > 0

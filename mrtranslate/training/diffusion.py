@@ -3,7 +3,7 @@
 For a pair (source, target) of one subject: z_src, z_tgt = quantized latents; t ~ U{0..T-1} (or the config's
 ``timestep_range``); noise ~ N(0, I);
 x_t = sqrt(acp_t) z_tgt + sqrt(1 - acp_t) noise; loss = MSE(UNet(cat[x_t, z_src, spade(z_src, target)], t, target),
-noise), z_tgt anchored to the source for a pair in ``anchor_targets`` (as in the spade stage). AdamW; an EMA
+noise) as published, or MSE to z_tgt / to v with the scheduler's ``prediction_type`` "sample" / "v_prediction"; z_tgt anchored to the source for a pair in ``anchor_targets`` (as in the spade stage). AdamW; an EMA
 of the UNet weights (LitEma's warm-up) is what export writes.
 """
 
@@ -28,7 +28,9 @@ from .stage import Stage, frozen, quantized
 def initial_unet(folder: str, config: UNetConfig) -> UNet:
     """The UNet of the model folder ``folder`` (config ``init``), which must have the architecture ``config``."""
     from ..pipeline import ALDMPipeline
+    from .first_stage import model_path
 
+    folder = str(model_path(folder))
     if not (Path(folder) / "model_index.json").is_file():
         raise UsageError(f"--init (config init): {folder} is not a model folder (no model_index.json): export the run first")
     pipe = ALDMPipeline.from_pretrained(folder)
@@ -118,7 +120,7 @@ class DiffusionStage(Stage):
         x_t = self.scheduler.add_noise(z_tgt, noise, t)
         with self.autocast():
             eps = self.net(torch.cat([x_t, z_src, cond], dim=1), t, tgt)
-        loss = F.mse_loss(eps.float(), noise.float())
+        loss = F.mse_loss(eps.float(), self.scheduler.training_target(z_tgt, noise, t).float())
         self.optimize(loss, self.optimizers["unet"])
         self.update_ema("unet", self.unet, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.finish_step()

@@ -44,6 +44,7 @@ def export(
     default_steps: int | None = None,
     default_strength: float = 1.0,
     default_samples: int = 1,
+    default_eta: float = 1.0,
     pair_strength: dict[str, float] | None = None,
     overwrite: bool = False,
 ) -> Path:
@@ -53,6 +54,7 @@ def export(
     ``default_steps``: the DDIM steps the folder suggests (default: the published 200); ``default_strength``
     the sampling strength it suggests (1: from pure noise, as published; see ``ALDMPipeline.sample``);
     ``default_samples`` the diffusion samples it suggests averaging per target (1, as published);
+    ``default_eta`` the DDIM eta it suggests (1 as published; 0: deterministic);
     ``pair_strength`` ``{"source->target": strength}`` for pairs whose strength differs from ``default_strength``.
     """
     folder = RunFolder(run)
@@ -65,6 +67,8 @@ def export(
     if not is_strength(default_strength):
         raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
     check_samples(default_samples, "--default-samples")
+    if isinstance(default_eta, bool) or not isinstance(default_eta, (int, float)) or not 0.0 <= default_eta <= 1.0:
+        raise UsageError(f"--default-eta {default_eta!r}: use a number from 0 (deterministic) to 1 (as published)")
     pairs = PipelineConfig(pair_strength=dict(pair_strength or {}))
     try:  # the checks model_index.json gets, before any checkpoint is read
         pairs.validate("--pair-strength")
@@ -98,7 +102,7 @@ def export(
     summary = run_summary(folder)
     stages = list(folder.read_run().get("provenance", [])) + [summary]
     title = name or f"ALDM {'model' if unet is not None else 'first stage'} ({folder.path.name}, step {scalars['step']})"
-    pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=1.0,
+    pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=float(default_eta),
                           default_strength=default_strength, default_samples=default_samples,
                           pair_strength=pairs.pair_strength)
     pcfg.validate("model_index.json")

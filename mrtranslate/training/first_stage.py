@@ -60,9 +60,19 @@ def run_summary(run: RunFolder) -> dict[str, Any]:
     }
 
 
-def load_first_stage(path: Path | str) -> FirstStage:
-    """The VQ-GAN (and its preprocessing) of an autoencoder/spade run folder or of a model folder."""
+def model_path(path: Path | str) -> Path:
+    """``path`` itself, or the bundled model folder of that name (e.g. ``phantom-demo``) where no such path exists."""
+    from ..hub import BUNDLED_DIR, is_simple_name
+
     p = Path(path)
+    if not p.exists() and is_simple_name(str(path)) and (BUNDLED_DIR / str(path) / "model_index.json").is_file():
+        return BUNDLED_DIR / str(path)
+    return p
+
+
+def load_first_stage(path: Path | str) -> FirstStage:
+    """The VQ-GAN (and its preprocessing) of an autoencoder/spade run folder, a model folder or a bundled model."""
+    p = model_path(path)
     if (p / "model_index.json").is_file():
         from ..pipeline import ALDMPipeline
 
