@@ -31,10 +31,10 @@ from _training_utils import (  # noqa: E402
 
 from mrtranslate.cli import main  # noqa: E402
 from mrtranslate.errors import InputImageError, OutputExistsError, UsageError  # noqa: E402
-from mrtranslate.layout import find_subjects  # noqa: E402
+from mrtranslate.imaging.layout import find_subjects  # noqa: E402
 from mrtranslate.modalities import MODALITIES  # noqa: E402
 from mrtranslate.models import UNetConfig, VQGANConfig  # noqa: E402
-from mrtranslate.pipeline import ALDMPipeline  # noqa: E402
+from mrtranslate.pipeline import ALDMPipeline, SamplingOptions  # noqa: E402
 from mrtranslate.training import builders  # noqa: E402
 from mrtranslate.training.autoencoder import AutoencoderStage, reconstruction_l1  # noqa: E402
 from mrtranslate.training.checkpoint import load_checkpoint  # noqa: E402
@@ -58,10 +58,10 @@ from mrtranslate.training.data import (  # noqa: E402
     step_generator,
 )
 from mrtranslate.training.first_stage import load_first_stage  # noqa: E402
-from mrtranslate.training.phantom import write_dataset  # noqa: E402
+from mrtranslate.phantom.simulator import write_dataset  # noqa: E402
 from mrtranslate.training.stage import FIRST_STAGE_ENCODER  # noqa: E402
 from mrtranslate.training.trainer import train  # noqa: E402
-from mrtranslate.volumes import Preprocessing, to_model_space  # noqa: E402
+from mrtranslate.imaging.model_space import Preprocessing, to_model_space  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -483,7 +483,7 @@ def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path]
     assert "Phantom_0_00000" in card and "seed 0" in card and "| diffusion | 4 |" in card
     assert "anchor_targets" not in card  # the published scale for every target
     assert "sampling it suggests: 3 DDIM steps, eta 1.0, strength 0.5 (t1->t1ce: 0.2)" in card
-    out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], steps=2, progress=False, source=0)
+    out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], SamplingOptions(steps=2), progress=False, source=0)
     assert out.shape == (1, 1, 20, 24, 20) and torch.isfinite(out).all()
     # a first-stage run exports a first-stage-only folder, usable as the first stage of a later run
     assert main(["export", str(chain["spade"]), "--out", str(tmp_path / "fs"), "-q"]) == 0

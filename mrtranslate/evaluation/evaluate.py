@@ -10,7 +10,7 @@ predicts the target from the source:
 * ``spade``: the MS-SPADE target-like latent decoded without diffusion (``Translator.to_spade_only``), which
   shows what the diffusion stage adds;
 * ``lut`` (``baseline="lut"``): the 1-D intensity lookup table E[target | source intensity] fitted on the
-  subjects of ``fit_data`` (``evaluate_lut``).
+  subjects of ``fit_data`` (``evaluation.lut``).
 
 Metrics (``metrics.compute_metrics``) in the brain = target voxels > 0 (the metrics module's convention,
 as in the BraTS synthesis challenge) and over the whole volume. The report folder holds::
@@ -33,6 +33,7 @@ Anything else is recomputed and overwritten. Lookup-table predictions are cheap 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -45,11 +46,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__
-from .errors import DatasetLayoutError, GridMismatchError, UsageError
-from .evaluate_figures import FigureData, require_matplotlib, write_figure
-from .evaluate_lut import N_BINS, IntensityLUT, fit_luts
-from .evaluate_report import (
+from .. import __version__
+from ..errors import DatasetLayoutError, GridMismatchError, UsageError
+from .figures import FigureData, require_matplotlib, write_figure
+from .lut import N_BINS, IntensityLUT, fit_luts
+from .report import (
     METHOD_LABELS,
     json_safe,
     lut_wins,
@@ -58,10 +59,11 @@ from .evaluate_report import (
     write_json,
     write_markdown,
 )
-from .layout import Subject, find_subjects
+from ..imaging.layout import Subject, find_subjects
 from .metrics import METRICS, REGIONS, compute_metrics
-from .modalities import MODALITIES, canonical_list
-from .volumes import Volume, load_volume, save_image
+from ..modalities import MODALITIES, canonical_list
+from ..pipeline.options import SamplingOptions
+from ..imaging.model_space import Volume, load_volume, save_image
 
 logger = logging.getLogger(__name__)
 
@@ -260,15 +262,11 @@ def evaluate(
     methods: Sequence[str] = ("aldm",),
     out: str | Path = "evaluation",
     cases: int | None = None,
-    steps: int | None = None,
-    seed: int = 0,
     baseline: str | None = None,
     fit_data: str | Path | None = None,
     progress: bool = True,
     *,
-    eta: float | None = None,
-    strength: float | None = None,
-    samples: int | None = None,
+    sampling: SamplingOptions | None = None,
     device: str | None = None,
     dtype: str | None = None,
     revision: str | None = None,
@@ -281,8 +279,11 @@ def evaluate(
 
     ``sources``: a modality, several, or ``"all"`` (every ordered pair of distinct modalities with
     ``targets=None``); ``targets``: None for every other modality. ``figure_case``: the subject drawn in the
-    figures (default: the first subject that has the task's images).
+    figures (default: the first subject that has the task's images). ``sampling``: over the model's defaults,
+    seed 0 unless it names one.
     """
+    sampling = sampling or SamplingOptions()
+    seed = 0 if sampling.seed is None else sampling.seed
     chosen = _check_methods(methods, baseline, fit_data)
     if cases is not None and (isinstance(cases, bool) or int(cases) < 1):
         raise UsageError(f"--cases must be a positive number of subjects, got {cases}")
@@ -301,11 +302,11 @@ def evaluate(
                                 "samples": None, "seed": seed}
     modalities: Sequence[str] = MODALITIES
     if chosen:
-        from .translator import Translator
+        from ..translator import Translator
 
         translator = Translator.from_pretrained(
             model, revision=revision, local_files_only=local_files_only, device=device, dtype=dtype,
-            steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, progress=progress,
+            sampling=dataclasses.replace(sampling, seed=seed), progress=progress,
         )
         if "aldm" in chosen and translator.pipeline.unet is None:
             raise UsageError("this model has no diffusion UNet (first stage only): evaluate it with --method spade")
@@ -317,7 +318,7 @@ def evaluate(
                 "spade": {"method": "spade", "model_sha256": fingerprint}}
         if info["samples"] > 1:  # (absent for one sample, so that records written before the option still match)
             keys["aldm"]["samples"] = info["samples"]
-        pair_strength = translator.pipeline.config.pair_strength if strength is None else {}
+        pair_strength = translator.pipeline.config.pair_strength if sampling.strength is None else {}
         if pair_strength:  # the model's per-pair strengths apply (absent otherwise, as for samples)
             keys["aldm"]["pair_strength"] = dict(pair_strength)
         settings.update(model=info["model"], model_revision=info["model_revision"], model_sha256=fingerprint,

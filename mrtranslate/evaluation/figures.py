@@ -20,7 +20,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from .errors import MissingDependencyError, OutputWriteError
+from ..errors import MissingDependencyError, OutputWriteError
 from .metrics import normalize
 
 MODALITY_LABELS: dict[str, str] = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DatasetLayoutError, GridMismatchError, InputImageError
-from .layout import Subject
+from ..errors import DatasetLayoutError, GridMismatchError, InputImageError
+from ..imaging.layout import Subject
 from .metrics import normalize
-from .volumes import load_volume
+from ..imaging.model_space import load_volume
 
 N_BINS = 64
 

@@ -35,7 +35,7 @@ import math
 import numpy as np
 import torch
 
-from .errors import GridMismatchError, InputImageError
+from ..errors import GridMismatchError, InputImageError
 
 METRICS: tuple[str, ...] = ("psnr", "nmse", "mae", "ssim")
 REGIONS: tuple[str, ...] = ("brain", "volume")

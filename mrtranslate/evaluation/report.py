@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import OutputWriteError
-from .evaluate_figures import MODALITY_LABELS
+from ..errors import OutputWriteError
+from .figures import MODALITY_LABELS
 from .metrics import METRICS, REGIONS
 
 METRIC_COLUMNS: tuple[str, ...] = tuple(f"{m}_{r}" for m in METRICS for r in REGIONS)

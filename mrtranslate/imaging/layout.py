@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import DatasetLayoutError, ModalityError
-from .modalities import MODALITIES, canonical, guess_from_filename
+from ..errors import DatasetLayoutError, ModalityError
+from ..modalities import MODALITIES, canonical, guess_from_filename
 
 NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
 SEG_TOKENS: frozenset[str] = frozenset({"seg", "dseg"})

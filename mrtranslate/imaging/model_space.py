@@ -46,9 +46,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from .errors import InputImageError, ModelFormatError, UsageError
-from .volumes_image import ImageSource, Volume, image_on_grid, load_volume, save_image
-from .volumes_resample import (
+from ..errors import InputImageError, ModelFormatError, UsageError
+from .volume import ImageSource, Volume, image_on_grid, load_volume, save_image
+from .resample import (
     antialias_sigmas,
     foreground_box,
     foreground_world_box,

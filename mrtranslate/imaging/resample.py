@@ -1,4 +1,4 @@
-"""Geometry helpers of :mod:`mrtranslate.volumes`: RAS reordering, foreground boxes, smoothing, trilinear sampling.
+"""Geometry helpers of :mod:`mrtranslate.imaging`: RAS reordering, foreground boxes, smoothing, trilinear sampling.
 
 Pure numpy/torch on arrays and 4x4 voxel-to-world affines; no file I/O. Trilinear sampling is
 ``torch.nn.functional.grid_sample`` with ``align_corners=True``: normalised coordinate -1 is the centre of

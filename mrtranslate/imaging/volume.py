@@ -1,6 +1,6 @@
 """``Volume``: a 3D image that never travels without its affine, and the loader that validates it.
 
-Part of :mod:`mrtranslate.volumes` (import from there). Every input problem a user can cause raises
+Part of :mod:`mrtranslate.imaging`. Every input problem a user can cause raises
 :class:`~mrtranslate.errors.InputImageError` with a one-line message saying what to do. Accommodated
 instead of refused (each logged as a WARNING and tested):
 
@@ -32,7 +32,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError, SpatialImage
 
-from .errors import InputImageError, MemoryBudgetError, OutputExistsError, OutputWriteError, UsageError
+from ..errors import InputImageError, MemoryBudgetError, OutputExistsError, OutputWriteError, UsageError
 
 logger = logging.getLogger("mrtranslate.volumes")
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .phantom_anatomy import SmoothFieldSampler
+from .anatomy import SmoothFieldSampler
 
 SCALE_PERCENTILE = 99.5
 SCALE_RANGE = (900.0, 1100.0)  # target of the 99.5th brain percentile, drawn per subject and contrast

@@ -1,8 +1,8 @@
 """Multi-contrast brain phantoms (T1, T1ce, T2, FLAIR, tumour labels) in the BraTS 2021 layout.
 
-A subject is a deformed ICBM 2009a template (``phantom_anatomy``) whose voxels mix tissues with 3 T
-relaxation parameters (``phantom_physics``), optionally with a glioma (``phantom_tumor``), imaged by
-per-subject random protocols and acquisition effects (``phantom_acquisition``).
+A subject is a deformed ICBM 2009a template (``anatomy``) whose voxels mix tissues with 3 T
+relaxation parameters (``physics``), optionally with a glioma (``tumor``), imaged by
+per-subject random protocols and acquisition effects (``acquisition``).
 
 All randomness of subject ``index`` comes from ``SeedSequence(seed, spawn_key=(index,))``, so a subject is
 the same whether made alone, among 3 or 40, serially or by ``workers`` processes.
@@ -28,7 +28,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UsageError
 from ..modalities import MODALITIES
-from .phantom_acquisition import (
+from .acquisition import (
     add_rician_noise,
     apply_psf,
     bias_field,
@@ -36,7 +36,7 @@ from .phantom_acquisition import (
     draw_acquisition,
     finish,
 )
-from .phantom_anatomy import (
+from .anatomy import (
     SmoothFieldSampler,
     default_grid,
     draw_spatial,
@@ -46,8 +46,8 @@ from .phantom_anatomy import (
     sample_maps,
     template_coordinates,
 )
-from .phantom_physics import draw_sequences, draw_tissues, mix_signals
-from .phantom_tumor import compose_tissues, draw_tumor, tumor_fractions
+from .physics import draw_sequences, draw_tissues, mix_signals
+from .tumor import compose_tissues, draw_tumor, tumor_fractions
 
 logger = logging.getLogger(__name__)
 

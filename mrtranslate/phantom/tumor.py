@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .phantom_anatomy import BRAIN_HI_MM, BRAIN_LO_MM, SmoothFieldSampler, TemplateMaps
+from .anatomy import BRAIN_HI_MM, BRAIN_LO_MM, SmoothFieldSampler, TemplateMaps
 
 SEG_NECROSIS, SEG_OEDEMA, SEG_ENHANCING = 1, 2, 4  # BraTS 2021 labels
 _SITE_WM_THRESHOLD = 0.7  # centres lie in deep white matter ...

@@ -1,102 +1,36 @@
 """ALDMPipeline: tensors in, tensors out.
 
 encode (VQ-GAN, quantized) -> target_like (MS-SPADE) -> sample (DDIM over the diffusion UNet, every
-target in one batch) -> decode (VQ-GAN decoder, no re-quantization). Also reads and writes the model
-folder (``model_index.json`` + one subfolder per component, safetensors and JSON only).
+target in one batch) -> decode (VQ-GAN decoder, no re-quantization). ``sample`` is the plain DDIM loop;
+``sample_mean`` (several samples averaged), ``sample_by_strength`` (one strength per target) and
+``generate`` (a model's defaults under ``SamplingOptions``) are thin wrappers over it. The model folder on
+disk is :mod:`.folder`'s.
+
+About 400 lines: the four stages and the wrappers share the class's device, layout and target checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import ModelFormatError, UsageError
-from .models import VQGAN, UNet, UNetConfig, VQGANConfig
-from .models.config import ModelConfig
-from .models import streaming
-from .pipeline_config import PipelineConfig, check_samples
+from ..errors import UsageError
+from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
+from ..models import streaming
+from .config import PipelineConfig, check_samples
+from .folder import default_model_card, load_pipeline, save_pipeline
+from .options import SamplingOptions
 from .runtime import MemoryPlan, Runtime, plan_memory
-from .schedulers import DDIMScheduler, SchedulerConfig
+from ..schedulers import DDIMScheduler, SchedulerConfig
 
 logger = logging.getLogger(__name__)
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
-INDEX_NAME = "model_index.json"
-
-
-#: JSON files in a model folder are a few kB; anything far larger is not ours and is not read into memory.
-MAX_JSON_BYTES = 16 << 20
-
-
-def read_model_json(path: Path, origin: str | None = None) -> dict[str, Any]:
-    """A model folder's JSON object; missing, oversized, unparsable or non-object files are ModelFormatError."""
-    origin = origin or str(path)
-    if not path.is_file():
-        raise ModelFormatError(f"{origin} is missing: the model folder is incomplete (re-download or re-export it)")
-    size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise ModelFormatError(f"{origin} is {size} bytes, far larger than a config: the model folder is corrupted")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{origin} is not valid JSON ({exc}): the model folder is corrupted") from None
-    if not isinstance(data, dict):
-        raise ModelFormatError(f"{origin} must hold a JSON object, not {type(data).__name__}")
-    return data
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
-def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
-    """Load ``state`` into ``module`` in float32; missing, unexpected or mis-shaped tensors are errors naming them."""
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''})")
-        if unexpected:
-            parts.append(f"unknown {len(unexpected)} tensors ({', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''})")
-        raise ModelFormatError(f"{origin}: tensors do not match the model's configuration: {'; '.join(parts)}")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(expected[k].shape):
-            raise ModelFormatError(f"{origin}: tensor {k} has shape {tuple(v.shape)}, expected {tuple(expected[k].shape)}")
-    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-
-
-def _load_weights(module: nn.Module, path: Path) -> None:
-    """Load a safetensors file into ``module`` (see ``load_state_strict``)."""
-    if not path.is_file():
-        raise ModelFormatError(f"model folder is missing {path}: re-download or re-export the model")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelFormatError(f"{path} is not a readable safetensors file ({exc}): re-download it") from None
-    load_state_strict(module, state, f"{path} (with its config.json)")
-
-
-def _save_weights(module: nn.Module, path: Path) -> None:
-    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
-
-
-def _load_config(cls: type[ModelConfig], path: Path) -> Any:
-    return cls.from_dict(read_model_json(path), origin=str(path))
-
 
 class ALDMPipeline:
     """The ALDM networks and sampler, with tensor-in / tensor-out methods.
@@ -152,63 +86,14 @@ class ALDMPipeline:
         Every config is validated before any network is allocated. Loads on CPU in float32 unless told
         (``device``/``dtype``), or as ``runtime`` says (see ``configure``).
         """
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise ModelFormatError(f"{folder} is not a model folder (no such directory)")
-        config = _load_config(PipelineConfig, folder / INDEX_NAME)
-        vq_cfg = _load_config(VQGANConfig, folder / "vqgan" / CONFIG_NAME)
-        unet_cfg = sched_cfg = None
-        if config.has_diffusion:
-            unet_cfg = _load_config(UNetConfig, folder / "unet" / CONFIG_NAME)
-            sched_cfg = _load_config(SchedulerConfig, folder / "scheduler" / CONFIG_NAME)
-            _check_compatible(config, vq_cfg, unet_cfg, folder)
-        vqgan = VQGAN(vq_cfg)
-        _load_weights(vqgan, folder / "vqgan" / WEIGHTS_NAME)
-        unet = scheduler = None
-        if unet_cfg is not None:
-            unet = UNet(unet_cfg)
-            _load_weights(unet, folder / "unet" / WEIGHTS_NAME)
-            scheduler = DDIMScheduler(sched_cfg)
-        pipe = cls(vqgan, unet, scheduler, config)
-        if runtime is not None:
-            pipe.configure(runtime)
-        else:
-            pipe.to(device=device, dtype=dtype)
-        return pipe
+        return load_pipeline(cls, folder, device=device, dtype=dtype, runtime=runtime)
 
     def save_pretrained(self, folder: str | Path, model_card: str | None = None) -> Path:
         """Write the model folder: model_index.json, vqgan/, unet/ and scheduler/ (when present), README.md."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_json(folder / INDEX_NAME, self.config.to_dict())
-        (folder / "vqgan").mkdir(exist_ok=True)
-        _write_json(folder / "vqgan" / CONFIG_NAME, self.vqgan.config.to_dict())
-        _save_weights(self.vqgan, folder / "vqgan" / WEIGHTS_NAME)
-        if self.unet is not None and self.scheduler is not None:
-            (folder / "unet").mkdir(exist_ok=True)
-            _write_json(folder / "unet" / CONFIG_NAME, self.unet.config.to_dict())
-            _save_weights(self.unet, folder / "unet" / WEIGHTS_NAME)
-            (folder / "scheduler").mkdir(exist_ok=True)
-            _write_json(folder / "scheduler" / CONFIG_NAME, self.scheduler.config.to_dict())
-        if model_card is not None or not (folder / "README.md").exists():
-            (folder / "README.md").write_text(model_card or self.default_model_card(), encoding="utf-8")
-        return folder
+        return save_pipeline(self, folder, model_card)
 
     def default_model_card(self) -> str:
-        c = self.config
-        p = c.preprocessing
-        lines = [
-            f"# {c.name or 'ALDM model'}",
-            "",
-            "An Adaptive Latent Diffusion Model (Kim & Park, WACV 2024) folder for "
-            "[mrtranslate](https://pypi.org/project/mrtranslate/).",
-            "",
-            f"- modalities: {', '.join(c.modalities)}",
-            f"- voxel spacing: {p['spacing_mm']} mm, grid: {p['grid']} (RAS)",
-            f"- components: {', '.join(c.components)}",
-            f"- default sampling: {c.sampling_summary()}",
-        ]
-        return "\n".join(lines) + "\n"
+        return default_model_card(self.config)
 
     # -- runtime ---------------------------------------------------------------------------------
     @property
@@ -334,9 +219,8 @@ class ALDMPipeline:
         x_T: torch.Tensor | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: bool = True,
-        strength: float | Sequence[float] = 1.0,
+        strength: float = 1.0,
         source: int | None = None,
-        samples: int = 1,
     ) -> torch.Tensor:
         """DDIM for every target in one batched pass; returns the target latents ``[T, C, ...]``.
 
@@ -350,29 +234,11 @@ class ALDMPipeline:
         ``sqrt(a_t) spade + sqrt(1 - a_t) x_T`` (SDEdit, Meng et al. 2022): fewer steps, and it skips the
         high noise levels, where a briefly trained UNet is least reliable. ``source``: as in ``target_like``.
 
-        ``samples`` k > 1 (not published) draws k samples of each target in the same batch (k times the UNet's
-        memory) and returns their mean latent: an estimate of the posterior mean, with less of the sampler's
-        noise than any one sample. Target ``i``'s k samples draw, in turn, from generator ``i`` of a list;
-        ``x_T`` then holds ``T * k`` noises, target by target.
-
-        ``strength`` may also be a list, one per target (see ``PipelineConfig.pair_strength``): the targets of
-        each strength run as one batch, in turn; with one generator per target, each target's result is the same
-        as when sampled alone.
+        One sample of each target at one strength; ``sample_mean`` averages several, ``sample_by_strength``
+        takes one strength per target, and ``generate`` applies a model's defaults (``SamplingOptions``).
         """
         if isinstance(strength, (list, tuple)):
-            return self._sample_by_strength(z_q, targets, steps, eta, x_T, generator, progress, strength, source,
-                                            samples)
-        if check_samples(samples) > 1:
-            t = self._targets(targets)
-            n = t.numel()
-            if isinstance(generator, (list, tuple)):
-                if len(generator) != n:
-                    raise UsageError(f"got {len(generator)} generators for {n} targets")
-                generator = [g for g in generator for _ in range(samples)]
-            z_all = z_q.expand(n, *z_q.shape[1:]) if z_q.shape[0] == 1 else z_q
-            x = self.sample(z_all.repeat_interleave(samples, 0), t.repeat_interleave(samples), steps, eta, x_T,
-                            generator, progress, strength, source)
-            return x.view(n, samples, *x.shape[1:]).mean(1).contiguous()
+            raise UsageError("sample takes one strength for every target: use sample_by_strength for one per target")
         if self.unet is None or self.scheduler is None:
             raise UsageError("this model folder has no diffusion UNet (first stage only): it cannot sample")
         t = self._targets(targets)
@@ -404,33 +270,104 @@ class ALDMPipeline:
             x = self.scheduler.step(st, x, eps, noise)
         return x.contiguous()
 
-    def _sample_by_strength(self, z_q: torch.Tensor, targets: torch.Tensor | Sequence[int], steps: int, eta: float,
-                            x_T: torch.Tensor | None, generator: torch.Generator | Sequence[torch.Generator] | None,
-                            progress: bool, strength: Sequence[float], source: int | None, samples: int
-                            ) -> torch.Tensor:
-        """``sample`` with one strength per target: one ``sample`` call per distinct strength, results in order."""
+    def sample_mean(
+        self,
+        z_q: torch.Tensor,
+        targets: torch.Tensor | Sequence[int],
+        samples: int,
+        *,
+        x_T: torch.Tensor | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """The mean latent of ``samples`` draws of each target (not published): an estimate of the posterior
+        mean, with less of the sampler's noise than any one sample. The k draws run in the same batch (k times
+        the UNet's memory). Target ``i``'s draws take, in turn, from generator ``i`` of a list; ``x_T`` then holds
+        ``T * k`` noises, target by target. Other arguments: as ``sample``."""
+        k = check_samples(samples)
+        if k == 1:
+            return self.sample(z_q, targets, x_T=x_T, generator=generator, **kwargs)
         t = self._targets(targets)
         n = t.numel()
-        if len(strength) != n:
-            raise UsageError(f"got {len(strength)} strengths for {n} targets")
+        if isinstance(generator, (list, tuple)):
+            if len(generator) != n:
+                raise UsageError(f"got {len(generator)} generators for {n} targets")
+            generator = [g for g in generator for _ in range(k)]
+        z_all = z_q.expand(n, *z_q.shape[1:]) if z_q.shape[0] == 1 else z_q
+        x = self.sample(z_all.repeat_interleave(k, 0), t.repeat_interleave(k), x_T=x_T, generator=generator, **kwargs)
+        return x.view(n, k, *x.shape[1:]).mean(1).contiguous()
+
+    def sample_by_strength(
+        self,
+        z_q: torch.Tensor,
+        targets: torch.Tensor | Sequence[int],
+        strengths: Sequence[float],
+        samples: int = 1,
+        *,
+        x_T: torch.Tensor | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """One strength per target (see ``PipelineConfig.pair_strength``): the targets of each strength run as
+        one ``sample_mean`` batch, in turn; with one generator per target, each target's result is the same as
+        when sampled alone. Other arguments: as ``sample_mean``."""
+        t = self._targets(targets)
+        n = t.numel()
+        if len(strengths) != n:
+            raise UsageError(f"got {len(strengths)} strengths for {n} targets")
         k = check_samples(samples)
         if z_q.shape[0] not in (1, n):
             raise UsageError(f"got {z_q.shape[0]} latents for {n} targets")
         if isinstance(generator, (list, tuple)) and len(generator) != n:
             raise UsageError(f"got {len(generator)} generators for {n} targets")
         out: list[torch.Tensor | None] = [None] * n
-        for s in dict.fromkeys(float(v) for v in strength):  # distinct strengths, first-seen order
-            idx = [i for i in range(n) if float(strength[i]) == s]
+        for s in dict.fromkeys(float(v) for v in strengths):  # distinct strengths, first-seen order
+            idx = [i for i in range(n) if float(strengths[i]) == s]
             rows = [i * k + j for i in idx for j in range(k)]
-            x = self.sample(
-                z_q if z_q.shape[0] == 1 else z_q[idx], t[idx], steps, eta,
-                None if x_T is None else x_T[rows],
-                [generator[i] for i in idx] if isinstance(generator, (list, tuple)) else generator,
-                progress, s, source, samples,
+            x = self.sample_mean(
+                z_q if z_q.shape[0] == 1 else z_q[idx], t[idx], k, strength=s,
+                x_T=None if x_T is None else x_T[rows],
+                generator=[generator[i] for i in idx] if isinstance(generator, (list, tuple)) else generator,
+                **kwargs,
             )
             for j, i in enumerate(idx):
                 out[i] = x[j]
         return torch.stack(out)  # type: ignore[arg-type]
+
+    def resolve(
+        self, options: SamplingOptions | None, targets: torch.Tensor | Sequence[int], source: int | None = None
+    ) -> SamplingOptions:
+        """``options`` over the model's defaults: steps, eta and samples set, and strength one number, or a
+        tuple with one per target where the model's ``pair_strength`` makes them differ (see ``strengths``)."""
+        o = options or SamplingOptions()
+        c = self.config
+        strength = o.strength
+        if strength is None:
+            each = self.strengths(targets, source)
+            strength = tuple(each) if isinstance(each, list) else each
+        return dataclasses.replace(
+            o, steps=c.default_steps if o.steps is None else o.steps, eta=c.default_eta if o.eta is None else o.eta,
+            strength=strength, samples=c.default_samples if o.samples is None else o.samples,
+        )
+
+    def generate(
+        self,
+        z_q: torch.Tensor,
+        targets: torch.Tensor | Sequence[int],
+        options: SamplingOptions | None = None,
+        *,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        progress: bool = True,
+        source: int | None = None,
+    ) -> torch.Tensor:
+        """Target latents with ``options`` over the model's defaults (see ``resolve``): ``sample``,
+        ``sample_mean`` or ``sample_by_strength`` as they ask. ``options.seed`` is not used here: pass
+        ``generator``."""
+        o = self.resolve(options, targets, source)
+        kwargs: dict[str, Any] = dict(steps=o.steps, eta=o.eta, generator=generator, progress=progress, source=source)
+        if isinstance(o.strength, tuple):
+            return self.sample_by_strength(z_q, targets, o.strength, o.samples, **kwargs)
+        return self.sample_mean(z_q, targets, o.samples, strength=o.strength, **kwargs)
 
     def strengths(self, targets: torch.Tensor | Sequence[int], source: int | None) -> float | list[float]:
         """The model's sampling strength for the targets from ``source`` (class ids): one number when every
@@ -465,29 +402,15 @@ class ALDMPipeline:
         self,
         x: torch.Tensor,
         targets: torch.Tensor | Sequence[int],
-        steps: int | None = None,
-        eta: float | None = None,
+        options: SamplingOptions | None = None,
+        *,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: bool = True,
-        strength: float | None = None,
         source: int | None = None,
-        samples: int | None = None,
     ) -> torch.Tensor:
-        """Source image ``[1, 1, D, H, W]`` -> one image per target ``[T, 1, D, H, W]``; ``steps``, ``eta``,
-        ``strength`` and ``samples`` default to the model's (``model_index.json``; ``strength``: per pair when it
-        sets ``pair_strength``, see ``strengths``)."""
-        z = self.encode(x)
-        lat = self.sample(
-            z,
-            targets,
-            steps=self.config.default_steps if steps is None else steps,
-            eta=self.config.default_eta if eta is None else eta,
-            generator=generator,
-            progress=progress,
-            strength=self.strengths(targets, source) if strength is None else strength,
-            source=source,
-            samples=self.config.default_samples if samples is None else samples,
-        )
+        """Source image ``[1, 1, D, H, W]`` -> one image per target ``[T, 1, D, H, W]``: encode, ``generate``
+        with ``options`` over the model's defaults, decode."""
+        lat = self.generate(self.encode(x), targets, options, generator=generator, progress=progress, source=source)
         return self.decode(lat)
 
 
@@ -499,13 +422,3 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.G
         return torch.cat([_randn((1, *shape[1:]), g) for g in generator])
     device = generator.device if generator is not None else torch.device("cpu")
     return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-
-
-def _check_compatible(config: PipelineConfig, vq: VQGANConfig, unet: UNetConfig, folder: Path) -> None:
-    if unet.in_channels != 3 * vq.embed_dim or unet.out_channels != vq.embed_dim:
-        raise ModelFormatError(
-            f"{folder}: UNet in/out channels {unet.in_channels}/{unet.out_channels} do not fit the VQ-GAN's "
-            f"embed_dim {vq.embed_dim} (expected {3 * vq.embed_dim}/{vq.embed_dim})"
-        )
-    if unet.num_classes != len(config.modalities) or vq.num_classes != len(config.modalities):
-        raise ModelFormatError(f"{folder}: class counts of the networks do not match the {len(config.modalities)} modalities")

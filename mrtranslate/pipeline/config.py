@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .errors import ModelFormatError, UsageError
-from .modalities import MODALITIES, canonical, pair_indices
-from .models.config import ModelConfig, check_int
-from .schedulers.ddim import is_strength
+from ..errors import ModelFormatError, UsageError
+from ..modalities import MODALITIES, canonical, pair_indices
+from ..models.config import ModelConfig, check_int
+from ..schedulers.ddim import is_strength
 
 #: The preprocessing of the published ALDM (BraTS 2021): 1 mm RAS grid of 144 x 192 x 144 voxels,
 #: 0.5th / 99.5th percentiles mapped to -1 / +1.

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .errors import MemoryBudgetError, UsageError
+from ..errors import MemoryBudgetError, UsageError
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..models import VQGAN
-from ..volumes import Preprocessing
+from ..imaging.model_space import Preprocessing
 from .config import AutoencoderConfig
 from .data import ImageSet, crop_offsets, model_foreground, random_crops, sample_scans, step_generator
 from .discriminators import PatchGAN3D, RealFake

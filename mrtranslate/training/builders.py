@@ -11,7 +11,7 @@ import torch
 
 from ..errors import ModelFormatError, UsageError
 from ..models import VQGAN, VQGANConfig
-from ..volumes import Preprocessing
+from ..imaging.model_space import Preprocessing
 from .autoencoder import AutoencoderStage
 from .checkpoint import load_checkpoint, load_module
 from .config import (

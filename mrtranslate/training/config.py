@@ -20,7 +20,7 @@ import torch
 from ..errors import ModalityError, MRTranslateError, UsageError
 from ..modalities import MODALITIES, canonical, pair_indices
 from ..models import UNetConfig, VQGANConfig
-from ..pipeline_config import PUBLISHED_PREPROCESSING
+from ..pipeline.config import PUBLISHED_PREPROCESSING
 from ..schedulers import SchedulerConfig
 
 STAGES = ("autoencoder", "spade", "diffusion")
@@ -490,7 +490,7 @@ def _model_config(cls: type, data: dict[str, Any], origin: str) -> Any:
 
 
 def _check_preprocessing(origin: str, prep: dict[str, Any]) -> None:
-    from ..volumes import Preprocessing
+    from ..imaging.model_space import Preprocessing
 
     unknown = sorted(set(prep) - set(PUBLISHED_PREPROCESSING))
     if unknown:

@@ -26,10 +26,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DatasetLayoutError, GridMismatchError, InputImageError
-from ..layout import Subject, find_subjects
+from ..imaging.layout import Subject, find_subjects
 from ..modalities import MODALITIES
-from ..volumes import Preprocessing, load_volume
-from ..volumes_resample import foreground_box, is_aligned_at_spacing, ras_reorder
+from ..imaging.model_space import Preprocessing, load_volume
+from ..imaging.resample import foreground_box, is_aligned_at_spacing, ras_reorder
 
 logger = logging.getLogger(__name__)
 

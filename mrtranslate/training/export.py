@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import ModelFormatError, OutputExistsError, UsageError
 from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
 from ..pipeline import ALDMPipeline
-from ..pipeline_config import PipelineConfig, check_samples
+from ..pipeline.config import PipelineConfig, check_samples
 from ..schedulers import DDIMScheduler, SchedulerConfig
 from ..schedulers.ddim import is_strength
 from .checkpoint import load_checkpoint, load_module
