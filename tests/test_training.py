@@ -7,6 +7,7 @@ import importlib
 import itertools
 import json
 import math
+import re
 import signal
 from pathlib import Path
 
@@ -39,7 +40,6 @@ from mrtranslate.training import builders  # noqa: E402
 from mrtranslate.training.autoencoder import AutoencoderStage, reconstruction_l1  # noqa: E402
 from mrtranslate.training.checkpoint import load_checkpoint  # noqa: E402
 from mrtranslate.training.config import (  # noqa: E402
-    STAGES,
     AutoencoderConfig,
     DiffusionConfig,
     SpadeConfig,
@@ -718,27 +718,23 @@ def test_diffusion_learns_the_anchored_targets_of_its_spade_run(chain: dict[str,
         tmp_path / "model" / "README.md").read_text()
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "phantom-demo"
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "phantom-demo"
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*/*.json")), ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_the_demo_configs_are_valid(path: Path) -> None:
+@pytest.mark.parametrize("path", sorted(RECIPE.glob("*.json")), ids=lambda p: p.name)
+def test_the_demo_recipe_configs_are_valid(path: Path) -> None:
     stage = "autoencoder" if path.name.startswith("decoder") else path.name.split("-")[0].removesuffix(".json")
     data = json.loads(path.read_text())
-    # what the command line adds: --init for a decoder fine-tune (its commands are in configs/phantom-demo/README.md)
+    # what the command line adds: --init for a decoder fine-tune (see the recipe's reproduce.sh)
     overrides = {"init": "MODEL"} if data.get("freeze_encoder") and "init" not in data else None
     cfg = load_config(stage, path, overrides)
     assert cfg.stage == stage
 
 
-def test_the_gpu_script_variants_name_existing_configs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(CONFIGS.parents[1] / "scripts"))
-    variants = importlib.import_module("gpu_finetune").VARIANTS
-    assert {"continue", "sharper", "anchored", "sharper-anchored", "gated", "gated-lowt", "gated-pw"} <= set(variants)
-    for files in variants.values():
-        for stage, name in zip(STAGES, files, strict=True):
-            if name is not None:
-                assert load_config(stage, CONFIGS / "f2" / name).stage == stage
+def test_the_recipe_script_names_every_config_and_only_existing_ones() -> None:
+    script = (RECIPE / "reproduce.sh").read_text()
+    named = set(re.findall(r'"\$HERE/([\w.-]+\.json)"', script))
+    assert named == {p.name for p in RECIPE.glob("*.json")}
 
 
 # ---- MS-SPADE's per-pair source gate (source_gate, gate_only) ----------------------------------------------
