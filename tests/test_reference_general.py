@@ -1,4 +1,4 @@
-"""mrtranslate's ALDM is general, not fitted to one reference file (issue 2).
+"""mrtranslate's ALDM is general, not fitted to one reference file.
 
 An independent functional implementation of the authors' computation (tests/_official_functional.py) is
 first proven against the authors' own numbers (../shared/reference/aldm-tiny). Then random checkpoints in

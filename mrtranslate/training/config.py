@@ -1,4 +1,4 @@
-"""Training configurations: one dataclass per stage, defaults = the published ALDM values (ALDM_FACTS.md).
+"""Training configurations: one dataclass per stage, defaults = the published ALDM values (the authors' code).
 
 A JSON file passed with ``--config`` overrides defaults key by key; unknown keys and wrong types are
 errors (a typo must not silently train with a default). The resolved config is saved to ``RUN/config.json``.
