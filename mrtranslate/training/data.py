@@ -113,24 +113,6 @@ def model_foreground(x: torch.Tensor) -> torch.Tensor:
     return x > -1
 
 
-def anchor_to_source(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``target`` (model units) rescaled about -1 so that its median over its foreground equals ``source``'s there.
-
-    One factor for every voxel: background (-1, the raw 0 at the 0.5th percentile) stays -1 and contrast
-    within the target is kept; only the scale changes, from the published 99.5th percentile (which a bright
-    enhancing tumour can move by a factor of two) to the source's normal-tissue level. The median is torch's
-    (the lower of the two middle values of an even count). Either tensor may carry leading dimensions of size 1.
-    """
-    brain = model_foreground(target)
-    if not bool(brain.any()):
-        raise InputImageError("the target scan has no foreground voxel (all at the background value -1)")
-    src_med = (source[brain] + 1).median()
-    tgt_med = (target[brain] + 1).median()
-    if not (bool(src_med > 0) and bool(tgt_med > 0)):
-        raise InputImageError("the source or target scan has a brain median at the background level: check the scans")
-    return (target + 1) * (src_med / tgt_med) - 1
-
-
 def shard(items: list[Any], rank: int, world_size: int) -> list[Any]:
     """The items of process ``rank`` out of ``world_size``: every ``world_size``-th, from ``rank``."""
     return items[rank::world_size]

@@ -167,8 +167,6 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
     p = pipe.config.preprocessing
     runs = [s for s in stages if s.get("stage") in ("autoencoder", "spade", "diffusion")]
     data = next((s.get("data") for s in reversed(runs) if s.get("data")), None)
-    anchored = next((list(c["anchor_targets"]) for s in reversed(runs)
-                     if (c := s.get("config") or {}).get("anchor_targets")), [])
     lines = [
         "---",
         "library_name: mrtranslate",
@@ -185,9 +183,6 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
         *([f"- sampling it suggests: {pipe.config.sampling_summary()}"] if weights else []),
         f"- model space: {p['spacing_mm']} mm RAS grid {p['grid']}, intensities: percentiles "
         f"{p['lower_percentile']} / {p['upper_percentile']} -> -1 / +1",
-        *([f"- trained with `anchor_targets` {anchored}: the targets of these pairs (a modality alone: of every pair "
-           "into it) are written on the source's scale (their brain median equals the source's), not rescaled to "
-           "the published 99.5th percentile"] if anchored else []),
         *_gate_lines(pipe),
         "",
         "## Data",
