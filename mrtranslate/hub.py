@@ -30,7 +30,7 @@ from .errors import HubError, ModelFormatError, ModelNotFoundError, MRTranslateE
 logger = logging.getLogger(__name__)
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
-DEFAULT_MODEL = "phantom-demo"
+DEFAULT_MODEL = "brats-2mm"
 
 INDEX_NAME = "model_index.json"
 CARD_NAME = "README.md"

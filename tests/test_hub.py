@@ -42,10 +42,10 @@ def resolve_gets(server) -> set[str]:
 # -- local folders, bundled models, forms -------------------------------------------------------------
 def test_missing_default_model_says_what_to_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
-    with pytest.raises(ModelNotFoundError, match="phantom-demo.*not installed.*--model"):
+    with pytest.raises(ModelNotFoundError, match="brats-2mm.*not installed.*--model"):
         resolve_model()
     with pytest.raises(ModelNotFoundError, match="not installed"):
-        resolve_model("phantom-demo")
+        resolve_model("brats-2mm")
 
 
 def test_bundled_models_resolve_by_name_and_as_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
