@@ -23,6 +23,7 @@ from .modalities import canonical, canonical_list, guess_from_filename
 from .pipeline import ALDMPipeline
 from .pipeline_config import check_samples
 from .runtime import Runtime
+from .skullstrip_check import check_skull_stripped
 from .volumes import ModelSpaceInverse, Preprocessing, Volume, load_volume, to_model_space
 
 logger = logging.getLogger(__name__)
@@ -62,12 +63,15 @@ class Translator:
         compile: bool = False,
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
+        token: str | None = None,
+        allow_skull: bool = False,
         _pipeline: ALDMPipeline | None = None,
         _resolved: ResolvedModel | None = None,
     ):
         if _pipeline is None:
             _resolved = resolve_model(
-                model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, progress=progress
+                model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, progress=progress,
+                token=token,
             )
             runtime = Runtime.create(device, dtype, max_memory=max_memory, compile=compile)
             _pipeline = ALDMPipeline.from_pretrained(_resolved.path, runtime=runtime)
@@ -79,6 +83,7 @@ class Translator:
         self.samples = samples
         self.seed = seed
         self.progress = progress
+        self.allow_skull = allow_skull
         self._source: str | None = None
         self._volume: Volume | None = None
         self._tensor: torch.Tensor | None = None
@@ -107,16 +112,21 @@ class Translator:
         samples: int | None = None,
         seed: int | None = DEFAULT_SEED,
         progress: bool = True,
+        token: str | None = None,
+        allow_skull: bool = False,
     ) -> Translator:
         """Load a model: a Hub repo id (``org/name``, optional ``@revision``), a local model folder, or the name
         of a bundled model (None: the bundled default). ``device``: auto (CUDA when available), cpu or cuda;
         ``dtype``: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16. ``compile``: ``torch.compile`` the UNet
         (opt-in; the first volume pays the compilation, tens of seconds, later ones run faster). ``steps``,
-        ``eta``, ``strength``, ``samples`` (see ``ALDMPipeline.sample``): None takes the model's defaults."""
+        ``eta``, ``strength``, ``samples`` (see ``ALDMPipeline.sample``): None takes the model's defaults.
+        ``token``: a Hugging Face token for private Hub models (None: ``HF_TOKEN`` or the saved login).
+        ``allow_skull``: translate inputs that do not look skull-stripped (refused by default: the model
+        knows brains only; see :mod:`mrtranslate.skullstrip_check`)."""
         return cls(
             model=model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device,
             dtype=dtype, max_memory=max_memory, compile=compile, steps=steps, eta=eta, strength=strength,
-            samples=samples, seed=seed, progress=progress,
+            samples=samples, seed=seed, progress=progress, token=token, allow_skull=allow_skull,
         )
 
     def __call__(self, image: Any, source: str | None = None) -> Translator:
@@ -143,6 +153,8 @@ class Translator:
         if src not in self.modalities:
             raise ModalityError(f"source {src!r} is not a modality of this model ({', '.join(self.modalities)})")
         self._check_divisible()
+        if not self.allow_skull:
+            check_skull_stripped(vol)
         prep = Preprocessing.from_dict(self.pipeline.config.preprocessing)
         self._tensor, self._inverse = to_model_space(vol, prep)
         self._volume, self._source = vol, src
