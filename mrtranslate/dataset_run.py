@@ -84,10 +84,14 @@ def detect_layout(root: Path) -> str:
     folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
     if (root / "dataset_description.json").is_file() or any(p.name.startswith("sub-") for p in folders):
         return "bids"
-    if any(split_suffix(p.name)[1] for p in root.iterdir() if p.is_file() and not p.name.startswith(".")):
-        if not any(_has_images(p) for p in folders):
-            return "flat"
-    return "brats"
+    has_files = any(split_suffix(p.name)[1] for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    subjects = any(_has_images(p) for p in folders)
+    if not has_files and not subjects:
+        raise DatasetLayoutError(
+            f"{root} is a folder without images (.nii, .nii.gz, .mgz) or subject folders holding them: pass image "
+            "files or a dataset folder (BraTS, BIDS); convert DICOM folders with dcm2niix first"
+        )
+    return "flat" if has_files and not subjects else "brats"
 
 
 def _has_images(folder: Path) -> bool:
@@ -171,11 +175,10 @@ def plan_dataset(root: Path | str, targets: Sequence[str] | None, *, source: str
     root = Path(root)
     check_part(part, num_parts)
     layout = detect_layout(root)
+    if layout == "flat" and targets is None:
+        layout = "brats"  # complete: a folder of image files is one subject
     out_root = Path(out_dir) if out_dir is not None else default_out_root(root, layout)
     if layout == "flat":
-        if targets is None:
-            raise UsageError(f"{root} holds image files, not subject folders: `complete` needs a subject folder "
-                             "or a dataset of subjects; to translate the files pass --to")
         jobs = _flat_jobs(root, targets, source, out_root)
         per: list[tuple[str, list[Job] | str]] = [(j.case, [j]) for j in jobs]
     else:
