@@ -13,6 +13,7 @@ subjects (every ``num_parts``-th subject from ``part``, in sorted order).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .best_source import choose_source
 from .dataset_names import (
@@ -31,7 +33,7 @@ from .dataset_names import (
     split_suffix,
     write_json_atomic,
 )
-from .errors import DatasetLayoutError, MRTranslateError, OutputExistsError, UsageError
+from .errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError
 from .layout import find_subjects
 from .modalities import canonical, canonical_list, guess_from_filename
 from .provenance import as_output_dtype, input_provenance, output_record
@@ -217,10 +219,22 @@ def run_dataset(translator: Any, root: Path | str, targets: Sequence[str] | None
     src = canonical(source) if source is not None else None
     names = canonical_list(targets) if targets is not None else None
     modalities = translator.modalities
+    for t in names or ():
+        if t not in modalities:
+            raise ModalityError(f"target {t!r} is not a modality of this model ({', '.join(modalities)})")
     best = {**(translator.pipeline.config.best_source or {}), **(best_source or {})}
     layout, out_root, per = plan_dataset(root, names, source=src, out_dir=out_dir, modalities=modalities,
                                          best=best, part=part, num_parts=num_parts)
     summary = DatasetSummary(subjects=len(per), out_root=out_root, part=(part, num_parts))
+    with logging_redirect_tqdm() if progress else contextlib.nullcontext():  # warnings above the bar, not in it
+        _run_subjects(translator, root, layout, out_root, per, summary, overwrite, continue_on_error, progress,
+                      output_dtype)
+    return summary
+
+
+def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | None,
+                  per: list[tuple[str, list[Job] | str]], summary: DatasetSummary, overwrite: bool,
+                  continue_on_error: bool, progress: bool, output_dtype: str) -> None:
     described = False
     for case, jobs in tqdm(per, desc="subjects", unit="subject", disable=not progress):
         try:
@@ -248,7 +262,6 @@ def run_dataset(translator: Any, root: Path | str, targets: Sequence[str] | None
             summary.failed.append((case, what + " ".join(str(exc).split())))
             if progress:
                 tqdm.write(f"error: {case}: {summary.failed[-1][1]}")
-    return summary
 
 
 def _describe(root: Path, out_root: Path | None, translator: Any) -> None:
