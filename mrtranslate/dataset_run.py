@@ -73,8 +73,8 @@ class DatasetSummary:
 
     def line(self) -> str:
         part = f" (part {self.part[0]} of 0..{self.part[1] - 1})" if self.part[1] > 1 else ""
-        return (f"{self.subjects} subjects{part}: {self.done} translated ({self.images_written} images), "
-                f"{self.skipped} skipped (nothing left to do; {self.images_skipped} outputs exist), {len(self.failed)} failed")
+        return (f"{self.subjects} subjects{part}: {self.done} translated ({self.images_written} images written), "
+                f"{self.skipped} already done, {len(self.failed)} failed; {self.images_skipped} existing outputs kept")
 
 
 # -- finding the layout and the jobs ------------------------------------------------------------------
@@ -270,7 +270,7 @@ def _describe(root: Path, out_root: Path | None, translator: Any) -> None:
     path = out_root / "dataset_description.json"
     if not path.exists():
         r = translator.resolved
-        model = str(r.repo_id or r.path) if r is not None else "in-memory"
+        model = "in-memory" if r is None else f"{r.path.name} (bundled)" if r.source == "bundled" else str(r.repo_id or r.path)
         write_json_atomic(path, derivative_description(root, out_root, model, r.revision if r is not None else None))
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from _translate_utils import files_under, small_model, write_head  # noqa: F401
 
+import mrtranslate
 from mrtranslate.best_source import DEFAULT_ORDER, choose_source, parse_best_source, ranked_sources
 from mrtranslate.cli import main
 from mrtranslate.dataset_names import bids_name, brats_name
@@ -71,7 +72,9 @@ def test_bids_dataset_goes_to_derivatives_with_sidecars_and_resumes(small_model:
     assert {p: p.read_bytes() for p in before} == before  # inputs untouched
     description = json.loads((deriv / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative" and description["BIDSVersion"]
-    assert description["GeneratedBy"][0]["Name"] == "mrtranslate"
+    generated = description["GeneratedBy"][0]
+    assert generated["Name"] == "mrtranslate" and generated["Version"] == mrtranslate.__version__
+    assert str(small_model.resolve()) in generated["Description"]
     assert description["DatasetLinks"] == {"raw": "../.."}
     side = sidecar(deriv / "sub-02/ses-1/anat/sub-02_ses-1_run-1_desc-synth_FLAIR.nii.gz")
     assert side["Sources"] == ["bids:raw:sub-02/ses-1/anat/sub-02_ses-1_run-1_T1w.nii.gz"]
@@ -84,13 +87,13 @@ def test_bids_dataset_goes_to_derivatives_with_sidecars_and_resumes(small_model:
     stamp = (deriv / "sub-01/anat/sub-01_desc-synth_T2w.nii.gz").read_bytes()
     code, out, _ = run(capsys, root, "--to", "flair", "t2", "--source", "t1", "--model", small_model, *FAST)
     assert code == 0
-    assert out.strip().splitlines()[-1] == ("2 subjects: 0 translated (0 images), 2 skipped (nothing left to do; "
-                                            "4 outputs exist), 0 failed")
+    assert out.strip().splitlines()[-1] == ("2 subjects: 0 translated (0 images written), 2 already done, 0 failed; "
+                                            "4 existing outputs kept")
     (deriv / "sub-02/ses-1/anat/sub-02_ses-1_run-1_desc-synth_T2w.nii.gz").unlink()
     code, out, _ = run(capsys, root, "--to", "flair", "t2", "--source", "t1", "--model", small_model, *FAST)
     assert code == 0
-    assert out.strip().splitlines()[-1] == ("2 subjects: 1 translated (1 images), 1 skipped (nothing left to do; "
-                                            "3 outputs exist), 0 failed")
+    assert out.strip().splitlines()[-1] == ("2 subjects: 1 translated (1 images written), 1 already done, 0 failed; "
+                                            "3 existing outputs kept")
     assert (deriv / "sub-01/anat/sub-01_desc-synth_T2w.nii.gz").read_bytes() == stamp
 
 
@@ -133,8 +136,8 @@ def test_complete_fills_exactly_the_missing_contrasts_from_the_models_best_sourc
         "B-2023/B-2023-t1n.nii.gz", "B-2023/B-2023-t1n.json", "B-2023/B-2023-t2w.nii.gz", "B-2023/B-2023-t2w.json",
         "B-2023/B-2023-t2f.nii.gz", "B-2023/B-2023-t2f.json",
     }
-    assert out.strip().splitlines()[-1] == ("3 subjects: 2 translated (5 images), 1 skipped (nothing left to do; "
-                                            "0 outputs exist), 0 failed")
+    assert out.strip().splitlines()[-1] == ("3 subjects: 2 translated (5 images written), 1 already done, 0 failed; "
+                                            "0 existing outputs kept")
     sources = {p.name: sidecar(p)["source_modality"] for p in (tmp_path / "out").rglob("*.nii.gz")}
     # flair from t1 as the model says (the default order would take t2); t1ce from t1 by the default order;
     # B-2023 has only t1ce, the source of everything
@@ -175,7 +178,7 @@ def test_continue_on_error_reports_each_failed_subject_and_exits_1(small_model: 
     code, out, err = run(capsys, root, "--to", "flair", "-o", tmp_path / "out", "--model", small_model, *FAST,
                          "--continue-on-error", "-q")
     assert code == 1
-    assert out.strip() == "3 subjects: 2 translated (2 images), 0 skipped (nothing left to do; 0 outputs exist), 1 failed"
+    assert out.strip() == "3 subjects: 2 translated (2 images written), 0 already done, 1 failed; 0 existing outputs kept"
     failed = [ln for ln in err.splitlines() if ln.startswith("  ")]
     assert len(failed) == 1 and failed[0].startswith("  B-2023: ") and "B-2023-t1c.nii.gz" in failed[0]
     assert sorted(p.name for p in (tmp_path / "out").rglob("*.nii.gz")) == ["A_2021_flair.nii.gz", "C_tk_fla_bet.nii.gz"]
