@@ -72,7 +72,7 @@ class DatasetSummary:
         return not self.failed
 
     def line(self) -> str:
-        part = f" (part {self.part[0]} of 0..{self.part[1] - 1})" if self.part[1] > 1 else ""
+        part = f" (part {self.part[0]} of {self.part[1]})" if self.part[1] > 1 else ""
         return (f"{self.subjects} subjects{part}: {self.done} translated ({self.images_written} images written), "
                 f"{self.skipped} already done, {len(self.failed)} failed; {self.images_skipped} existing outputs kept")
 
