@@ -76,7 +76,7 @@ def worker(
     the same noise and their outputs can be compared; ``save`` writes them (float32 .npy) for that.
     """
     from mrtranslate.pipeline import ALDMPipeline
-    from mrtranslate.runtime import Runtime
+    from mrtranslate.pipeline import Runtime
 
     torch.manual_seed(0)
     device = torch.device(device_name)

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from mrtranslate import Translator
-from mrtranslate.layout import find_subjects
+from mrtranslate.imaging.layout import find_subjects
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("folder", type=Path, help="a folder of subjects (BraTS 2021/2023 or BIDS layout)")

@@ -6,7 +6,11 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", "MODALITIES", "ALDMPipeline", "Translator", "translate_dataset", "complete_dataset"]
 
+from . import _moved
 from .modalities import MODALITIES
+
+# Module paths from before the layer folders (mrtranslate.volumes, mrtranslate.metrics, ...) still import.
+_moved.install()
 
 
 def __getattr__(name: str):

@@ -19,8 +19,7 @@ import torch
 
 from .errors import ModelFormatError, UnsafeCheckpointError, UsageError
 from .models import VQGAN, UNet, UNetConfig, VQGANConfig
-from .pipeline import ALDMPipeline, load_state_strict
-from .pipeline_config import PipelineConfig
+from .pipeline import ALDMPipeline, PipelineConfig, load_state_strict
 from .schedulers import DDIMScheduler, SchedulerConfig
 
 logger = logging.getLogger(__name__)

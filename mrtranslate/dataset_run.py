@@ -34,7 +34,7 @@ from .dataset_names import (
     write_json_atomic,
 )
 from .errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError
-from .layout import find_subjects
+from .imaging.layout import find_subjects
 from .modalities import canonical, canonical_list, guess_from_filename
 from .provenance import as_output_dtype, input_provenance, output_record
 
@@ -275,7 +275,7 @@ def _describe(root: Path, out_root: Path | None, translator: Any) -> None:
 
 
 def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, output_dtype: str, layout: str) -> int:
-    from .volumes import save_image
+    from .imaging.volume import save_image
 
     bound = translator(job.path, source=job.source)
     result = bound.to(*wanted, progress=False)

@@ -12,8 +12,10 @@ class MRTranslateError(Exception):
     exit_code = 1
 
 
-class UsageError(MRTranslateError):
-    """Wrong arguments: unknown modality, source equal to target, conflicting options."""
+class UsageError(MRTranslateError, ValueError):
+    """Wrong arguments: unknown modality, source equal to target, conflicting options.
+
+    Also a ``ValueError``, so that Python callers catching the built-in for a bad argument catch it too."""
 
     exit_code = 2
 

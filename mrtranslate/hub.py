@@ -99,7 +99,7 @@ def validate_model_folder(path: Path) -> None:
     ``config.json`` is a JSON object; every ``model.safetensors`` has a valid header and at least one tensor.
     Raises ModelNotFoundError (no such folder) or ModelFormatError.
     """
-    from .pipeline import read_model_json  # torch: imported only when a folder is checked
+    from .pipeline.folder import read_model_json  # torch: imported only when a folder is checked
 
     path = Path(path)
     if not path.is_dir():
@@ -112,7 +112,7 @@ def validate_model_folder(path: Path) -> None:
                 raise ModelFormatError(
                     f"{path / INDEX_NAME}: component name {name!r} is not a plain folder name; refusing to read it"
                 )
-    from .pipeline_config import PipelineConfig  # the pipeline's own rules for model_index.json
+    from .pipeline.config import PipelineConfig  # the pipeline's own rules for model_index.json
 
     config = PipelineConfig.from_dict(index, origin=str(path / INDEX_NAME))
     for component in config.components:

@@ -8,6 +8,7 @@ bound source into each target in one batched pass and returns images on the sour
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,11 +21,11 @@ from . import __version__
 from .errors import ModalityError, UsageError
 from .hub import ResolvedModel, push_to_hub, resolve_model
 from .modalities import canonical, canonical_list, guess_from_filename
-from .pipeline import ALDMPipeline
-from .pipeline_config import check_samples
-from .runtime import Runtime
+from .imaging.model_space import ModelSpaceInverse, Preprocessing, to_model_space
+from .imaging.volume import Volume, load_volume
+from .pipeline import ALDMPipeline, SamplingOptions
+from .pipeline.runtime import Runtime
 from .skullstrip_check import check_skull_stripped
-from .volumes import ModelSpaceInverse, Preprocessing, Volume, load_volume, to_model_space
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +41,11 @@ class Translator:
 
     Outputs are float32 ``nibabel.Nifti1Image`` on exactly the input's grid (shape, affine, qform and sform
     with codes); intensities >= 0 where 0 and 1 are the target's 0.5th and 99.5th percentiles (not clipped
-    above: the brightest brain voxels lie above 1), 0 outside the input's foreground (voxels > 0). ``seed``
-    (default 0) makes runs reproducible.
+    above: the brightest brain voxels lie above 1), 0 outside the input's foreground (voxels > 0).
+
+    Sampling: ``sampling=SamplingOptions(...)`` or its fields as keywords (``steps``, ``eta``, ``strength``,
+    ``samples``, ``seed``), here for every call, or in a call of ``to`` for that call; None takes the model's
+    defaults. ``seed`` (default 0) makes runs reproducible; ``seed=None`` here draws fresh noise each run.
     """
 
     def __init__(
@@ -53,11 +57,7 @@ class Translator:
         revision: str | None = None,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
-        steps: int | None = None,
-        eta: float | None = None,
-        strength: float | None = None,
-        samples: int | None = None,
-        seed: int | None = DEFAULT_SEED,
+        sampling: SamplingOptions | None = None,
         progress: bool = True,
         max_memory: int | str | None = None,
         compile: bool = False,
@@ -67,6 +67,7 @@ class Translator:
         allow_skull: bool = False,
         _pipeline: ALDMPipeline | None = None,
         _resolved: ResolvedModel | None = None,
+        **sampling_fields: Any,
     ):
         if _pipeline is None:
             _resolved = resolve_model(
@@ -77,11 +78,7 @@ class Translator:
             _pipeline = ALDMPipeline.from_pretrained(_resolved.path, runtime=runtime)
         self.pipeline = _pipeline
         self.resolved = _resolved
-        self.steps = steps
-        self.eta = eta
-        self.strength = strength
-        self.samples = samples
-        self.seed = seed
+        self.sampling = SamplingOptions.build(sampling or SamplingOptions(seed=DEFAULT_SEED), **sampling_fields)
         self.progress = progress
         self.allow_skull = allow_skull
         self._source: str | None = None
@@ -106,27 +103,23 @@ class Translator:
         dtype: str | torch.dtype | None = None,
         max_memory: int | str | None = None,
         compile: bool = False,
-        steps: int | None = None,
-        eta: float | None = None,
-        strength: float | None = None,
-        samples: int | None = None,
-        seed: int | None = DEFAULT_SEED,
+        sampling: SamplingOptions | None = None,
         progress: bool = True,
         token: str | None = None,
         allow_skull: bool = False,
+        **sampling_fields: Any,
     ) -> Translator:
         """Load a model: a Hub repo id (``org/name``, optional ``@revision``), a local model folder, or the name
         of a bundled model (None: the bundled default). ``device``: auto (CUDA when available), cpu or cuda;
         ``dtype``: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16. ``compile``: ``torch.compile`` the UNet
-        (opt-in; the first volume pays the compilation, tens of seconds, later ones run faster). ``steps``,
-        ``eta``, ``strength``, ``samples`` (see ``ALDMPipeline.sample``): None takes the model's defaults.
-        ``token``: a Hugging Face token for private Hub models (None: ``HF_TOKEN`` or the saved login).
-        ``allow_skull``: translate inputs that do not look skull-stripped (refused by default: the model
-        knows brains only; see :mod:`mrtranslate.skullstrip_check`)."""
+        (opt-in; the first volume pays the compilation, tens of seconds, later ones run faster). Sampling:
+        as for ``Translator``. ``token``: a Hugging Face token for private Hub models (None: ``HF_TOKEN`` or
+        the saved login). ``allow_skull``: translate inputs that do not look skull-stripped (refused by
+        default: the model knows brains only; see :mod:`mrtranslate.skullstrip_check`)."""
         return cls(
             model=model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device,
-            dtype=dtype, max_memory=max_memory, compile=compile, steps=steps, eta=eta, strength=strength,
-            samples=samples, seed=seed, progress=progress, token=token, allow_skull=allow_skull,
+            dtype=dtype, max_memory=max_memory, compile=compile, sampling=sampling, progress=progress,
+            token=token, allow_skull=allow_skull, **sampling_fields,
         )
 
     def __call__(self, image: Any, source: str | None = None) -> Translator:
@@ -187,20 +180,17 @@ class Translator:
     def to(
         self,
         *targets: str,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
+        sampling: SamplingOptions | None = None,
         progress: bool | None = None,
-        strength: float | None = None,
-        samples: int | None = None,
+        **sampling_fields: Any,
     ) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
         """Translate the bound source into ``targets`` (modality names or aliases) in one batched pass.
 
         One target returns a ``nibabel.Nifti1Image``; several return a dict keyed by canonical name.
+        ``sampling`` or its fields as keywords: this call's, over the translator's (None: theirs).
         """
         names = self._bound_targets(targets)
-        latents = self.translate_tensor(names, steps=steps, eta=eta, seed=seed, progress=progress, strength=strength,
-                                        samples=samples)
+        latents = self.translate_tensor(names, SamplingOptions.build(sampling, **sampling_fields), progress=progress)
         return self._images(names, latents, "")
 
     def to_spade_only(self, *targets: str) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
@@ -232,34 +222,19 @@ class Translator:
         return images[names[0]] if len(names) == 1 else images
 
     def translate_tensor(
-        self,
-        targets: Sequence[str],
-        *,
-        steps: int | None = None,
-        eta: float | None = None,
-        seed: int | None = None,
-        progress: bool | None = None,
-        strength: float | None = None,
-        samples: int | None = None,
+        self, targets: Sequence[str], sampling: SamplingOptions | None = None, *, progress: bool | None = None
     ) -> torch.Tensor:
         """Target latents ``[T, C, ...]`` for the bound source (encode once, sample every target in one batch)."""
         pipe = self.pipeline
         ids = [self.modalities.index(t) for t in targets]
-        sampling = self._sampling(steps, eta, strength, samples, targets)
-        pipe.plan(self._tensor.shape[2:], len(ids) * sampling["samples"])  # refuses before allocating when it cannot fit
-        seed = self.seed if seed is None else seed
+        o = self.resolve(targets, sampling)
+        pipe.plan(self._tensor.shape[2:], len(ids) * o.samples)  # refuses before allocating when it cannot fit
         # one generator per target, seeded by (seed, target): a target's output does not depend on which
         # other targets are translated with it (a resumed batch reproduces a full run)
-        gen = [torch.Generator().manual_seed(int(seed) * 1009 + i) for i in ids] if seed is not None else None
+        gen = [torch.Generator().manual_seed(int(o.seed) * 1009 + i) for i in ids] if o.seed is not None else None
         z = pipe.encode(self._tensor)
-        return pipe.sample(
-            z,
-            ids,
-            generator=gen,
-            progress=self.progress if progress is None else progress,
-            source=self._source_id(),
-            **sampling,
-        )
+        return pipe.generate(z, ids, o, generator=gen, progress=self.progress if progress is None else progress,
+                             source=self._source_id())
 
     def _source_id(self) -> int:
         self._require_bound()
@@ -269,25 +244,17 @@ class Translator:
         if self._tensor is None or self._inverse is None or self._source is None:
             raise UsageError("no source image: call the translator with one first, e.g. tr('t1.nii.gz').to('t2')")
 
-    def _sampling(
-        self, steps: int | None, eta: float | None, strength: float | None, samples: int | None = None,
-        targets: Sequence[str] = (),
-    ) -> dict[str, Any]:
-        """Steps, eta, strength and samples of a call: the call's own, else this translator's, else the model's
-        defaults. The model's strength is per pair when it sets ``pair_strength``: then, for a bound source and
-        ``targets``, a list with one strength per target where they differ (``ALDMPipeline.strengths``)."""
-        c = self.pipeline.config
-        given = strength if strength is not None else self.strength
-        chosen: float | list[float] = c.default_strength if given is None else given
-        if given is None and self._source is not None and targets:
-            chosen = self.pipeline.strengths([self.modalities.index(t) for t in targets], self._source_id())
-        return {"steps": _first(steps, self.steps, c.default_steps), "eta": _first(eta, self.eta, c.default_eta),
-                "strength": chosen,
-                "samples": check_samples(_first(samples, self.samples, c.default_samples))}
+    def resolve(self, targets: Sequence[str] = (), sampling: SamplingOptions | None = None) -> SamplingOptions:
+        """A call's sampling: its own options, else this translator's, else the model's defaults. The model's
+        strength is per pair when it sets ``pair_strength``: then, for a bound source and ``targets``, a tuple
+        with one strength per target where they differ (``ALDMPipeline.resolve``)."""
+        o = (sampling or SamplingOptions()).over(self.sampling)
+        if o.strength is None and (self._source is None or not targets):
+            o = dataclasses.replace(o, strength=self.pipeline.config.default_strength)
+        ids = [self.modalities.index(t) for t in targets]
+        return self.pipeline.resolve(o, ids, self._source_id() if self._source is not None else None)
 
-    def run_record(self, targets: Sequence[str], steps: int | None = None, eta: float | None = None,
-                   seed: int | None = None, strength: float | None = None,
-                   samples: int | None = None) -> dict[str, Any]:
+    def run_record(self, targets: Sequence[str], sampling: SamplingOptions | None = None) -> dict[str, Any]:
         """What produced an output: for a sidecar JSON written beside it."""
         pipe = self.pipeline
         return {
@@ -297,8 +264,7 @@ class Translator:
             "model_revision": self.resolved.revision if self.resolved else None,
             "source_modality": self._source,
             "targets": list(targets),
-            **self._sampling(steps, eta, strength, samples, targets),
-            "seed": self.seed if seed is None else seed,
+            **self.resolve(targets, sampling).as_record(),
             "device": str(pipe.device),
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),
             "intensity": "0 and 1 = the target's 0.5th and 99.5th percentiles, not clipped above; 0 outside the source foreground",
@@ -319,10 +285,6 @@ class Translator:
             return push_to_hub(Path(folder), repo_id, **kwargs)
         with tempfile.TemporaryDirectory() as tmp:
             return push_to_hub(self.save_pretrained(Path(tmp) / "model"), repo_id, **kwargs)
-
-
-def _first(*values: Any) -> Any:
-    return next(v for v in values if v is not None)
 
 
 def _target_names(targets: Sequence[str], source: str | None, modalities: Sequence[str]) -> list[str]:

@@ -366,7 +366,7 @@ def make_model_folder(path: Path, *, first_stage_only: bool = False, name: str =
     ``model_index.json`` is a real ``PipelineConfig``; the component configs and the random tensors only
     have to be well-formed (hub checks files, the pipeline checks networks).
     """
-    from mrtranslate.pipeline_config import PipelineConfig
+    from mrtranslate.pipeline.config import PipelineConfig
 
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -7,8 +7,7 @@ from pathlib import Path
 import torch
 
 from mrtranslate.models import UNetConfig, VQGANConfig
-from mrtranslate.pipeline import ALDMPipeline
-from mrtranslate.pipeline_config import PipelineConfig
+from mrtranslate.pipeline import ALDMPipeline, PipelineConfig
 
 TINY_VQ = VQGANConfig(ch=8, ch_mult=(1, 2), num_res_blocks=1, n_embed=32, num_groups=4, spade_nf=8, spade_hidden=8)
 TINY_UNET = UNetConfig(model_channels=16, channel_mult=(1, 2), attention_resolutions=(2,), num_head_channels=8, num_groups=8)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mrtranslate.cli import main
-from mrtranslate.metrics import compute_metrics
+from mrtranslate.evaluation.metrics import compute_metrics
 
 SHAPE = (20, 22, 18)
 

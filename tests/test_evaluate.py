@@ -16,15 +16,16 @@ from _tiny import save_tiny
 
 from mrtranslate.cli import main
 from mrtranslate.errors import DatasetLayoutError, UsageError
-from mrtranslate.evaluate import evaluate, task_pairs
-from mrtranslate.evaluate_figures import DPI, PANEL_INCHES, VIEWS
-from mrtranslate.evaluate_lut import N_BINS, IntensityLUT, LUTFitter, fit_luts
-from mrtranslate.layout import find_subjects
-from mrtranslate.metrics import compute_metrics, normalize
+from mrtranslate.evaluation.evaluate import evaluate, task_pairs
+from mrtranslate.evaluation.figures import DPI, PANEL_INCHES, VIEWS
+from mrtranslate.evaluation.lut import N_BINS, IntensityLUT, LUTFitter, fit_luts
+from mrtranslate.evaluation.metrics import compute_metrics, normalize
+from mrtranslate.imaging.layout import find_subjects
+from mrtranslate.pipeline import SamplingOptions
 from mrtranslate.translator import Translator
 
 pytest.importorskip("nilearn")  # the phantom simulator needs the train extra
-from mrtranslate.training.phantom import write_dataset  # noqa: E402
+from mrtranslate.phantom.simulator import write_dataset  # noqa: E402
 
 SPACING = 8.0  # 32^3 phantoms: the cheapest that still hold a brain-shaped head
 METHODS = ("aldm", "spade", "lut")
@@ -348,6 +349,6 @@ def test_a_models_pair_strength_is_used_said_and_part_of_the_reuse_key(setup, tm
                                          )).dataobj) for t in ("t2", "flair")}
     np.testing.assert_allclose(saved["flair"], np.asarray(bound.to("flair", strength=0.3).dataobj), rtol=0, atol=1e-5)
     np.testing.assert_allclose(saved["t2"], np.asarray(bound.to("t2", strength=0.6).dataobj), rtol=0, atol=1e-5)
-    evaluate(root / "test", pairs, "t1", ["t2", "flair"], ["aldm"], out, strength=0.6, **run)  # every pair at 0.6
+    evaluate(root / "test", pairs, "t1", ["t2", "flair"], ["aldm"], out, sampling=SamplingOptions(strength=0.6), **run)  # every pair at 0.6
     _, rows = _rows(out)
     assert [r["reused"] for r in rows] == ["0", "0"]  # a different key: not the pair-strength predictions

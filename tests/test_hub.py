@@ -93,7 +93,7 @@ def test_conflicting_revisions(tmp_path: Path) -> None:
 
 # -- validate_model_folder ----------------------------------------------------------------------------
 def test_hub_knows_the_files_of_every_pipeline_component() -> None:
-    from mrtranslate.pipeline_config import COMPONENTS
+    from mrtranslate.pipeline.config import COMPONENTS
 
     assert set(hub.COMPONENT_FILES) == set(COMPONENTS)
 
@@ -155,9 +155,9 @@ def test_unreadable_json(content: str, tmp_path: Path) -> None:
 
 def test_oversized_json_is_not_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = make_model_folder(tmp_path / "m")
-    import mrtranslate.pipeline
+    import mrtranslate.pipeline.folder
 
-    monkeypatch.setattr(mrtranslate.pipeline, "MAX_JSON_BYTES", 64)  # the one reader of model-folder JSON
+    monkeypatch.setattr(mrtranslate.pipeline.folder, "MAX_JSON_BYTES", 64)  # the one reader of model-folder JSON
     with pytest.raises(ModelFormatError, match="far larger than a config"):
         validate_model_folder(folder)
     with pytest.raises(ModelFormatError, match="far larger than a config"):

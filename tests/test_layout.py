@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mrtranslate.errors import DatasetLayoutError, MRTranslateError
-from mrtranslate.layout import Subject, file_role, find_subjects
+from mrtranslate.imaging.layout import Subject, file_role, find_subjects
 
 
 def touch(root: Path, *relative: str) -> None:

@@ -14,17 +14,17 @@ pytest.importorskip("scipy")
 
 from mrtranslate.cli import main  # noqa: E402
 from mrtranslate.errors import MissingDependencyError, UsageError  # noqa: E402
-from mrtranslate.layout import find_subjects  # noqa: E402
+from mrtranslate.imaging.layout import find_subjects  # noqa: E402
 from mrtranslate.training import phantom_anatomy  # noqa: E402
-from mrtranslate.training.phantom import PhantomSubject, simulate_subject, write_dataset  # noqa: E402
-from mrtranslate.training.phantom_anatomy import (  # noqa: E402
+from mrtranslate.phantom.simulator import PhantomSubject, simulate_subject, write_dataset  # noqa: E402
+from mrtranslate.phantom.anatomy import (  # noqa: E402
     BRAIN_HI_MM,
     BRAIN_LO_MM,
     default_grid,
     grid_affine,
     load_template,
 )
-from mrtranslate.training.phantom_physics import (  # noqa: E402
+from mrtranslate.phantom.physics import (  # noqa: E402
     NOMINAL_TISSUES,
     Sequence,
     Tissue,

@@ -11,7 +11,7 @@ import torch
 
 from _tiny import tiny_pipeline
 from mrtranslate.errors import ModelFormatError, UsageError
-from mrtranslate.pipeline import ALDMPipeline
+from mrtranslate.pipeline import ALDMPipeline, SamplingOptions
 
 
 def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
@@ -26,8 +26,8 @@ def test_save_load_round_trip_is_exact(tmp_path: Path) -> None:
     assert back.scheduler.config == pipe.scheduler.config
     x = torch.rand(1, 1, 32, 32, 32) * 2 - 1
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    assert torch.equal(pipe.translate(x, [2], steps=2, generator=g1, progress=False),
-                       back.translate(x, [2], steps=2, generator=g2, progress=False))
+    assert torch.equal(pipe.translate(x, [2], SamplingOptions(steps=2), generator=g1, progress=False),
+                       back.translate(x, [2], SamplingOptions(steps=2), generator=g2, progress=False))
     files = sorted(str(p.relative_to(tmp_path / "m")) for p in (tmp_path / "m").rglob("*") if p.is_file())
     assert files == ["README.md", "model_index.json", "scheduler/config.json", "unet/config.json",
                      "unet/model.safetensors", "vqgan/config.json", "vqgan/model.safetensors"]
@@ -105,8 +105,9 @@ def test_strength_runs_the_low_noise_steps_from_the_noised_spade_latent() -> Non
     calls.clear()
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     img = torch.rand(1, 1, 32, 32, 32) * 2 - 1
-    assert torch.equal(pipe.translate(img, [2], steps=10, eta=0.0, generator=g1, progress=False),
-                       pipe.translate(img, [2], steps=10, eta=0.0, generator=g2, progress=False, strength=0.35))
+    assert torch.equal(pipe.translate(img, [2], SamplingOptions(steps=10, eta=0.0), generator=g1, progress=False),
+                       pipe.translate(img, [2], SamplingOptions(steps=10, eta=0.0, strength=0.35), generator=g2,
+                                      progress=False))
     assert calls == [301, 201, 101, 1] * 2
 
 
@@ -248,7 +249,7 @@ def test_samples_average_the_latents_of_that_many_samples() -> None:
     pipe = tiny_pipeline()
     z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
     kw = dict(steps=4, eta=0.0, strength=0.5, progress=False)
-    got = pipe.sample(z, [1, 3], samples=3, generator=[torch.Generator().manual_seed(s) for s in (5, 6)], **kw)
+    got = pipe.sample_mean(z, [1, 3], 3, generator=[torch.Generator().manual_seed(s) for s in (5, 6)], **kw)
     for i, (t, seed) in enumerate(((1, 5), (3, 6))):
         g = torch.Generator().manual_seed(seed)
         noises = [torch.randn((1, 4, 16, 16, 16), generator=g) for _ in range(3)]
@@ -257,10 +258,12 @@ def test_samples_average_the_latents_of_that_many_samples() -> None:
         assert float((got[i : i + 1] - mean).norm() / mean.norm()) < 1e-5
         assert float((each[0] - mean).norm() / mean.norm()) > 1e-3  # the samples differ, or this test could not fail
     one = pipe.sample(z, [1], generator=torch.Generator().manual_seed(5), **kw)
-    assert torch.equal(one, pipe.sample(z, [1], samples=1, generator=torch.Generator().manual_seed(5), **kw))
+    assert torch.equal(one, pipe.sample_mean(z, [1], 1, generator=torch.Generator().manual_seed(5), **kw))
     for bad in (0, 65, 2.0, True):
         with pytest.raises(UsageError, match="samples = .*: use an integer from 1 to 64"):
-            pipe.sample(z, [1], samples=bad, **kw)
+            pipe.sample_mean(z, [1], bad, **kw)
+        with pytest.raises(UsageError, match="samples = .*: use an integer from 1 to 64"):
+            SamplingOptions(samples=bad)
 
 
 def test_translate_takes_the_models_default_samples() -> None:
@@ -271,10 +274,10 @@ def test_translate_takes_the_models_default_samples() -> None:
     kw = dict(steps=4, eta=1.0, strength=0.5, progress=False)
 
     def run(**extra):
-        return pipe.translate(x, [1], generator=[torch.Generator().manual_seed(7)], **kw, **extra)
+        options = SamplingOptions(steps=4, eta=1.0, strength=0.5, **extra)
+        return pipe.translate(x, [1], options, generator=[torch.Generator().manual_seed(7)], progress=False)
 
-    two = pipe.decode(pipe.sample(pipe.encode(x), [1], samples=2,
-                                  generator=[torch.Generator().manual_seed(7)], **kw))
+    two = pipe.decode(pipe.sample_mean(pipe.encode(x), [1], 2, generator=[torch.Generator().manual_seed(7)], **kw))
     assert torch.equal(run(), two)
     one = run(samples=1)
     assert torch.equal(one, pipe.decode(pipe.sample(pipe.encode(x), [1], generator=[torch.Generator().manual_seed(7)], **kw)))
@@ -282,23 +285,25 @@ def test_translate_takes_the_models_default_samples() -> None:
 
 
 def test_per_target_strengths_sample_each_target_as_alone() -> None:
-    """strength as a list: each target sampled with its own strength, as if alone (one generator per target)."""
+    """sample_by_strength: each target sampled with its own strength, as if alone (one generator per target)."""
     pipe = tiny_pipeline()
     z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
     kw = dict(steps=4, eta=1.0, progress=False)
     targets, strengths, seeds = [1, 2, 3], [0.6, 0.3, 0.6], [5, 6, 7]  # 4 steps: 0.6 runs 3, 0.3 runs 2
     for samples in (1, 2):
-        got = pipe.sample(z, targets, strength=strengths, samples=samples,
-                          generator=[torch.Generator().manual_seed(s) for s in seeds], **kw)
+        got = pipe.sample_by_strength(z, targets, strengths, samples,
+                                      generator=[torch.Generator().manual_seed(s) for s in seeds], **kw)
         for i, (t, s, seed) in enumerate(zip(targets, strengths, seeds)):
-            alone = pipe.sample(z, [t], strength=s, samples=samples, generator=[torch.Generator().manual_seed(seed)], **kw)
+            alone = pipe.sample_mean(z, [t], samples, strength=s, generator=[torch.Generator().manual_seed(seed)], **kw)
             assert float((got[i : i + 1] - alone).norm() / alone.norm()) < 1e-5
-    other = pipe.sample(z, [2], strength=0.6, samples=2, generator=[torch.Generator().manual_seed(6)], **kw)
+    other = pipe.sample_mean(z, [2], 2, strength=0.6, generator=[torch.Generator().manual_seed(6)], **kw)
     assert float((got[1:2] - other).norm() / other.norm()) > 1e-3  # the strength of target 2 mattered
     with pytest.raises(UsageError, match="got 2 strengths for 3 targets"):
-        pipe.sample(z, targets, strength=[0.6, 0.3], **kw)
+        pipe.sample_by_strength(z, targets, [0.6, 0.3], **kw)
     with pytest.raises(UsageError, match="strength = 0"):
-        pipe.sample(z, targets, strength=[0.6, 0.0, 0.6], **kw)
+        pipe.sample_by_strength(z, targets, [0.6, 0.0, 0.6], **kw)
+    with pytest.raises(UsageError, match="one strength for every target"):
+        pipe.sample(z, targets, strength=[0.6, 0.3, 0.6], **kw)
 
 
 def test_pair_strength_is_the_models_strength_of_that_pair(tmp_path: Path) -> None:
@@ -314,11 +319,11 @@ def test_pair_strength_is_the_models_strength_of_that_pair(tmp_path: Path) -> No
     back = ALDMPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "m"))
     assert back.config.pair_strength == {"t1->t1ce": 0.3}
     x = torch.rand(1, 1, 32, 32, 32) * 2 - 1
-    kw = dict(steps=4, eta=1.0, progress=False)
 
     def run(targets, source, **extra):
         gens = [torch.Generator().manual_seed(10 + t) for t in targets]
-        return back.translate(x, targets, generator=gens, source=source, **kw, **extra)
+        return back.translate(x, targets, SamplingOptions(steps=4, eta=1.0, **extra), generator=gens, source=source,
+                              progress=False)
 
     def close(a, b):  # (a batch of 2 and of 1 may round differently)
         return float((a - b).norm() / b.norm()) < 1e-5

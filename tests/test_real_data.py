@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from mrtranslate.errors import DatasetLayoutError
-from mrtranslate.layout import find_subjects
+from mrtranslate.imaging.layout import find_subjects
 from mrtranslate.training.data import preprocess_subject
-from mrtranslate.volumes import Preprocessing, to_model_space
-from mrtranslate.volumes_resample import resample_to_spacing
+from mrtranslate.imaging.model_space import Preprocessing, to_model_space
+from mrtranslate.imaging.resample import resample_to_spacing
 
 from conftest import SHARED, require_reference
 

@@ -1,4 +1,4 @@
-"""mrtranslate's ALDM is general, not fitted to one reference file (issue 2).
+"""mrtranslate's ALDM is general, not fitted to one reference file.
 
 An independent functional implementation of the authors' computation (tests/_official_functional.py) is
 first proven against the authors' own numbers (../shared/reference/aldm-tiny). Then random checkpoints in
@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 import _official_checkpoints as oc
 import _official_functional as of
 from mrtranslate.cli import main as cli_main
-from mrtranslate.pipeline import ALDMPipeline
+from mrtranslate.pipeline import ALDMPipeline, SamplingOptions
 
 TOL = 1e-4
 
@@ -254,6 +254,6 @@ def test_translate_eta1_with_seeded_generator(case: Case) -> None:
         z_q, _ = of.vq_quantize(case.vq, of.vq_encode(case.vq, case.image, case.sizes.num_groups))
         lat = of.ddim_sample(case.eps_fn(z_q, y), x_T, case.ldm["alphas_cumprod"], case.steps, 1.0, noises)
         want = of.vq_decode(case.vq, lat, case.sizes.num_groups)
-        got = case.pipe.translate(case.image, case.targets, steps=case.steps, eta=1.0,
+        got = case.pipe.translate(case.image, case.targets, SamplingOptions(steps=case.steps, eta=1.0),
                                   generator=torch.Generator().manual_seed(case.seed + 2), progress=False)
         assert rel(got, want) < TOL

@@ -144,6 +144,16 @@ def test_readme_documents_the_exit_codes_the_cli_uses() -> None:
             assert cls.exit_code == (2 if issubclass(cls, errors.UsageError) else 1), cls
 
 
+def test_usage_errors_are_value_errors_for_python_callers() -> None:
+    """A caller's `except ValueError` catches a bad argument, as with any Python library; other errors are not."""
+    from mrtranslate.pipeline import SamplingOptions
+
+    with pytest.raises(ValueError, match="steps = 0"):
+        SamplingOptions(steps=0)
+    assert issubclass(errors.ModalityError, ValueError) and issubclass(errors.UsageError, errors.MRTranslateError)
+    assert not issubclass(errors.InputImageError, ValueError)
+
+
 # -- memory budget ---------------------------------------------------------------------------------------------
 def test_a_volume_over_the_memory_budget_is_refused_before_encoding(small_model: Path, tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,7 +8,7 @@ import torch
 from _tiny import tiny_pipeline
 from mrtranslate.errors import MemoryBudgetError
 from mrtranslate.models import VQGAN, VQGANConfig, streaming
-from mrtranslate.runtime import Runtime, parse_memory, plan_memory
+from mrtranslate.pipeline.runtime import Runtime, parse_memory, plan_memory
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import importlib
-import itertools
 import json
 import math
+import re
 import signal
 from pathlib import Path
 
@@ -31,15 +31,14 @@ from _training_utils import (  # noqa: E402
 
 from mrtranslate.cli import main  # noqa: E402
 from mrtranslate.errors import InputImageError, OutputExistsError, UsageError  # noqa: E402
-from mrtranslate.layout import find_subjects  # noqa: E402
+from mrtranslate.imaging.layout import find_subjects  # noqa: E402
 from mrtranslate.modalities import MODALITIES  # noqa: E402
 from mrtranslate.models import UNetConfig, VQGANConfig  # noqa: E402
-from mrtranslate.pipeline import ALDMPipeline  # noqa: E402
+from mrtranslate.pipeline import ALDMPipeline, SamplingOptions  # noqa: E402
 from mrtranslate.training import builders  # noqa: E402
 from mrtranslate.training.autoencoder import AutoencoderStage, reconstruction_l1  # noqa: E402
 from mrtranslate.training.checkpoint import load_checkpoint  # noqa: E402
 from mrtranslate.training.config import (  # noqa: E402
-    STAGES,
     AutoencoderConfig,
     DiffusionConfig,
     SpadeConfig,
@@ -48,8 +47,6 @@ from mrtranslate.training.config import (  # noqa: E402
     pair_weight_matrix,
 )
 from mrtranslate.training.data import (  # noqa: E402
-    anchor_to_source,
-    dataset_subjects,
     load_images,
     preprocess_subject,
     sample_pairs,
@@ -58,10 +55,10 @@ from mrtranslate.training.data import (  # noqa: E402
     step_generator,
 )
 from mrtranslate.training.first_stage import load_first_stage  # noqa: E402
-from mrtranslate.training.phantom import write_dataset  # noqa: E402
+from mrtranslate.phantom.simulator import write_dataset  # noqa: E402
 from mrtranslate.training.stage import FIRST_STAGE_ENCODER  # noqa: E402
 from mrtranslate.training.trainer import train  # noqa: E402
-from mrtranslate.volumes import Preprocessing, to_model_space  # noqa: E402
+from mrtranslate.imaging.model_space import Preprocessing, to_model_space  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -134,14 +131,14 @@ def test_pair_weights_set_how_often_each_pair_is_drawn() -> None:
                          (dict.fromkeys(EVERY_PAIR, 0), "weight 0")):
         with pytest.raises(UsageError, match=message):
             load_config("spade", overrides=spade_config(pair_weights=bad))
-    with pytest.raises(UsageError, match="pair_weights"):
-        load_config("diffusion", overrides=diffusion_config(pair_weights=[1, 2]))
 
 
-def test_data_at_another_spacing_is_a_clear_error(tmp_path: Path) -> None:
+def test_data_at_another_spacing_is_resampled_to_the_model_spacing(tmp_path: Path) -> None:
     subject = find_subjects(write_subjects(tmp_path, n=1, spacing=5.0))[0]
-    with pytest.raises(InputImageError, match="resample"):
-        preprocess_subject(subject, Preprocessing.from_dict(PREP))
+    images, available = preprocess_subject(subject, Preprocessing.from_dict(PREP))
+    assert tuple(images.shape[1:]) == tuple(PREP["grid"]) and bool(available.any())
+    for m in available.nonzero(as_tuple=True)[0].tolist():
+        assert float(images[m].min()) == -1.0 and float(images[m].max()) > 0
 
 
 def test_sampling_depends_only_on_seed_step_and_rank() -> None:
@@ -318,9 +315,9 @@ def test_diffusion_timestep_range_limits_the_training_timesteps(chain: dict[str,
             load_config("diffusion", overrides=diffusion_config(timestep_range=bad))
 
 
-@pytest.mark.parametrize("stage", ["spade", "diffusion"])
-def test_stages_draw_pairs_by_their_pair_weights(stage: str, chain: dict[str, Path], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_spade_draws_pairs_by_its_pair_weights(chain: dict[str, Path], tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    stage = "spade"
     module = importlib.import_module(f"mrtranslate.training.{stage}")
     drawn: list[tuple[int, int]] = []
     draw = module.sample_pairs
@@ -331,11 +328,9 @@ def test_stages_draw_pairs_by_their_pair_weights(stage: str, chain: dict[str, Pa
         return subjects, src, tgt
 
     monkeypatch.setattr(module, "sample_pairs", record)
-    make = spade_config if stage == "spade" else diffusion_config
-    first = chain["autoencoder" if stage == "spade" else "spade"]
     weights = {p: float(p == "flair->t1ce") for p in EVERY_PAIR}
-    train(stage, tmp_path / stage, _data_of(chain), make(steps=3, pair_weights=weights), first_stage=str(first),
-          progress=False)
+    train(stage, tmp_path / stage, _data_of(chain), spade_config(steps=3, pair_weights=weights),
+          first_stage=str(chain["autoencoder"]), progress=False)
     assert drawn and set(drawn) == {(3, 1)}
 
 
@@ -487,9 +482,8 @@ def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path]
     for stage in ("autoencoder", "spade", "diffusion"):
         assert f"mrtranslate train {stage} --data" in card
     assert "Phantom_0_00000" in card and "seed 0" in card and "| diffusion | 4 |" in card
-    assert "anchor_targets" not in card  # the published scale for every target
     assert "sampling it suggests: 3 DDIM steps, eta 1.0, strength 0.5 (t1->t1ce: 0.2)" in card
-    out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], steps=2, progress=False, source=0)
+    out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], SamplingOptions(steps=2), progress=False, source=0)
     assert out.shape == (1, 1, 20, 24, 20) and torch.isfinite(out).all()
     # a first-stage run exports a first-stage-only folder, usable as the first stage of a later run
     assert main(["export", str(chain["spade"]), "--out", str(tmp_path / "fs"), "-q"]) == 0
@@ -517,54 +511,6 @@ def test_dead_code_restart_moves_unused_codes_and_resumes_exactly(phantoms: Path
     assert int((a != b).any(1).sum()) >= restarted[1]
 
 
-# ---- anchored targets and one target's layers (anchor_targets, train_targets) -----------------------------
-def test_decoder_fine_tuning_can_decode_the_translated_latents_of_its_ms_spade(chain: dict[str, Path], tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from mrtranslate.models import VQGAN
-
-    for bad, message in (({"translated_fraction": 1.5}, "translated_fraction"),
-                         ({"translated_fraction": 0.5, "init": "m"}, "needs freeze_encoder")):
-        with pytest.raises(UsageError, match=message):
-            load_config("autoencoder", overrides=autoencoder_config(**bad))
-    model = tmp_path / "model"
-    assert main(["export", str(chain["diffusion"]), "--out", str(model), "-q"]) == 0
-    pipe = ALDMPipeline.from_pretrained(model)
-    data = _data_of(chain)
-    cfg = autoencoder_config(steps=2, freeze_encoder=True, translated_fraction=1.0, crop=[8, 16, 8])
-    seen = []
-    step = AutoencoderStage.train_step
-    monkeypatch.setattr(AutoencoderStage, "train_step", lambda self, b, i: seen.append(b) or step(self, b, i))
-    decoded = []
-    decode = VQGAN.decode
-    monkeypatch.setattr(VQGAN, "decode", lambda self, z: decoded.append(z.detach().clone()) or decode(self, z))
-    train("autoencoder", tmp_path / "whole", data, cfg, init=str(model), progress=False)
-    prep = Preprocessing.from_dict(cfg["preprocessing"])
-    images = load_images(dataset_subjects(data), prep, progress=False).images
-    f = pipe.vqgan.config.downsampling_factor
-    with torch.no_grad():
-        latents = [[pipe.vqgan.quantize.lookup(pipe.vqgan.quantize.codes(pipe.vqgan.encode_continuous(im[None, None])))
-                    for im in subject] for subject in images]
-    assert len(seen) == 2 and len(decoded) == 2
-    for batch, dec in zip(seen, decoded):
-        assert batch["alt"].all()  # every phantom has four scans, so every sample is a translated one
-        torch.testing.assert_close(dec, batch["z"])  # the decoder's input is the translated latent
-        for x, z in zip(batch["x"], batch["z"]):
-            # the scan and offset (multiples of f) that x was cropped from, and z the same crop of a translation
-            hits = [(n, m, o) for n, subject in enumerate(images) for m, im in enumerate(subject)
-                    for o in itertools.product(*(range(0, g - c + 1, f) for g, c in zip(im.shape, x.shape[1:])))
-                    if torch.equal(im[o[0]:o[0] + 8, o[1]:o[1] + 16, o[2]:o[2] + 8], x[0])]
-            assert len(hits) == 1
-            n, m, o = hits[0]
-            window = (slice(None), *(slice(k // f, k // f + c // f) for k, c in zip(o, x.shape[1:])))
-            with torch.no_grad():
-                options = [pipe.vqgan.spade(latents[n][k], torch.tensor([m]))[0][window] for k in range(4) if k != m]
-            assert any(torch.allclose(z, y, atol=1e-5) for y in options)
-    # resumed from its checkpoint (the translations made again from the restored weights): the same run
-    train("autoencoder", tmp_path / "half", data, cfg, init=str(model), steps=1, progress=False)
-    train("autoencoder", tmp_path / "half", resume=True, steps=2, progress=False)
-    assert checkpoint_differences(tmp_path / "whole", tmp_path / "half") == []
-
-
 def test_reconstruction_l1_weighs_the_background_by_background_weight() -> None:
     g = torch.Generator().manual_seed(3)
     x = torch.rand(2, 1, 4, 5, 6, generator=g) * 2 - 1
@@ -581,170 +527,34 @@ def test_reconstruction_l1_weighs_the_background_by_background_weight() -> None:
     assert float(reconstruction_l1(torch.full_like(x, -1.0), rec, 0.0)) == 0.0  # a crop of background only
 
 
-def test_anchor_to_source_takes_the_source_median() -> None:
-    g = torch.Generator().manual_seed(1)
-    src = torch.rand(1, 1, 6, 7, 8, generator=g) * 1.5 - 0.5
-    tgt = torch.rand(1, 1, 6, 7, 8, generator=g) * 2 - 1
-    tgt[..., :2] = -1  # background
-    out = anchor_to_source(src, tgt)
-    brain = (tgt > -1).numpy()
-    # the median as torch takes it (the lower middle value of an even count), against numpy's
-    median = lambda x: np.quantile(x.numpy()[brain] + 1, 0.5, method="lower")  # noqa: E731
-    assert median(out) == pytest.approx(median(src), rel=1e-6)
-    assert torch.equal(out[~brain], tgt[~brain])  # the background stays at -1
-    ratio = (out.numpy()[brain] + 1) / (tgt.numpy()[brain] + 1)
-    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)  # one factor for every voxel
-    with pytest.raises(InputImageError, match="no foreground"):
-        anchor_to_source(src, torch.full_like(tgt, -1.0))
+def test_a_run_config_saved_with_a_removed_setting_still_loads() -> None:
+    """A resumed run's config.json from an older version holds removed settings at their inert value."""
+    assert load_config("spade", overrides=spade_config(anchor_targets=[], train_targets=None)).stage == "spade"
+    assert load_config("autoencoder", overrides=autoencoder_config(translated_fraction=0.0)).stage == "autoencoder"
+    assert load_config("diffusion", overrides=diffusion_config(pair_weights=None)).stage == "diffusion"
+    with pytest.raises(UsageError, match="unknown setting.*anchor_targets"):
+        load_config("spade", overrides=spade_config(anchor_targets=["t1ce"]))
+    with pytest.raises(UsageError, match="unknown setting.*pair_weights"):
+        load_config("diffusion", overrides=diffusion_config(pair_weights={"t1->t2": 2}))
 
 
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [
-        ({"anchor_targets": ["pd"]}, "must be a modality"),
-        ({"anchor_targets": ["t1->t1"]}, "two different"),
-        ({"anchor_targets": ["t1->t2->t1ce"]}, "must be a modality"),
-        ({"anchor_targets": ["t1ce", "T1->T1c"]}, "pair t1->t1ce twice"),
-        ({"anchor_targets": "t1ce"}, "list of .source->target. pairs or target modality names"),
-        ({"train_targets": "t1ce", "adv_weight": 0}, "list of modality names"),
-        ({"train_targets": ["t1ce"]}, "adv_weight and cycle_weight"),
-        ({"train_targets": [], "adv_weight": 0}, "empty"),
-        ({"train_targets": ["t1ce"], "adv_weight": 0, "pair_weights": {"t1->t1ce": 0, "t2->t1ce": 0,
-                                                                        "flair->t1ce": 0}}, "weight 0"),
-    ],
-)
-def test_anchor_and_train_target_errors_name_the_setting(override: dict, message: str) -> None:
-    with pytest.raises(UsageError, match=message):
-        load_config("spade", overrides=spade_config(**override))
+RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "phantom-demo"
 
 
-def _expected_codes(first_stage: Path, data: str) -> tuple[dict, dict]:
-    """``(anchored, plain)``: (subject, source) -> codes of the subject's T1ce rescaled in numpy to the source's
-    brain median; (subject, modality) -> codes of the scan itself."""
-    first = load_first_stage(first_stage)
-    images = load_images(dataset_subjects(data, 2), Preprocessing.from_dict(first.preprocessing), progress=False)
-    vq = first.vqgan.eval()
-
-    def codes(x: np.ndarray) -> torch.Tensor:
-        with torch.no_grad():
-            return vq.quantize.codes(vq.encode_continuous(torch.from_numpy(x.astype(np.float32))[None, None]))[0].int()
-
-    anchored, plain = {}, {}
-    for n in range(len(images)):
-        scans = images.images[n].numpy().astype(np.float64)
-        for m in range(len(MODALITIES)):
-            plain[n, m] = codes(scans[m])
-        brain = scans[1] > -1
-        for s in (0, 2, 3):
-            median = [np.quantile(scans[k][brain] + 1, 0.5, method="lower") for k in (s, 1)]
-            anchored[n, s] = codes((scans[1] + 1) * (median[0] / median[1]) - 1)
-    return anchored, plain
-
-
-def _record_batches(module, monkeypatch: pytest.MonkeyPatch, stage_cls) -> list[tuple[list, dict]]:
-    """Each training step's drawn (subject, source, target) triples with its batch."""
-    seen: list[tuple[list, dict]] = []
-    draws: list[list] = []
-    draw = module.sample_pairs
-
-    def record_draw(*args):
-        subjects, src, tgt = draw(*args)
-        draws.append(list(zip(subjects.tolist(), src.tolist(), tgt.tolist())))
-        return subjects, src, tgt
-
-    step = stage_cls.train_step
-
-    def record_step(self, batch, i):
-        seen.append((draws[-1], batch))
-        return step(self, batch, i)
-
-    monkeypatch.setattr(module, "sample_pairs", record_draw)
-    monkeypatch.setattr(stage_cls, "train_step", record_step)
-    return seen
-
-
-def test_spade_learns_anchored_targets_in_their_own_layers_only(chain: dict[str, Path], tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from mrtranslate.training import spade as spade_module
-    from mrtranslate.training.spade import SpadeStage
-
-    cfg = spade_config(anchor_targets=["T1c"], train_targets=["t1ce"], adv_weight=0)
-    seen = _record_batches(spade_module, monkeypatch, SpadeStage)
-    run = tmp_path / "anchored"
-    train("spade", run, _data_of(chain), cfg, first_stage=str(chain["autoencoder"]), progress=False)
-    expected, plain = _expected_codes(chain["autoencoder"], _data_of(chain))
-    assert len(seen) == 4
-    for triples, batch in seen:
-        for i, (n, s, t) in enumerate(triples):
-            assert t == 1  # only pairs into the trained target are drawn
-            assert torch.equal(batch["tgt_codes"][i], expected[n, s])
-    # the anchoring changed the codes of some drawn pair, or this test could not fail
-    assert any(not torch.equal(expected[n, s], plain[n, 1]) for triples, _ in seen for n, s, _ in triples)
-    # only the T1ce target's switchable SPADE layers moved; the rest of the VQ-GAN is the first stage's
-    before = load_checkpoint(chain["autoencoder"] / "checkpoint")[0]
-    after = load_checkpoint(run / "checkpoint")[0]
-    names = [k for k in after if k.startswith("model/vqgan/")]
-    moved = {k for k in names if not torch.equal(after[k], before[k])}
-    t1ce_layers = {k for k in names if ".spades.1." in k}
-    assert moved and moved <= t1ce_layers and len(moved) > len(t1ce_layers) // 2
-    # resumed from 2 steps on the cached (anchored) codes: the run an uninterrupted one makes
-    monkeypatch.undo()
-    half = tmp_path / "half"
-    train("spade", half, _data_of(chain), cfg, steps=2, first_stage=str(chain["autoencoder"]), progress=False)
-    monkeypatch.setattr(builders, "encode_anchored_codes", lambda *a, **k: pytest.fail("cache not used"))
-    train("spade", half, None, resume=True, steps=4, progress=False)
-    assert checkpoint_differences(run, half) == []
-
-
-def test_diffusion_learns_the_anchored_targets_of_its_spade_run(chain: dict[str, Path], tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from mrtranslate.training import diffusion as diffusion_module
-    from mrtranslate.training.diffusion import DiffusionStage
-
-    spade_run = tmp_path / "spade"
-    pair = ["T1->t1c"]  # one pair: T2 -> T1ce and FLAIR -> T1ce keep the published targets
-    train("spade", spade_run, _data_of(chain), spade_config(anchor_targets=pair, adv_weight=0, steps=1),
-          first_stage=str(chain["autoencoder"]), progress=False)
-    with pytest.raises(UsageError, match=r"anchor_targets \[\] differs from the spade run's \['t1->t1ce'\]"):
-        train("diffusion", tmp_path / "plain", _data_of(chain), diffusion_config(), first_stage=str(spade_run),
-              progress=False)
-    seen = _record_batches(diffusion_module, monkeypatch, DiffusionStage)
-    weights = {p: float(p.endswith("->t1ce")) for p in EVERY_PAIR}
-    train("diffusion", tmp_path / "anchored", _data_of(chain),
-          diffusion_config(anchor_targets=pair, steps=6, pair_weights=weights), first_stage=str(spade_run), progress=False)
-    anchored, plain = _expected_codes(spade_run, _data_of(chain))
-    drawn = [(n, s) for triples, _ in seen for n, s, _ in triples]
-    assert {s for _, s in drawn} == {0, 2, 3}  # pairs into T1ce from every source
-    for triples, batch in seen:
-        for i, (n, s, t) in enumerate(triples):
-            assert torch.equal(batch["tgt_codes"][i], anchored[n, s] if s == 0 else plain[n, t])
-    assert any(not torch.equal(anchored[n, s], plain[n, 1]) for n, s in drawn if s == 0)
-    assert main(["export", str(tmp_path / "anchored"), "--out", str(tmp_path / "model"), "-q"]) == 0
-    assert "trained with `anchor_targets` ['t1->t1ce']: the targets of these pairs" in (
-        tmp_path / "model" / "README.md").read_text()
-
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "phantom-demo"
-
-
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*/*.json")), ids=lambda p: f"{p.parent.name}/{p.name}")
-def test_the_demo_configs_are_valid(path: Path) -> None:
+@pytest.mark.parametrize("path", sorted(RECIPE.glob("*.json")), ids=lambda p: p.name)
+def test_the_demo_recipe_configs_are_valid(path: Path) -> None:
     stage = "autoencoder" if path.name.startswith("decoder") else path.name.split("-")[0].removesuffix(".json")
     data = json.loads(path.read_text())
-    # what the command line adds: --init for a decoder fine-tune (its commands are in configs/phantom-demo/README.md)
+    # what the command line adds: --init for a decoder fine-tune (see the recipe's reproduce.sh)
     overrides = {"init": "MODEL"} if data.get("freeze_encoder") and "init" not in data else None
     cfg = load_config(stage, path, overrides)
     assert cfg.stage == stage
 
 
-def test_the_gpu_script_variants_name_existing_configs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(CONFIGS.parents[1] / "scripts"))
-    variants = importlib.import_module("gpu_finetune").VARIANTS
-    assert {"continue", "sharper", "anchored", "sharper-anchored", "gated", "gated-lowt", "gated-pw"} <= set(variants)
-    for files in variants.values():
-        for stage, name in zip(STAGES, files, strict=True):
-            if name is not None:
-                assert load_config(stage, CONFIGS / "f2" / name).stage == stage
+def test_the_recipe_script_names_every_config_and_only_existing_ones() -> None:
+    script = (RECIPE / "reproduce.sh").read_text()
+    named = set(re.findall(r'"\$HERE/([\w.-]+\.json)"', script))
+    assert named == {p.name for p in RECIPE.glob("*.json")}
 
 
 # ---- MS-SPADE's per-pair source gate (source_gate, gate_only) ----------------------------------------------
@@ -754,7 +564,6 @@ def test_the_gpu_script_variants_name_existing_configs(monkeypatch: pytest.Monke
     ("override", "message"),
     [
         ({"gate_only": True, "source_gate": True}, "adv_weight and cycle_weight to 0"),
-        ({"gate_only": True, "source_gate": True, "adv_weight": 0, "train_targets": ["t1ce"]}, "train_targets to null"),
         ({"gate_only": "yes", "adv_weight": 0}, "gate_only"),
     ],
 )

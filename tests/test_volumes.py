@@ -1,4 +1,4 @@
-"""mrtranslate.volumes: geometry and intensities of the NIfTI <-> model space round trip."""
+"""mrtranslate.imaging: geometry and intensities of the NIfTI <-> model space round trip."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from mrtranslate.errors import ModelFormatError, OutputExistsError, UsageError
-from mrtranslate.volumes import Preprocessing, Volume, load_volume, save_image, to_model_space
+from mrtranslate.imaging.model_space import Preprocessing, to_model_space
+from mrtranslate.imaging.volume import Volume, load_volume, save_image
 
 from _volumes_utils import erode, make_affine, phantom, world_coords
 
@@ -367,7 +368,7 @@ def test_save_image_is_atomic_and_refuses_to_replace(tmp_path):
 
 def test_gaussian_smoothing_matches_scipy():
     scipy_ndimage = pytest.importorskip("scipy.ndimage")
-    from mrtranslate.volumes_resample import gaussian_smooth
+    from mrtranslate.imaging.resample import gaussian_smooth
 
     x = np.random.default_rng(3).random((30, 40, 20)).astype(np.float32)
     got = gaussian_smooth(x, np.array([0.5, 2.0, 0.05]))  # radii 2 and 6 voxels, as scipy truncates at 3 sigma

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mrtranslate.errors import MRTranslateError
-from mrtranslate.volumes import Preprocessing, load_volume, to_model_space
-from mrtranslate.volumes_image import MIN_FIELD_OF_VIEW_MM, MIN_VOXELS_PER_AXIS
+from mrtranslate.imaging.model_space import Preprocessing, to_model_space
+from mrtranslate.imaging.volume import MIN_FIELD_OF_VIEW_MM, MIN_VOXELS_PER_AXIS, load_volume
 
 TINY = Preprocessing(spacing_mm=(8.0, 8.0, 8.0), grid=(8, 10, 8))
 

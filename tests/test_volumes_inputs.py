@@ -1,4 +1,4 @@
-"""mrtranslate.volumes: every bad input of issue 8 gets a one-line actionable error or a tested accommodation."""
+"""mrtranslate.imaging: every bad input gets a one-line actionable error or a tested accommodation."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from mrtranslate.errors import InputImageError, MemoryBudgetError, MRTranslateError
-from mrtranslate.volumes import Preprocessing, Volume, load_volume, to_model_space
-from mrtranslate.volumes_image import MIN_FIELD_OF_VIEW_MM
+from mrtranslate.imaging.model_space import Preprocessing, to_model_space
+from mrtranslate.imaging.volume import MIN_FIELD_OF_VIEW_MM, Volume, load_volume
 
 from _volumes_utils import make_affine, phantom
 

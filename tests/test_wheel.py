@@ -42,7 +42,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     work = tmp_path_factory.mktemp("wheel")
     src = work / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "mrtranslate", src / "mrtranslate",
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))

@@ -80,7 +80,7 @@ def compare(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    from ..metrics import METRICS, REGIONS, compute_metrics, foreground_mask, jsonable
+    from ..evaluation.metrics import METRICS, REGIONS, compute_metrics, foreground_mask, jsonable
 
     pred_data, pred_affine = _load(pred, "prediction")
     target_data, target_affine = _load(target, "target")

@@ -89,10 +89,11 @@ def load_translator(model: Optional[str], revision: Optional[str], token: Option
                     precision: str, max_memory: Optional[str], steps: Optional[int], eta: Optional[float],
                     strength: Optional[float], samples: Optional[int], seed: int, allow_skull: bool,
                     compile_unet: bool = False) -> Any:
+    from ..pipeline import SamplingOptions
     from ..translator import Translator
 
     return Translator.from_pretrained(
         model, revision=revision, local_files_only=offline, device=device, dtype=precision, max_memory=max_memory,
-        compile=compile_unet, steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, progress=False,
-        token=token, allow_skull=allow_skull,
+        compile=compile_unet, progress=False, token=token, allow_skull=allow_skull,
+        sampling=SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed),
     )

@@ -66,12 +66,13 @@ def evaluate_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no table at the end."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
 ) -> None:
-    from ..evaluate import evaluate
+    from ..evaluation.evaluate import evaluate
+    from ..pipeline.options import SamplingOptions
 
     summary = evaluate(
-        data, model, source, to or None, _method_list(method, list(ctx.args)), out, cases=cases, steps=steps,
-        seed=seed, baseline=baseline, fit_data=fit_data, progress=not quiet, eta=eta, strength=strength,
-        samples=samples, device=device, dtype=precision,
+        data, model, source, to or None, _method_list(method, list(ctx.args)), out, cases=cases,
+        baseline=baseline, fit_data=fit_data, progress=not quiet,
+        sampling=SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed), device=device, dtype=precision,
         revision=revision, local_files_only=offline, figures=not no_figures, figure_case=figure_case,
     )
     if not quiet:

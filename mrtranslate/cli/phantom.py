@@ -26,7 +26,7 @@ def phantom_command(
     Anatomy: the ICBM 2009a template bundled with nilearn, randomly deformed; contrast from 3 T relaxation
     times and per-subject protocols; bias, blur and Rician noise. Same seed, same files, byte for byte.
     """
-    from ..training.phantom import write_dataset
+    from ..phantom.simulator import write_dataset
 
     folders = write_dataset(
         out, n, seed=seed, spacing=spacing, tumor_fraction=tumor_fraction, workers=workers,

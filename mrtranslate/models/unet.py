@@ -19,7 +19,7 @@ from .layers import GroupNorm32, conv3d, timestep_embedding, upsample_nearest2x
 
 @dataclasses.dataclass
 class UNetConfig(ModelConfig):
-    """Defaults are the published ALDM UNet (ALDM_FACTS.md)."""
+    """Defaults are the published ALDM UNet (the authors' released code)."""
 
     in_channels: int = 12
     out_channels: int = 4

@@ -20,7 +20,7 @@ from .spade import SPADEGenerator
 
 @dataclasses.dataclass
 class VQGANConfig(ModelConfig):
-    """Defaults are the published ALDM first stage (ALDM_FACTS.md)."""
+    """Defaults are the published ALDM first stage (the authors' released code)."""
 
     in_channels: int = 1
     out_channels: int = 1

@@ -1,5 +1,5 @@
-"""Training-side tools of mrtranslate: the phantom simulator, datasets, losses, the three training stages.
+"""Training-side tools of mrtranslate: datasets, losses, the three training stages, export.
 
 Needs the ``train`` extra (``pip install "mrtranslate[train]"``). The core package never imports this one;
-import the submodules you need (e.g. ``mrtranslate.training.phantom``).
+import the submodules you need (e.g. ``mrtranslate.training.export``).
 """

@@ -5,9 +5,7 @@ loss = L1(x, x_rec) [+ perceptual_weight * perceptual(x, x_rec)] + codebook_weig
 The L1 weighs background voxels (model value -1) ``background_weight`` (1, published: a plain mean).
 The 3D PatchGAN is trained with the hinge loss from ``disc_start`` on; with ``disc_weight`` 0 (published)
 it is not built at all. Source and target of a sample are the same scan: a random modality of a random
-subject, randomly cropped to ``crop``. With ``translated_fraction`` (not published; decoder fine-tuning only) that
-fraction of the samples decodes instead MS-SPADE's output for another scan of the subject, translated to the
-sample's modality on the whole volume and cropped with the scan (crops then start at multiples of the factor).
+subject, randomly cropped to ``crop``.
 """
 
 from __future__ import annotations
@@ -18,12 +16,11 @@ import torch
 from torch import nn
 
 from ..models import VQGAN
-from ..volumes import Preprocessing
+from ..imaging.model_space import Preprocessing
 from .config import AutoencoderConfig
-from .data import ImageSet, crop_offsets, model_foreground, random_crops, sample_scans, step_generator
+from .data import ImageSet, model_foreground, random_crops, sample_scans, step_generator
 from .discriminators import PatchGAN3D, RealFake
 from .distributed import DistContext
-from .first_stage import encode_codes, translate_codes
 from .losses import (
     EncoderFeatures,
     adaptive_gan_weight,
@@ -42,16 +39,11 @@ class _Autoencode(nn.Module):
         super().__init__()
         self.vqgan = vqgan
 
-    def forward(
-        self, x: torch.Tensor, z_alt: torch.Tensor | None = None, alt: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``alt`` (bool per sample): those samples decode ``z_alt`` instead of their own latent."""
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         z_e = self.vqgan.encode_continuous(x)
         codes = self.vqgan.quantize.codes(z_e)
         z_q = self.vqgan.quantize.lookup(codes)  # float32, gradient to the codebook
         z_st = z_e + (z_q.to(z_e.dtype) - z_e).detach()
-        if z_alt is not None and alt is not None:
-            z_st = torch.where(alt.view(-1, *[1] * (z_st.dim() - 1)), z_alt.to(z_st.dtype), z_st)
         return self.vqgan.decode(z_st), z_e, z_q, codes
 
 
@@ -114,7 +106,6 @@ class AutoencoderStage(Stage):
             self.usage = self.place(CodeUsage(self.vqgan.config.n_embed))
             self.nets["codebook_usage"] = self.usage
             self.metric_names = [*self.metric_names, "codes_restarted"]
-        self.translated: torch.Tensor | None = None  # MS-SPADE outputs of every pair (translated_fraction)
         self.progress = progress
         self.features: EncoderFeatures | None = None
         if cfg.perceptual_weight > 0 and cfg.perceptual_model:
@@ -128,49 +119,14 @@ class AutoencoderStage(Stage):
             raise RuntimeError("the autoencoder stage needs images")
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
         subjects, mods = sample_scans(self.images.available, self.cfg.batch_size, g)
-        if self.cfg.translated_fraction > 0:
-            return self._translated_batch(subjects, mods, g)
         return {"x": random_crops(self.images.images[subjects, mods], self.cfg.crop, g)}
-
-    def _translated_batch(
-        self, subjects: torch.Tensor, mods: torch.Tensor, g: torch.Generator
-    ) -> dict[str, torch.Tensor]:
-        """Crops of the scans ``mods`` and, for a ``translated_fraction`` of them (subjects with another scan),
-        the matching crop of MS-SPADE(another scan of the subject -> that modality) as the decoder's input.
-
-        The translations of every pair are made once, on the first call (so after a resume has restored the
-        weights), and kept in memory: N x 16 latents of the whole grid, float32."""
-        assert self.images is not None
-        if self.translated is None:  # the frozen encoder and MS-SPADE, as the init model's
-            codes = encode_codes(self.vqgan, self.images, self.device, self.progress)
-            self.translated = translate_codes(self.vqgan, codes, self.images.available, self.device, self.progress)
-        f = self.vqgan.config.downsampling_factor
-        grid = list(self.images.images.shape[2:])
-        crop = self.cfg.crop or grid
-        n = len(subjects)
-        x = torch.empty((n, 1, *crop), dtype=self.images.images.dtype)
-        z = torch.zeros((n, self.vqgan.config.embed_dim, *(c // f for c in crop)), dtype=torch.float32)
-        alt = torch.zeros(n, dtype=torch.bool)
-        for i, (s, m) in enumerate(zip(subjects.tolist(), mods.tolist(), strict=True)):
-            o = crop_offsets(grid, crop, g, align=f)
-            x[i, 0] = self.images.images[s, m][tuple(slice(k, k + c) for k, c in zip(o, crop, strict=True))]
-            others = [k for k in self.images.available[s].nonzero(as_tuple=True)[0].tolist() if k != m]
-            if float(torch.rand((), generator=g)) < self.cfg.translated_fraction and others:
-                src = others[int(torch.randint(len(others), (1,), generator=g))]
-                window = (slice(None), *(slice(k // f, (k + c) // f) for k, c in zip(o, crop, strict=True)))
-                z[i] = self.translated[s, src, m][window]
-                alt[i] = True
-        return {"x": x, "z": z, "alt": alt}
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
         x = self.tensor(batch["x"])
         self.vqgan.train()
         with self.autocast():
-            if "alt" in batch:
-                rec, z_e, z_q, codes = self.net(x, self.tensor(batch["z"]), batch["alt"].to(self.device))
-            else:
-                rec, z_e, z_q, codes = self.net(x)
+            rec, z_e, z_q, codes = self.net(x)
         rec_loss = reconstruction_l1(x.float(), rec.float(), cfg.background_weight)
         nll = rec_loss
         zero = torch.zeros((), device=self.device)

@@ -11,7 +11,7 @@ import torch
 
 from ..errors import ModelFormatError, UsageError
 from ..models import VQGAN, VQGANConfig
-from ..volumes import Preprocessing
+from ..imaging.model_space import Preprocessing
 from .autoencoder import AutoencoderStage
 from .checkpoint import load_checkpoint, load_module
 from .config import (
@@ -19,7 +19,6 @@ from .config import (
     DiffusionConfig,
     SpadeConfig,
     TrainConfig,
-    anchor_pairs,
     config_differences,
 )
 from .data import dataset_subjects, describe_dataset, load_images
@@ -27,9 +26,7 @@ from .diffusion import DiffusionStage, initial_unet
 from .distributed import DistContext
 from .first_stage import (
     FirstStage,
-    TargetCodes,
     cached,
-    encode_anchored_codes,
     encode_codes,
     load_first_stage,
     model_path,
@@ -103,9 +100,6 @@ def build_stage(
     translate = isinstance(cfg, DiffusionConfig) and cfg.cache_spade
     prefixes = FIRST_STAGE_ENCODER + (("spade.",) if translate else ())
     prep = Preprocessing.from_dict(first.preprocessing)
-    anchor = anchor_pairs(cfg.anchor_targets)
-    if isinstance(cfg, DiffusionConfig):
-        _check_anchor(cfg, first)
     key = {
         "weights": weights_hash(first.vqgan, prefixes),
         "preprocessing": prep.to_dict(),
@@ -113,8 +107,6 @@ def build_stage(
         "world_size": ctx.world_size,
         "spade": translate,
     }
-    if anchor:  # (absent otherwise, so that caches made before the option still match)
-        key["anchor_targets"] = list(cfg.anchor_targets)
 
     def compute() -> dict[str, torch.Tensor]:
         nonlocal subjects
@@ -123,8 +115,6 @@ def build_stage(
         images = load_images(subjects, prep, ctx.rank, ctx.world_size, progress)
         vqgan = first.vqgan.to(ctx.device)
         out = {"codes": encode_codes(vqgan, images, ctx.device, progress), "available": images.available}
-        if anchor:
-            out["anchored_codes"] = encode_anchored_codes(vqgan, images, anchor, ctx.device, progress)
         del images
         if translate:
             out["translated"] = translate_codes(vqgan, out["codes"], out["available"], ctx.device, progress)
@@ -134,25 +124,11 @@ def build_stage(
     folder.path.mkdir(parents=True, exist_ok=True)
     latents = cached(folder.latents_path(ctx.rank, ctx.world_size), key, compute)
     codes, available = latents["codes"], latents["available"].bool()
-    targets = TargetCodes(codes, latents.get("anchored_codes"), anchor)
     if isinstance(cfg, SpadeConfig):
-        stage: Stage = SpadeStage(cfg, ctx, first, codes, available, targets)
+        stage: Stage = SpadeStage(cfg, ctx, first, codes, available)
     else:
-        stage = DiffusionStage(cfg, ctx, first, codes, available, latents.get("translated"), init_unet, targets)
+        stage = DiffusionStage(cfg, ctx, first, codes, available, latents.get("translated"), init_unet)
     return Built(stage, data_info, extras)
-
-
-def _check_anchor(cfg: DiffusionConfig, first: FirstStage) -> None:
-    """A diffusion run must learn the targets its spade run learned: the same anchor_targets."""
-    if first.source.get("stage") != "spade" or not first.provenance:
-        return  # a model folder or an autoencoder run: nothing recorded to compare with
-    spade_cfg = first.provenance[-1].get("config") or {}
-    theirs = list(spade_cfg.get("anchor_targets", []))
-    if theirs != list(cfg.anchor_targets):
-        raise UsageError(
-            f"anchor_targets {cfg.anchor_targets} differs from the spade run's {theirs}: the diffusion run must learn "
-            f"the targets its MS-SPADE learned; set anchor_targets to {theirs}"
-        )
 
 
 def _initial_vqgan(cfg: AutoencoderConfig) -> FirstStage:

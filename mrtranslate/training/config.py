@@ -1,9 +1,10 @@
-"""Training configurations: one dataclass per stage, defaults = the published ALDM values (ALDM_FACTS.md).
+"""Training configurations: one dataclass per stage, defaults = the published ALDM values (the authors' code).
 
 A JSON file passed with ``--config`` overrides defaults key by key; unknown keys and wrong types are
 errors (a typo must not silently train with a default). The resolved config is saved to ``RUN/config.json``.
 
-Values the published code leaves open are marked "not published" with the choice made here.
+Values the published code leaves open are marked "not published" with the choice made here. The three
+stages' configs share their loading, coercion and checks, hence one module of about 400 lines.
 """
 
 from __future__ import annotations
@@ -17,16 +18,23 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ModalityError, MRTranslateError, UsageError
-from ..modalities import MODALITIES, canonical, pair_indices
+from ..errors import MRTranslateError, UsageError
+from ..modalities import MODALITIES, pair_indices
 from ..models import UNetConfig, VQGANConfig
-from ..pipeline_config import PUBLISHED_PREPROCESSING
+from ..pipeline.config import PUBLISHED_PREPROCESSING
 from ..schedulers import SchedulerConfig
 
 STAGES = ("autoencoder", "spade", "diffusion")
 
 
 LR_SCHEDULES = ("constant", "cosine")
+#: Settings of earlier versions that no released model used, with the value that left them off: a run's
+#: config.json that holds them at that value still loads (and resumes); any other value is an unknown setting.
+REMOVED: dict[str, dict[str, Any]] = {
+    "autoencoder": {"translated_fraction": 0.0},
+    "spade": {"anchor_targets": [], "train_targets": None},
+    "diffusion": {"anchor_targets": [], "pair_weights": None},
+}
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -79,6 +87,9 @@ class TrainConfig:
         stage = data.pop("stage", cls.stage)
         if stage != cls.stage:
             raise UsageError(f"{origin}: is a config of the {stage!r} stage, not of {cls.stage!r}")
+        for key, inert in REMOVED.get(cls.stage, {}).items():
+            if key in data and data[key] == inert:  # saved by an older version (a resumed run): it did nothing
+                del data[key]
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))
         if unknown:
@@ -144,21 +155,12 @@ class AutoencoderConfig(TrainConfig):
     # the source's foreground anyway, so below 1 the decoder spends less on the step at the brain's edge, which
     # otherwise darkens the brain's outermost voxels.
     background_weight: float = 1.0
-    # Not published (0: every sample reconstructs its own scan): with freeze_encoder, the fraction of samples
-    # whose decoder input is instead the init model's MS-SPADE output for another scan of the same subject (its
-    # quantized latent translated to this scan's modality, on the whole volume, then cropped with the scan), so
-    # that the decoder also learns to decode the target-like latents that translation hands it.
-    translated_fraction: float = 0.0
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
         vq = self.vqgan_config(origin)
         if not 0.0 <= self.background_weight <= 1.0:
             raise UsageError(f"{origin}: background_weight = {self.background_weight} must be in [0, 1]")
-        if not 0.0 <= self.translated_fraction <= 1.0:
-            raise UsageError(f"{origin}: translated_fraction = {self.translated_fraction} must be in [0, 1]")
-        if self.translated_fraction and not self.freeze_encoder:
-            raise UsageError(f"{origin}: translated_fraction needs freeze_encoder (MS-SPADE's codes must stay valid)")
         if self.freeze_encoder and not self.init:
             raise UsageError(f"{origin}: freeze_encoder needs init, the model folder or run whose encoder is kept")
         if self.freeze_encoder and self.codebook_restart_every:
@@ -212,16 +214,6 @@ class SpadeConfig(TrainConfig):
     # How often each (source, target) pair is drawn, relative: {"t1->t1ce": 4} draws T1 -> T1ce four times as
     # often as each unnamed pair (weight 1; 0 never draws it). None (as published): all pairs alike.
     pair_weights: dict[str, float] | None = None
-    # Not published (empty: the published targets): pairs whose training target is the target scan rescaled so
-    # that its brain median equals the source's (see data.anchor_to_source), each named "source->target", or by a
-    # target modality alone for every pair into it: e.g. ["t1->t1ce"], T1ce's published 99.5th-percentile scale
-    # moving with the enhancing tumour. The model then outputs those pairs' targets on the source's scale; the
-    # diffusion run on top must name the same list.
-    anchor_targets: list[str] = dataclasses.field(default_factory=list)
-    # Fine-tuning (not published; None: all of MS-SPADE trains): only the switchable SPADE layers of these
-    # target modalities train, the shared convolutions and the other targets' layers stay as they are, so every
-    # pair into another target keeps its output exactly. Batches then draw only pairs into these targets.
-    train_targets: list[str] | None = None
     # Not published: give MS-SPADE its per-(source, target) gate towards the source latent (models/spade.py),
     # starting at 0, unless the first stage has one already; with gate_only, only that gate trains (the blocks
     # frozen: every pair's output moves only along source latent minus blocks' output).
@@ -230,37 +222,13 @@ class SpadeConfig(TrainConfig):
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
-        if self.gate_only and (self.train_targets is not None or self.adv_weight > 0 or self.cycle_weight > 0):
-            raise UsageError(f"{origin}: gate_only trains the source gate alone: set train_targets to null and "
-                             "adv_weight and cycle_weight to 0")
+        if self.gate_only and (self.adv_weight > 0 or self.cycle_weight > 0):
+            raise UsageError(f"{origin}: gate_only trains the source gate alone: set adv_weight and cycle_weight to 0")
         for name in ("l1_weight", "adv_weight", "cycle_weight"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")
         _positive_int(origin, "disc_channels", self.disc_channels)
-        anchor_pairs(self.anchor_targets, origin)
-        if self.train_targets is not None:
-            _modality_list(origin, "train_targets", self.train_targets)
-            if not self.train_targets:
-                raise UsageError(f"{origin}: train_targets is empty: name at least one target modality, or null")
-            if self.adv_weight > 0 or self.cycle_weight > 0:
-                raise UsageError(
-                    f"{origin}: train_targets trains some targets' layers alone: set adv_weight and cycle_weight "
-                    "to 0 (the discriminator and the way back involve every target)"
-                )
-        self.pair_matrix(origin)
-
-    def pair_matrix(self, origin: str = "config") -> torch.Tensor | None:
-        """The (source, target) sampling weights: ``pair_weights``, with targets outside ``train_targets`` at 0."""
-        matrix = pair_weight_matrix(self.pair_weights, origin)
-        if self.train_targets is None:
-            return matrix
-        if matrix is None:
-            matrix = pair_weight_matrix({}, origin)
-        keep = torch.tensor([m in self.train_targets for m in MODALITIES], dtype=matrix.dtype)
-        matrix = matrix * keep[None, :]
-        if not matrix.sum() > 0:
-            raise UsageError(f"{origin}: pair_weights gives every pair into train_targets weight 0")
-        return matrix
+        pair_weight_matrix(self.pair_weights, origin)
 
 
 @dataclasses.dataclass
@@ -287,13 +255,9 @@ class DiffusionConfig(TrainConfig):
     # t ~ U{low..high-1}. A UNet that only ever samples at strength s (timesteps <= s * T, see
     # DDIMScheduler.steps) can spend all its steps there, as SDXL's refiner does with the 200 lowest.
     timestep_range: list[int] | None = None
-    pair_weights: dict[str, float] | None = None  # as in SpadeConfig
-    anchor_targets: list[str] = dataclasses.field(default_factory=list)  # as in SpadeConfig: the spade run's list
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
-        pair_weight_matrix(self.pair_weights, origin)
-        anchor_pairs(self.anchor_targets, origin)
         self.unet_config(origin)
         sched = self.scheduler_config(origin)
         if not 0 <= self.ema_decay < 1:
@@ -389,13 +353,6 @@ def _coerce(origin: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
             raise bad(f"a list of {'three' if key == 'crop' else 'two'} integers or null")
         return list(value)
-    if key in ("anchor_targets", "train_targets"):
-        if value is None and key == "train_targets":
-            return None
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise bad('a list of modality names, e.g. ["t1ce"], or null' if key == "train_targets"
-                      else 'a list of "source->target" pairs or target modality names, e.g. ["t1->t1ce"]')
-        return ["->".join(_canonical_or_same(m) for m in v.split("->")) for v in value]
     if key == "pair_weights":
         if value is None:
             return None
@@ -436,46 +393,6 @@ def _positive_int(origin: str, name: str, value: int, minimum: int = 1) -> None:
         raise UsageError(f"{origin}: {name} = {value!r} must be an integer >= {minimum}")
 
 
-def anchor_pairs(entries: list[str], origin: str = "config") -> list[tuple[int, int]]:
-    """``anchor_targets`` as (source, target) indices into MODALITIES, in order: "t1->t1ce" is one pair, "t1ce"
-    every pair into T1ce. A pair named twice, or a name that is neither, raises UsageError."""
-    pairs: list[tuple[int, int]] = []
-    for entry in entries:
-        if "->" in entry:
-            named = pair_indices(entry)
-            todo = [] if named is None else [named]
-        else:
-            t = MODALITIES.index(entry) if entry in MODALITIES else None
-            todo = [] if t is None else [(s, t) for s in range(len(MODALITIES)) if s != t]
-        if not todo:
-            raise UsageError(
-                f"{origin}: anchor_targets entry {entry!r} must be a modality ({', '.join(MODALITIES)}) or "
-                "'source->target' with two different ones"
-            )
-        for s, t in todo:
-            if (s, t) in pairs:
-                raise UsageError(f"{origin}: anchor_targets names the pair {MODALITIES[s]}->{MODALITIES[t]} twice")
-            pairs.append((s, t))
-    return pairs
-
-
-def _modality_list(origin: str, name: str, values: list[str]) -> None:
-    """Every name one of MODALITIES (aliases are canonicalised when the JSON is read), none twice."""
-    for v in values:
-        if v not in MODALITIES:
-            raise UsageError(f"{origin}: {name}: {v!r} is not a modality; use {', '.join(MODALITIES)}")
-    if len(set(values)) != len(values):
-        raise UsageError(f"{origin}: {name} = {values} names a modality twice")
-
-
-def _canonical_or_same(name: str) -> str:
-    """The canonical modality name of an alias (t1c -> t1ce); an unknown name as it is, for validate to report."""
-    try:
-        return canonical(name)
-    except ModalityError:
-        return name
-
-
 def _model_config(cls: type, data: dict[str, Any], origin: str) -> Any:
     from ..errors import ModelFormatError
 
@@ -490,7 +407,7 @@ def _model_config(cls: type, data: dict[str, Any], origin: str) -> Any:
 
 
 def _check_preprocessing(origin: str, prep: dict[str, Any]) -> None:
-    from ..volumes import Preprocessing
+    from ..imaging.model_space import Preprocessing
 
     unknown = sorted(set(prep) - set(PUBLISHED_PREPROCESSING))
     if unknown:

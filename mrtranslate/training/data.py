@@ -7,7 +7,7 @@ authors do (the union of the foregrounds when a subject has no T1), so that sour
 voxel-aligned. Values <= 0 are background (real scans can hold small negative values around the brain
 from interpolation) and become 0, as at inference. Scans at another spacing (e.g. 1 mm BraTS files for a
 2 mm model) are resampled once, when loaded, with the interpolation inference uses
-(:func:`~mrtranslate.volumes_resample.resample_to_spacing`).
+(:func:`~mrtranslate.imaging.resample.resample_to_spacing`).
 
 Sampling is stateless: the batch of step ``k`` on process ``rank`` is a function of ``(seed, k, rank)``
 only (:func:`step_generator`), so a resumed run draws exactly the batches an uninterrupted run draws,
@@ -29,10 +29,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DatasetLayoutError, GridMismatchError, InputImageError
-from ..layout import Subject, find_subjects
+from ..imaging.layout import Subject, find_subjects
 from ..modalities import MODALITIES
-from ..volumes import Preprocessing, load_volume
-from ..volumes_resample import foreground_box, is_aligned_at_spacing, ras_reorder, resample_to_spacing
+from ..imaging.model_space import Preprocessing, load_volume
+from ..imaging.resample import foreground_box, is_aligned_at_spacing, ras_reorder, resample_to_spacing
 
 logger = logging.getLogger(__name__)
 
@@ -110,24 +110,6 @@ def preprocess_subject(subject: Subject, prep: Preprocessing) -> tuple[torch.Ten
 def model_foreground(x: torch.Tensor) -> torch.Tensor:
     """The voxels of a scan in model units above the background value -1 (the raw 0 at the 0.5th percentile)."""
     return x > -1
-
-
-def anchor_to_source(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``target`` (model units) rescaled about -1 so that its median over its foreground equals ``source``'s there.
-
-    One factor for every voxel: background (-1, the raw 0 at the 0.5th percentile) stays -1 and contrast
-    within the target is kept; only the scale changes, from the published 99.5th percentile (which a bright
-    enhancing tumour can move by a factor of two) to the source's normal-tissue level. The median is torch's
-    (the lower of the two middle values of an even count). Either tensor may carry leading dimensions of size 1.
-    """
-    brain = model_foreground(target)
-    if not bool(brain.any()):
-        raise InputImageError("the target scan has no foreground voxel (all at the background value -1)")
-    src_med = (source[brain] + 1).median()
-    tgt_med = (target[brain] + 1).median()
-    if not (bool(src_med > 0) and bool(tgt_med > 0)):
-        raise InputImageError("the source or target scan has a brain median at the background level: check the scans")
-    return (target + 1) * (src_med / tgt_med) - 1
 
 
 def shard(items: list[Any], rank: int, world_size: int) -> list[Any]:

@@ -3,8 +3,8 @@
 For a pair (source, target) of one subject: z_src, z_tgt = quantized latents; t ~ U{0..T-1} (or the config's
 ``timestep_range``); noise ~ N(0, I);
 x_t = sqrt(acp_t) z_tgt + sqrt(1 - acp_t) noise; loss = MSE(UNet(cat[x_t, z_src, spade(z_src, target)], t, target),
-noise) as published, or MSE to z_tgt / to v with the scheduler's ``prediction_type`` "sample" / "v_prediction"; z_tgt anchored to the source for a pair in ``anchor_targets`` (as in the spade stage). AdamW; an EMA
-of the UNet weights (LitEma's warm-up) is what export writes.
+noise) as published, or MSE to z_tgt / to v with the scheduler's ``prediction_type`` "sample" /
+"v_prediction". AdamW; an EMA of the UNet weights (LitEma's warm-up) is what export writes.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..models import UNet, UNetConfig
 from ..schedulers import DDIMScheduler
-from .config import DiffusionConfig, config_differences, pair_weight_matrix
+from .config import DiffusionConfig, config_differences
 from .data import sample_pairs, step_generator
 from .distributed import DistContext
-from .first_stage import FirstStage, TargetCodes, check_latent_grid
+from .first_stage import FirstStage, check_latent_grid
 from .stage import Stage, frozen, quantized
 
 
@@ -55,15 +55,12 @@ class DiffusionStage(Stage):
         available: torch.Tensor,
         translated: torch.Tensor | None = None,
         init_unet: UNet | None = None,
-        targets: TargetCodes | None = None,
     ):
         super().__init__(cfg, ctx)
         self.cfg: DiffusionConfig = cfg
         self.first = first
         self.codes = codes
-        self.targets = targets or TargetCodes(codes, None, [])
         self.available = available
-        self.pair_weights = pair_weight_matrix(cfg.pair_weights)
         self.translated = translated
         vq = first.vqgan.config
         unet_cfg = cfg.unet_config()
@@ -95,10 +92,10 @@ class DiffusionStage(Stage):
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
         n = self.cfg.batch_size
-        subjects, src, tgt = sample_pairs(self.available, n, g, self.pair_weights)
+        subjects, src, tgt = sample_pairs(self.available, n, g)
         t = torch.randint(*self.timesteps, (n,), generator=g)
         noise = torch.randn((n, *self.latent_shape), generator=g)
-        out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.targets(subjects, src, tgt), "tgt": tgt,
+        out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "tgt": tgt,
                "src": src}
         out.update({"t": t, "noise": noise})
         if self.translated is not None:

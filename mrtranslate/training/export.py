@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import ModelFormatError, OutputExistsError, UsageError
 from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
 from ..pipeline import ALDMPipeline
-from ..pipeline_config import PipelineConfig, check_samples
+from ..pipeline.config import PipelineConfig, check_samples
 from ..schedulers import DDIMScheduler, SchedulerConfig
 from ..schedulers.ddim import is_strength
 from .checkpoint import load_checkpoint, load_module
@@ -173,8 +173,6 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
     p = pipe.config.preprocessing
     runs = [s for s in stages if s.get("stage") in ("autoencoder", "spade", "diffusion")]
     data = next((s.get("data") for s in reversed(runs) if s.get("data")), None)
-    anchored = next((list(c["anchor_targets"]) for s in reversed(runs)
-                     if (c := s.get("config") or {}).get("anchor_targets")), [])
     lines = [
         "---",
         "library_name: mrtranslate",
@@ -191,9 +189,6 @@ def model_card(title: str, pipe: ALDMPipeline, stages: list[dict[str, Any]], wei
         *([f"- sampling it suggests: {pipe.config.sampling_summary()}"] if weights else []),
         f"- model space: {p['spacing_mm']} mm RAS grid {p['grid']}, intensities: percentiles "
         f"{p['lower_percentile']} / {p['upper_percentile']} -> -1 / +1",
-        *([f"- trained with `anchor_targets` {anchored}: the targets of these pairs (a modality alone: of every pair "
-           "into it) are written on the source's scale (their brain median equals the source's), not rescaled to "
-           "the published 99.5th percentile"] if anchored else []),
         *_gate_lines(pipe),
         "",
         "## Data",

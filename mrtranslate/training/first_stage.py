@@ -26,7 +26,7 @@ from ..errors import ModelFormatError, UsageError
 from ..models import VQGAN, VQGANConfig
 from ..modalities import MODALITIES
 from .checkpoint import load_checkpoint, load_module, read_scalars
-from .data import ImageSet, anchor_to_source
+from .data import ImageSet
 from .runs import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -122,46 +122,6 @@ def _codes_of(vqgan: VQGAN, image: torch.Tensor, device: torch.device) -> torch.
     """Codebook indices (int32, on the CPU) of one model-space scan ``[*grid]``."""
     x = image[None, None].to(device)
     return vqgan.quantize.codes(vqgan.encode_continuous(x))[0].to("cpu", torch.int32)
-
-
-@torch.no_grad()
-def encode_anchored_codes(
-    vqgan: VQGAN, images: ImageSet, pairs: list[tuple[int, int]], device: torch.device, progress: bool = True
-) -> torch.Tensor:
-    """Codes ``[N, len(pairs), d, h, w]``: for each (source, target) pair, the subject's target scan rescaled to
-    its source (:func:`data.anchor_to_source`), encoded; -1 where the subject lacks the source or the target."""
-    vqgan.eval()
-    f = vqgan.config.downsampling_factor
-    grid = images.images.shape[2:]
-    codes = torch.full((len(images), len(pairs), *(g // f for g in grid)), -1, dtype=torch.int32)
-    todo = [(n, k) for n in range(len(images)) for k, (s, t) in enumerate(pairs)
-            if bool(images.available[n, s]) and bool(images.available[n, t])]
-    for n, k in tqdm(todo, desc="encoding anchored targets", unit="scan", disable=not progress, leave=False):
-        s, t = pairs[k]
-        codes[n, k] = _codes_of(vqgan, anchor_to_source(images.images[n, s], images.images[n, t]), device)
-    return codes
-
-
-class TargetCodes:
-    """The training target's codes of a (subject, source, target) batch: the target scan's own codes, or for a
-    pair in ``pairs`` (indices into MODALITIES) those of the target anchored to the source (``anchored``)."""
-
-    def __init__(self, codes: torch.Tensor, anchored: torch.Tensor | None, pairs: list[tuple[int, int]]):
-        if pairs and (anchored is None or anchored.shape[1] != len(pairs)):
-            raise ValueError(f"anchored codes for {len(pairs)} pair(s) needed, got "
-                             f"{None if anchored is None else tuple(anchored.shape)}")
-        self.codes = codes
-        self.anchored = anchored
-        self.slot = {pair: k for k, pair in enumerate(pairs)}
-
-    def __call__(self, subjects: torch.Tensor, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-        out = self.codes[subjects, tgt]
-        if self.slot:
-            for i, (n, s, t) in enumerate(zip(subjects.tolist(), src.tolist(), tgt.tolist(), strict=True)):
-                k = self.slot.get((s, t))
-                if k is not None:
-                    out[i] = self.anchored[n, k]
-        return out
 
 
 @torch.no_grad()

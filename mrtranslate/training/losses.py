@@ -1,4 +1,4 @@
-"""Loss terms of the three stages (ALDM_FACTS.md, "Training, as the code does it")."""
+"""Loss terms of the three stages (as the authors' released code trains)."""
 
 from __future__ import annotations
 

@@ -3,10 +3,9 @@
 loss = l1_weight * |spade(z_src, target) - z_tgt| + adv_weight * CE(D(spade(z_src, target)), target)
        [+ cycle_weight * |spade(spade(z_src, target), source) - z_src|  (the paper's cycle term, off as published)]
 D, the latent discriminator, learns CE(D(z_tgt), target) + CE(D(fake), "fake") (4 modalities + 1 class).
-Only ``vqgan.spade.*`` is trained (with ``train_targets``, only those targets' switchable SPADE layers; with
-``gate_only``, only the per-pair source gate that ``source_gate`` adds, models/spade.py); encoder, quantizer and
-decoder stay as the first stage left them. z_tgt is the target scan's latent, or for a pair in
-``anchor_targets`` that of the scan rescaled to the source's brain median (``data.anchor_to_source``).
+Only ``vqgan.spade.*`` is trained (with ``gate_only``, only the per-pair source gate that ``source_gate``
+adds, models/spade.py); encoder, quantizer and decoder stay as the first stage left them. z_tgt is the target
+scan's latent.
 """
 
 from __future__ import annotations
@@ -17,13 +16,11 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from ..modalities import MODALITIES
-from ..models.spade import SwitchableSPADE
-from .config import SpadeConfig
+from .config import SpadeConfig, pair_weight_matrix
 from .data import sample_pairs, step_generator
 from .discriminators import LatentDiscriminator, RealFake
 from .distributed import DistContext
-from .first_stage import FirstStage, TargetCodes
+from .first_stage import FirstStage
 from .losses import class_cross_entropy
 from .stage import Stage, quantized
 
@@ -42,23 +39,15 @@ class _Translate(nn.Module):
         return fake, (self.spade(fake, source, target) if cycle else None)
 
 
-def trainable_spade(spade: nn.Module, train_targets: list[str] | None, gate_only: bool = False) -> list[nn.Parameter]:
-    """Set ``requires_grad`` on what trains, and return it: all of MS-SPADE, (``train_targets``) only the
-    switchable SPADE layers of those target modalities, or (``gate_only``) only the source gate."""
+def trainable_spade(spade: nn.Module, gate_only: bool = False) -> list[nn.Parameter]:
+    """Set ``requires_grad`` on what trains, and return it: all of MS-SPADE, or (``gate_only``) only the
+    source gate."""
     if gate_only:
         spade.requires_grad_(False)
         spade.source_gate.requires_grad_(True)
         return [spade.source_gate]
-    if train_targets is None:
-        spade.requires_grad_(True)
-        return list(spade.parameters())
-    spade.requires_grad_(False)
-    classes = [MODALITIES.index(m) for m in train_targets]
-    for module in spade.modules():
-        if isinstance(module, SwitchableSPADE):
-            for c in classes:
-                module.spades[c].requires_grad_(True)
-    return [p for p in spade.parameters() if p.requires_grad]
+    spade.requires_grad_(True)
+    return list(spade.parameters())
 
 
 class SpadeStage(Stage):
@@ -67,21 +56,19 @@ class SpadeStage(Stage):
 
     def __init__(
         self, cfg: SpadeConfig, ctx: DistContext, first: FirstStage, codes: torch.Tensor, available: torch.Tensor,
-        targets: TargetCodes | None = None,
     ):
         super().__init__(cfg, ctx)
         self.cfg: SpadeConfig = cfg
         self.first = first
         self.codes = codes
         self.available = available
-        self.targets = targets or TargetCodes(codes, None, [])
-        self.pair_weights = cfg.pair_matrix()
+        self.pair_weights = pair_weight_matrix(cfg.pair_weights)
         vqgan = first.vqgan.requires_grad_(False)
         if cfg.source_gate:
             vqgan.add_source_gate()
         elif cfg.gate_only and vqgan.spade.source_gate is None:
             raise UsageError(f"gate_only: the first stage {cfg.first_stage} has no source gate to train; set source_gate")
-        trained = trainable_spade(vqgan.spade, cfg.train_targets, cfg.gate_only)
+        trained = trainable_spade(vqgan.spade, cfg.gate_only)
         self.vqgan = self.place(vqgan)
         self.nets["vqgan"] = self.vqgan
         # a class absent from a batch leaves its SPADE layers unused: DDP must be told
@@ -101,7 +88,7 @@ class SpadeStage(Stage):
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
         subjects, src, tgt = sample_pairs(self.available, self.cfg.batch_size, g, self.pair_weights)
-        return {"src_codes": self.codes[subjects, src], "tgt_codes": self.targets(subjects, src, tgt), "src": src, "tgt": tgt}
+        return {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "src": src, "tgt": tgt}
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg
