@@ -176,9 +176,7 @@ def plan_dataset(root: Path | str, targets: Sequence[str] | None, *, source: str
     """The layout, the output root and, per subject of this part, its jobs (or why it cannot run)."""
     root = Path(root)
     check_part(part, num_parts)
-    layout = detect_layout(root)
-    if layout == "flat" and targets is None:
-        layout = "brats"  # complete: a folder of image files is one subject
+    layout = check_dataset(root, out_dir, targets is None)
     out_root = Path(out_dir) if out_dir is not None else default_out_root(root, layout)
     if layout == "flat":
         jobs = _flat_jobs(root, targets, source, out_root)
@@ -192,6 +190,17 @@ def plan_dataset(root: Path | str, targets: Sequence[str] | None, *, source: str
             except MRTranslateError as exc:
                 per.append((subject.case, " ".join(str(exc).split())))
     return layout, out_root, per[part::num_parts]
+
+
+def check_dataset(root: Path | str, out_dir: Path | str | None, completing: bool) -> str:
+    """The layout of ``root``, after the checks that need no model (a folder of images or subjects; an output
+    folder where the layout has no default one): a CLI runs them before loading a model."""
+    layout = detect_layout(Path(root))
+    if layout == "flat" and completing:
+        layout = "brats"  # complete: a folder of image files is one subject
+    if out_dir is None:
+        default_out_root(Path(root), layout)
+    return layout
 
 
 def check_part(part: int, num_parts: int) -> None:

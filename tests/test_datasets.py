@@ -272,3 +272,14 @@ def test_integer_outputs_are_scaled_by_1000(small_model: Path, tmp_path: Path, c
     assert sidecar(tmp_path / "i" / "x_T1w_t2.nii.gz")["output_scale"] == 1000.0
     code, _, err = run(capsys, inp, "--to", "t2", "--model", small_model, "--output-dtype", "uint8")
     assert code == 2 and "int16" in err
+
+
+def test_dataset_mistakes_are_reported_before_a_model_is_loaded(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    no_model = tmp_path / "no-model"  # loading it would fail: the dataset's error must come first
+    code, _, err = run(capsys, "complete", tmp_path / "missing", "--model", no_model)
+    assert code == 1 and "is not a folder" in err and "model" not in err.split(":", 2)[-1]
+    root = brats_tree(tmp_path / "brats")
+    code, _, err = run(capsys, root, "--to", "t2", "--model", no_model)
+    assert code == 2 and "--out-dir" in err
+    code, _, err = run(capsys, "complete", root / "A_2021", "--model", no_model)
+    assert code == 2 and "--out-dir" in err

@@ -70,11 +70,12 @@ def complete_command(
     BraTS names, each with a .json sidecar naming its Sources. Existing outputs are skipped, so a rerun resumes.
     """
     from ..best_source import parse_best_source
-    from ..dataset_run import check_part, run_dataset
+    from ..dataset_run import check_dataset, check_part, run_dataset
     from ..provenance import check_output_dtype
 
     best = parse_best_source(best_source or [])
     check_part(part, num_parts)
+    check_dataset(path, out_dir, completing=True)
     check_output_dtype(output_dtype)
     set_threads(threads)
     translator = load_translator(model, revision, token, offline, device, precision, max_memory, steps, eta,

@@ -126,9 +126,10 @@ def translate_command(
     if any(inp.is_dir() for inp in inputs):
         if len(inputs) > 1:
             raise UsageError("pass one dataset folder, or image files: not a folder among other inputs")
-        from ..dataset_run import check_part, run_dataset
+        from ..dataset_run import check_dataset, check_part, run_dataset
 
         check_part(part, num_parts)
+        check_dataset(inputs[0], out_dir, completing=False)
         translator = load_translator(model, revision, token, offline, device, precision, max_memory, steps, eta,
                                      strength, samples, seed, allow_skull, compile_unet)
         summary = run_dataset(translator, inputs[0], targets, source=source_name, out_dir=out_dir,
