@@ -249,6 +249,10 @@ def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | Non
         try:
             if isinstance(jobs, str):
                 raise DatasetLayoutError(jobs)
+            foreign = [p for j in jobs for p in j.outputs.values() if p.exists() and not _written_by_us(p)]
+            if foreign:  # e.g. --out-dir is the dataset itself and the subject has the target: never touch it
+                raise OutputExistsError(f"{foreign[0]} exists and has no mrtranslate record beside it (it may be "
+                                        "an input): choose an --out-dir outside the dataset, or move the file")
             pending = [(j, [t for t, p in j.outputs.items() if overwrite or not p.exists()]) for j in jobs]
             n_skip = sum(len(j.outputs) - len(w) for j, w in pending)
             summary.images_skipped += n_skip
@@ -261,7 +265,7 @@ def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | Non
                 described = True
             for job, wanted in pending:
                 if wanted:
-                    summary.images_written += _run_job(translator, job, wanted, overwrite, output_dtype, layout)
+                    summary.images_written += _run_job(translator, job, wanted, overwrite, output_dtype)
             summary.done += 1
         except Exception as exc:  # noqa: BLE001 - with continue_on_error one subject's failure never stops the run
             if not continue_on_error:
@@ -283,7 +287,7 @@ def _describe(root: Path, out_root: Path | None, translator: Any) -> None:
         write_json_atomic(path, derivative_description(root, out_root, model, r.revision if r is not None else None))
 
 
-def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, output_dtype: str, layout: str) -> int:
+def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, output_dtype: str) -> int:
     from .imaging.volume import save_image
 
     bound = translator(job.path, source=job.source)

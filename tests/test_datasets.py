@@ -283,3 +283,14 @@ def test_dataset_mistakes_are_reported_before_a_model_is_loaded(tmp_path: Path, 
     assert code == 2 and "--out-dir" in err
     code, _, err = run(capsys, "complete", root / "A_2021", "--model", no_model)
     assert code == 2 and "--out-dir" in err
+
+
+def test_a_file_mrtranslate_did_not_write_is_never_replaced(small_model: Path, tmp_path: Path,  # noqa: F811
+                                                            capsys: pytest.CaptureFixture) -> None:
+    root = brats_tree(tmp_path / "brats")
+    real = (root / "C_tk" / "C_tk_fla_bet.nii.gz").read_bytes()
+    code, out, err = run(capsys, root, "--to", "flair", "--source", "t1", "-o", root, "--model", small_model, *FAST,
+                         "--overwrite", "--continue-on-error", "-q")
+    assert code == 1 and "C_tk: " in err and "no mrtranslate record" in err
+    assert (root / "C_tk" / "C_tk_fla_bet.nii.gz").read_bytes() == real
+    assert sidecar(root / "A_2021" / "A_2021_flair.nii.gz")["Synthetic"] is True  # A had no flair: written
