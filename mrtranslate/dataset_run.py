@@ -34,6 +34,7 @@ from .dataset_names import (
     write_json_atomic,
 )
 from .errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError
+from .imaging.layout import _subjects_in as subjects_in
 from .imaging.layout import find_subjects
 from .modalities import canonical, canonical_list, guess_from_filename
 from .provenance import as_output_dtype, input_provenance, output_record
@@ -84,7 +85,7 @@ def detect_layout(root: Path) -> str:
     if not root.is_dir():
         raise DatasetLayoutError(f"{root} is not a folder: pass a dataset folder or image files")
     folders = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if (root / "dataset_description.json").is_file() or any(p.name.startswith("sub-") for p in folders):
+    if bids_subject_root(root) is not None or (root / "dataset_description.json").is_file() or any(p.name.startswith("sub-") for p in folders):
         return "bids"
     has_files = any(split_suffix(p.name)[1] for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     subjects = any(_has_images(p) for p in folders)
@@ -94,6 +95,15 @@ def detect_layout(root: Path) -> str:
             "files or a dataset folder (BraTS, BIDS); convert DICOM folders with dcm2niix first"
         )
     return "flat" if has_files and not subjects else "brats"
+
+
+def bids_subject_root(folder: Path) -> Path | None:
+    """The BIDS dataset of ``folder`` when ``folder`` is one of its subjects (``sub-XX`` with ``anat/`` or
+    ``ses-*/anat/``), else None."""
+    if folder.name.startswith("sub-") and ((folder / "anat").is_dir() or any(
+            (p / "anat").is_dir() for p in folder.glob("ses-*"))):
+        return folder.parent
+    return None
 
 
 def _has_images(folder: Path) -> bool:
@@ -112,7 +122,7 @@ def _written_by_us(path: Path) -> bool:
 def default_out_root(root: Path, layout: str) -> Path | None:
     """BIDS: ``<root>/derivatives/mrtranslate``; flat: beside the inputs (None); BraTS: none (must be given)."""
     if layout == "bids":
-        return root / "derivatives" / "mrtranslate"
+        return (bids_subject_root(root) or root) / "derivatives" / "mrtranslate"
     if layout == "flat":
         return None
     raise UsageError(f"{root} is a BraTS-style dataset: pass --out-dir (out_dir=) for the folder of translated "
@@ -172,8 +182,10 @@ def _subject_jobs(subject: Any, root: Path, layout: str, out_root: Path, targets
 
 def plan_dataset(root: Path | str, targets: Sequence[str] | None, *, source: str | None = None,
                  out_dir: Path | str | None = None, modalities: Sequence[str], best: Mapping[str, str] | None = None,
-                 part: int = 0, num_parts: int = 1) -> tuple[str, Path | None, list[tuple[str, list[Job] | str]]]:
-    """The layout, the output root and, per subject of this part, its jobs (or why it cannot run)."""
+                 part: int = 0, num_parts: int = 1
+                 ) -> tuple[str, Path, Path | None, list[tuple[str, list[Job] | str]]]:
+    """The layout, the dataset's root (the BIDS dataset of a subject folder), the output root and, per subject
+    of this part, its jobs (or why it cannot run)."""
     root = Path(root)
     check_part(part, num_parts)
     layout = check_dataset(root, out_dir, targets is None)
@@ -183,13 +195,16 @@ def plan_dataset(root: Path | str, targets: Sequence[str] | None, *, source: str
         per: list[tuple[str, list[Job] | str]] = [(j.case, [j]) for j in jobs]
     else:
         per = []
-        for subject in find_subjects(root):
+        dataset = bids_subject_root(root) if layout == "bids" else None
+        subjects = sorted(subjects_in(root), key=lambda s: s.case) if dataset is not None else find_subjects(root)
+        root = dataset or root
+        for subject in subjects:
             try:
                 per.append((subject.case, _subject_jobs(subject, root, layout, out_root, targets, source,
                                                         modalities, best)))
             except MRTranslateError as exc:
                 per.append((subject.case, " ".join(str(exc).split())))
-    return layout, out_root, per[part::num_parts]
+    return layout, root, out_root, per[part::num_parts]
 
 
 def check_dataset(root: Path | str, out_dir: Path | str | None, completing: bool) -> str:
@@ -232,7 +247,7 @@ def run_dataset(translator: Any, root: Path | str, targets: Sequence[str] | None
         if t not in modalities:
             raise ModalityError(f"target {t!r} is not a modality of this model ({', '.join(modalities)})")
     best = {**(translator.pipeline.config.best_source or {}), **(best_source or {})}
-    layout, out_root, per = plan_dataset(root, names, source=src, out_dir=out_dir, modalities=modalities,
+    layout, root, out_root, per = plan_dataset(root, names, source=src, out_dir=out_dir, modalities=modalities,
                                          best=best, part=part, num_parts=num_parts)
     summary = DatasetSummary(subjects=len(per), out_root=out_root, part=(part, num_parts))
     with logging_redirect_tqdm() if progress else contextlib.nullcontext():  # warnings above the bar, not in it

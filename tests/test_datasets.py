@@ -294,3 +294,13 @@ def test_a_file_mrtranslate_did_not_write_is_never_replaced(small_model: Path, t
     assert code == 1 and "C_tk: " in err and "no mrtranslate record" in err
     assert (root / "C_tk" / "C_tk_fla_bet.nii.gz").read_bytes() == real
     assert sidecar(root / "A_2021" / "A_2021_flair.nii.gz")["Synthetic"] is True  # A had no flair: written
+
+
+def test_complete_of_one_bids_subject_writes_into_its_datasets_derivatives(small_model: Path,  # noqa: F811
+                                                                           tmp_path: Path) -> None:
+    root = bids_dataset(tmp_path / "bids")
+    summary = complete_dataset(root / "sub-02", model=small_model, steps=1, progress=False)
+    assert (summary.subjects, summary.done, summary.images_written) == (1, 1, 3)
+    assert files_under(root / "derivatives" / "mrtranslate") == {"dataset_description.json"} | {
+        f"sub-02/ses-1/anat/sub-02_ses-1_{name}.{ext}" for ext in ("nii.gz", "json")
+        for name in ("ce-gadolinium_run-1_desc-synth_T1w", "run-1_desc-synth_T2w", "run-1_desc-synth_FLAIR")}
