@@ -110,7 +110,8 @@ def test_allow_skull_translates_a_raw_scan_and_says_its_slices_are_interpolated(
     assert code == 0, err
     out = nib.load(str(tmp_path / (path.name[: -len(".nii.gz")] + "_t2.nii.gz")))
     assert out.shape == nib.load(str(path)).shape
-    assert any("5.5 mm along array axis 2" in r.getMessage() for r in caplog.records)
+    assert any("5.5 mm along array axis 2" in r.getMessage() and "input's own grid" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_cli_accepts_the_masked_raw_scan(small_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # noqa: F811
