@@ -306,6 +306,7 @@ def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, outp
     from .imaging.volume import save_image
 
     bound = translator(job.path, source=job.source)
+    logger.info("%s: %s -> %s (from %s)", job.case, bound.source, ", ".join(wanted), job.path.name)
     result = bound.to(*wanted, progress=False)
     images = result if isinstance(result, dict) else {wanted[0]: result}
     record = bound.run_record(wanted)
