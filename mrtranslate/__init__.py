@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "MODALITIES", "ALDMPipeline", "Translator"]
+__all__ = ["__version__", "MODALITIES", "ALDMPipeline", "Translator", "translate_dataset", "complete_dataset"]
 
 from . import _moved
 from .modalities import MODALITIES
@@ -23,4 +23,8 @@ def __getattr__(name: str):
         from .translator import Translator
 
         return Translator
+    if name in ("translate_dataset", "complete_dataset"):
+        from . import dataset_run
+
+        return getattr(dataset_run, name)
     raise AttributeError(f"module 'mrtranslate' has no attribute {name!r}")

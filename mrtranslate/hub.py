@@ -134,12 +134,14 @@ def resolve_model(
     cache_dir: str | Path | None = None,
     local_files_only: bool = False,
     progress: bool = True,
+    token: str | None = None,
 ) -> ResolvedModel:
     """Find (and if needed download) a model folder and validate it.
 
     ``model`` is None (the bundled default model), an existing local folder, the name of a bundled model,
     or a Hub repo id ``org/name`` with an optional ``@revision`` (branch, tag or commit). ``revision``,
-    ``cache_dir`` and ``local_files_only`` apply to Hub models only.
+    ``cache_dir``, ``local_files_only`` and ``token`` (private models; None: ``HF_TOKEN`` or the login of
+    ``hf auth login``) apply to Hub models only.
     """
     if model is None:
         return _bundled(DEFAULT_MODEL, revision)
@@ -162,7 +164,8 @@ def resolve_model(
             if _is_repo_id(repo_id) and (at_revision or "@" not in text):
                 if at_revision and revision is not None and at_revision != revision:
                     raise UsageError(f"two revisions given for {repo_id}: '@{at_revision}' and revision={revision!r}")
-                return _from_hub(repo_id, at_revision or revision or None, cache_dir, local_files_only, progress)
+                return _from_hub(repo_id, at_revision or revision or None, cache_dir, local_files_only, progress,
+                                 token)
         raise ModelNotFoundError(f"no model folder at {local}; a model is {_ACCEPTED_FORMS}")
     raise ModelNotFoundError(f"model must be {_ACCEPTED_FORMS}, not {model!r}")
 
@@ -201,7 +204,8 @@ class _SilentTqdm(tqdm):
 
 
 def _from_hub(
-    repo_id: str, revision: str | None, cache_dir: str | Path | None, local_files_only: bool, progress: bool
+    repo_id: str, revision: str | None, cache_dir: str | Path | None, local_files_only: bool, progress: bool,
+    token: str | None = None,
 ) -> ResolvedModel:
     from huggingface_hub import HfApi, constants, snapshot_download
 
@@ -214,7 +218,7 @@ def _from_hub(
         # huggingface_hub asks for the revision without a timeout: ask first, with one, so that a
         # stalled server fails after HF_HUB_ETAG_TIMEOUT seconds instead of hanging.
         try:
-            HfApi().model_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+            HfApi(token=token).model_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
         except Exception as exc:  # noqa: BLE001 - classified; anything unknown propagates unchanged
             network_error = context.translate(exc)
             if network_error is None:
@@ -229,6 +233,7 @@ def _from_hub(
             cache_dir=cache_dir,
             local_files_only=offline_reason is not None or network_error is not None,
             allow_patterns=list(MODEL_FILES),
+            token=token,
             tqdm_class=None if progress else _SilentTqdm,
         )
     except Exception as exc:  # noqa: BLE001 - classified; anything unknown propagates unchanged

@@ -25,6 +25,7 @@ from .imaging.model_space import ModelSpaceInverse, Preprocessing, to_model_spac
 from .imaging.volume import Volume, load_volume
 from .pipeline import ALDMPipeline, SamplingOptions
 from .pipeline.runtime import Runtime
+from .skullstrip_check import check_skull_stripped
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +63,16 @@ class Translator:
         compile: bool = False,
         cache_dir: str | Path | None = None,
         local_files_only: bool = False,
+        token: str | None = None,
+        allow_skull: bool = False,
         _pipeline: ALDMPipeline | None = None,
         _resolved: ResolvedModel | None = None,
         **sampling_fields: Any,
     ):
         if _pipeline is None:
             _resolved = resolve_model(
-                model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, progress=progress
+                model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, progress=progress,
+                token=token,
             )
             runtime = Runtime.create(device, dtype, max_memory=max_memory, compile=compile)
             _pipeline = ALDMPipeline.from_pretrained(_resolved.path, runtime=runtime)
@@ -76,6 +80,7 @@ class Translator:
         self.resolved = _resolved
         self.sampling = SamplingOptions.build(sampling or SamplingOptions(seed=DEFAULT_SEED), **sampling_fields)
         self.progress = progress
+        self.allow_skull = allow_skull
         self._source: str | None = None
         self._volume: Volume | None = None
         self._tensor: torch.Tensor | None = None
@@ -100,17 +105,21 @@ class Translator:
         compile: bool = False,
         sampling: SamplingOptions | None = None,
         progress: bool = True,
+        token: str | None = None,
+        allow_skull: bool = False,
         **sampling_fields: Any,
     ) -> Translator:
         """Load a model: a Hub repo id (``org/name``, optional ``@revision``), a local model folder, or the name
         of a bundled model (None: the bundled default). ``device``: auto (CUDA when available), cpu or cuda;
         ``dtype``: auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16. ``compile``: ``torch.compile`` the UNet
         (opt-in; the first volume pays the compilation, tens of seconds, later ones run faster). Sampling:
-        as for ``Translator``."""
+        as for ``Translator``. ``token``: a Hugging Face token for private Hub models (None: ``HF_TOKEN`` or
+        the saved login). ``allow_skull``: translate inputs that do not look skull-stripped (refused by
+        default: the model knows brains only; see :mod:`mrtranslate.skullstrip_check`)."""
         return cls(
             model=model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device,
             dtype=dtype, max_memory=max_memory, compile=compile, sampling=sampling, progress=progress,
-            **sampling_fields,
+            token=token, allow_skull=allow_skull, **sampling_fields,
         )
 
     def __call__(self, image: Any, source: str | None = None) -> Translator:
@@ -137,6 +146,8 @@ class Translator:
         if src not in self.modalities:
             raise ModalityError(f"source {src!r} is not a modality of this model ({', '.join(self.modalities)})")
         self._check_divisible()
+        if not self.allow_skull:
+            check_skull_stripped(vol)
         prep = Preprocessing.from_dict(self.pipeline.config.preprocessing)
         self._tensor, self._inverse = to_model_space(vol, prep)
         self._volume, self._source = vol, src

@@ -461,12 +461,18 @@ def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path]
                  "--pair-strength", "t1n->t1c=0.3", "-q"]) == 2  # one pair, two spellings
     assert main(["export", str(chain["spade"]), "--out", str(tmp_path / "bad"), "--pair-strength", "t1->t2=0.2",
                  "-q"]) == 2  # no diffusion stage to sample
+    for bad in ("flair", "flair=flair", "flair=t9"):
+        assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--best-source", bad,
+                     "-q"]) == 2
+        assert not (tmp_path / "bad").exists()
     assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "model"), "--default-steps", "3",
-                 "--default-strength", "0.5", "--pair-strength", "T1->t1c=0.2", "-q"]) == 0
+                 "--default-strength", "0.5", "--pair-strength", "T1->t1c=0.2", "--best-source", "FLAIR=T2w",
+                 "--best-source", "t1c=t1", "-q"]) == 0
     pipe = ALDMPipeline.from_pretrained(tmp_path / "model")
     assert pipe.config.components == ("vqgan", "unet", "scheduler")
     assert (pipe.config.default_steps, pipe.config.default_strength) == (3, 0.5)
     assert pipe.config.pair_strength == {"t1->t1ce": 0.2}
+    assert pipe.config.best_source == {"flair": "t2", "t1ce": "t1"}
     assert pipe.config.preprocessing["spacing_mm"] == [PHANTOM_SPACING] * 3
     tensors, _ = load_checkpoint(chain["diffusion"] / "checkpoint")
     assert torch.equal(pipe.unet.state_dict()["out.2.weight"], tensors["ema/unet/out.2.weight"])

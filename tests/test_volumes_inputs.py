@@ -54,7 +54,7 @@ def test_missing_path(tmp_path):
 
 
 def test_directory_names_the_nifti_files_inside(tmp_path):
-    refused(tmp_path, "is a folder", "pass one .nii or .nii.gz file", "dcm2niix")
+    refused(tmp_path, "is a folder", "pass one .nii, .nii.gz or .mgz file", "dcm2niix")
     data, affine = head()
     save(tmp_path, "sub-01_T1w.nii.gz", data, affine)
     refused(tmp_path, "it holds 1 NIfTI files, e.g. sub-01_T1w.nii.gz")
@@ -72,7 +72,7 @@ def test_empty_file(tmp_path):
 ])
 def test_not_a_nifti(tmp_path, name, payload):
     (tmp_path / name).write_bytes(payload)
-    refused(tmp_path / name, name, "pass a .nii or .nii.gz file")
+    refused(tmp_path / name, name, "pass a .nii, .nii.gz or .mgz file")
 
 
 @pytest.mark.parametrize("name", ["cut.nii.gz", "cut.nii"])

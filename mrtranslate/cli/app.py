@@ -110,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     raw = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in raw
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    if "--verbose" in raw and not debug:
+        logging.getLogger("mrtranslate").setLevel(logging.INFO)
     command = typer.main.get_command(app)
     code = EXIT_OK
     try:

@@ -9,3 +9,4 @@ from . import phantom  # noqa: F401
 from . import train  # noqa: F401
 from . import export  # noqa: F401
 from . import evaluate  # noqa: F401
+from . import complete  # noqa: F401

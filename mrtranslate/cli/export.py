@@ -21,16 +21,19 @@ def export_command(
     default_samples: int = typer.Option(1, "--default-samples", help="Diffusion samples averaged per target that the model suggests: 1 as published."),
     default_eta: float = typer.Option(1.0, "--default-eta", help="DDIM eta the model suggests: 1 as published, 0 deterministic."),
     pair_strength: Optional[list[str]] = typer.Option(None, "--pair-strength", metavar="SOURCE->TARGET=S", help="A pair's own sampling strength, where it differs from --default-strength (repeatable; e.g. 't1->t1ce=0.02')."),
+    best_source: Optional[list[str]] = typer.Option(None, "--best-source", metavar="TARGET=SOURCE", help="The source that predicts TARGET best on validation data, used by `mrtranslate complete` (repeatable; e.g. 'flair=t2')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing on success."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
 ) -> None:
     """Export a run's latest checkpoint as a model folder (safetensors + JSON + README.md model card)."""
+    from ..best_source import parse_best_source
     from ..training.export import export
 
     folder = export(run, out, weights=weights, name=name, default_steps=default_steps,
                     default_strength=default_strength, default_samples=default_samples, default_eta=default_eta,
-                    pair_strength=_pair_strengths(pair_strength or []), overwrite=overwrite)
+                    pair_strength=_pair_strengths(pair_strength or []), overwrite=overwrite,
+                    best_source=parse_best_source(best_source or []))
     if not quiet:
         typer.echo(f"wrote {folder}")
 

@@ -67,7 +67,7 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 
 @app.command("translate")
 def translate_command(
-    inputs: List[Path] = typer.Argument(..., help="Input NIfTI volumes (.nii / .nii.gz), one or more.", show_default=False),
+    inputs: List[Path] = typer.Argument(..., help="Input volumes (.nii, .nii.gz, .mgz), one or more; or one dataset folder (BraTS 2018-2023, BIDS, or a folder of image files).", show_default=False),
     to: List[str] = typer.Option(..., "--to", help="Target modalities: t1, t1ce, t2, flair (aliases: t1n t1c t2w t2f, T1w T2w FLAIR)."),
     source: Optional[str] = typer.Option(None, "--source", help="Source modality; guessed from the file name (e.g. _T1w, _t1n) when omitted."),
     model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled demo model."),
@@ -78,21 +78,32 @@ def translate_command(
     strength: Optional[float] = typer.Option(None, "--strength", help="1: sample from pure noise, as the authors do; below 1: start from the MS-SPADE latent noised to that fraction of the schedule (fewer steps; default: the model's)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Diffusion samples averaged per target: more give a smoother, less noisy estimate (k times the UNet's time and memory; 1 as the authors sample; default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical outputs."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the N-th GPU) or mps (Apple GPUs)."),
     precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
     max_memory: Optional[str] = typer.Option(None, "--max-memory", help="Memory budget, e.g. 8GB (default: what is free)."),
     compile_unet: bool = typer.Option(False, "--compile", help="torch.compile the UNet: the first volume pays tens of seconds of compilation, later steps run faster."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
     skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose outputs all exist (resume a batch)."),
     continue_on_error: bool = typer.Option(False, "--continue-on-error", help="Go on with the other inputs after a failure; summary at the end."),
+    part: int = typer.Option(0, "--part", help="Dataset folders: this job's share of the subjects, 0 .. --num-parts - 1 (e.g. $SLURM_ARRAY_TASK_ID)."),
+    num_parts: int = typer.Option(1, "--num-parts", help="Dataset folders: split the subjects into this many parts (every N-th subject), one per job."),
+    allow_skull: bool = typer.Option(False, "--allow-skull", help="Translate inputs that do not look skull-stripped (the model knows brains only: expect nonsense outside the brain)."),
+    output_dtype: str = typer.Option("float32", "--output-dtype", help="float32 (1 = the target's 99.5th percentile) or int16 (1000 x that, for viewers and integer tools)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads PyTorch uses (default: all cores)."),
+    token: Optional[str] = typer.Option(None, "--token", help="Hugging Face token for private models (default: the HF_TOKEN environment variable or `hf auth login`)."),
     offline: bool = typer.Option(False, "--offline", help="Use only cached Hub files (like HF_HUB_OFFLINE=1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, no messages on success."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also log what is done (skipped inputs, resampling)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
 ) -> int:
     """Translate each INPUT into the --to modalities; writes <input>_<target>.nii.gz and a .json record beside it.
 
     Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are >= 0, with 0 and 1 the
     target's 0.5th and 99.5th percentiles (not clipped above), and 0 outside the input's brain (voxels > 0).
+
+    A dataset folder: every subject's --source (else, per target, the best contrast it has) is translated and
+    written in the dataset's convention (BIDS: PATH/derivatives/mrtranslate with desc-synth; BraTS: --out-dir
+    with the subject folders and BraTS names); existing outputs are skipped and counted.
 
     Exit codes: 0 ok, 1 runtime error, 2 usage error, 130 interrupted.
     """
@@ -107,6 +118,26 @@ def translate_command(
     source_name = canonical(source) if source is not None else None  # an unknown name fails before any work
     if source_name in targets:
         raise UsageError(f"target {source_name!r} is the source modality (--source {source}): choose another target")
+    from ..provenance import as_output_dtype, check_output_dtype, input_provenance, output_record
+    from .complete import load_translator, report, set_threads
+
+    check_output_dtype(output_dtype)
+    set_threads(threads)
+    if any(inp.is_dir() for inp in inputs):
+        if len(inputs) > 1:
+            raise UsageError("pass one dataset folder, or image files: not a folder among other inputs")
+        from ..dataset_run import check_dataset, check_part, run_dataset
+
+        check_part(part, num_parts)
+        check_dataset(inputs[0], out_dir, completing=False)
+        translator = load_translator(model, revision, token, offline, device, precision, max_memory, steps, eta,
+                                     strength, samples, seed, allow_skull, compile_unet)
+        summary = run_dataset(translator, inputs[0], targets, source=source_name, out_dir=out_dir,
+                              overwrite=overwrite, continue_on_error=continue_on_error, part=part,
+                              num_parts=num_parts, progress=not quiet, output_dtype=output_dtype)
+        return report(summary, quiet)
+    if (part, num_parts) != (0, 1):
+        raise UsageError("--part and --num-parts split the subjects of a dataset folder: pass one folder")
     for inp in inputs:  # cheap checks before loading any model
         if not inp.exists():
             hint = "" if inp.suffix else f"; if {inp.name!r} was meant as a --to target, it is not a modality name"
@@ -114,7 +145,7 @@ def translate_command(
     plan = plan_outputs(inputs, targets, out_dir)
     loaded = Translator.from_pretrained(
         model, revision=revision, local_files_only=offline, device=device, dtype=precision,
-        max_memory=max_memory, compile=compile_unet, progress=not quiet,
+        max_memory=max_memory, compile=compile_unet, progress=not quiet, token=token, allow_skull=allow_skull,
         sampling=SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed),
     )
     failures: list[tuple[Path, str]] = []
@@ -134,9 +165,10 @@ def translate_command(
             images = result if isinstance(result, dict) else {wanted[0]: result}
             record = bound.run_record(wanted)
             record["input"] = str(inp)
+            record.update(input_provenance(inp), **output_record(output_dtype))
             strengths = record["strength"]  # one per target where the model sets a strength per pair
             for t, img in images.items():
-                path = save_image(img, outs[t], overwrite=overwrite, inputs=inputs)
+                path = save_image(as_output_dtype(img, output_dtype), outs[t], overwrite=overwrite, inputs=inputs)
                 own = strengths[wanted.index(t)] if isinstance(strengths, list) else strengths
                 write_record(path.with_name(path.name[: -len(".nii.gz")] + ".json"),
                              {**record, "target": t, "strength": own})
@@ -157,6 +189,14 @@ def translate_command(
     return EXIT_OK
 
 
+def _best_sources(pipe: Any) -> dict[str, str]:
+    """Per target, the source `complete` prefers: the model's best_source, else the first of the default order."""
+    from ..best_source import ranked_sources
+
+    mods = list(pipe.modalities)
+    return {t: ranked_sources(t, mods, pipe.config.best_source)[0] for t in mods if len(mods) > 1}
+
+
 @app.command("info")
 def info_command(
     model: Optional[str] = typer.Argument(None, help="Hub repo id, model folder or bundled name (default: the bundled demo model)."),
@@ -165,7 +205,8 @@ def info_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
 ) -> None:
-    """Summarise a model: modalities, voxel spacing, grid, network sizes, sampling defaults and its card's title."""
+    """Summarise a model: modalities, voxel spacing, grid, network sizes, sampling defaults, the best source per
+    target (`complete`; the model's own where it names one, else the default order) and its card's title."""
     from ..hub import resolve_model
     from ..pipeline import ALDMPipeline
 
@@ -190,6 +231,7 @@ def info_command(
         "default_strength": pipe.config.default_strength,
         "pair_strength": pipe.config.pair_strength,
         "default_samples": pipe.config.default_samples,
+        "best_source": _best_sources(pipe),
     }
     if as_json:
         typer.echo(json.dumps(info))

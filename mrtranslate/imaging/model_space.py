@@ -334,8 +334,9 @@ def to_model_space(src: ImageSource, prep: Preprocessing | None = None,
     model_along_input = np.sqrt(((directions * np.asarray(prep.spacing_mm)[:, None]) ** 2).sum(axis=0))
     for k in np.flatnonzero(zooms > _COARSE_WARN_RATIO * model_along_input):
         logger.warning(
-            "%s: voxels are %.2g mm along array axis %d, the model works at %.2g mm: that axis is interpolated, "
-            "expect less detail than from a scan acquired at the model's spacing",
+            "%s: voxels are %.2g mm along array axis %d, the model works at %.2g mm: that axis is interpolated "
+            "(trilinear) to the model's spacing and the output sampled back onto the input's own grid; expect "
+            "less detail across those slices than from a scan acquired at the model's spacing",
             vol.label, zooms[k], k, model_along_input[k],
         )
 

@@ -153,7 +153,7 @@ def load_volume(src: ImageSource, name: str | None = None) -> Volume:
     if isinstance(src, tuple) and len(src) == 2:
         return _from_array(src[0], src[1], name)
     raise InputImageError(
-        f"cannot use an object of type {type(src).__name__} as an image: pass a .nii/.nii.gz path, "
+        f"cannot use an object of type {type(src).__name__} as an image: pass a .nii, .nii.gz or .mgz path, "
         "a nibabel image, an (array, affine) tuple or a Volume"
     )
 
@@ -166,7 +166,7 @@ def _from_file(path: Path, name: str | None) -> Volume:
         found = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(_NIFTI_SUFFIXES))
         hint = f" (it holds {len(found)} NIfTI files, e.g. {found[0]})" if found else ""
         raise InputImageError(
-            f"{shown} is a folder{hint}: pass one .nii or .nii.gz file; convert DICOM folders with dcm2niix first"
+            f"{shown} is a folder{hint}: pass one .nii, .nii.gz or .mgz file; convert DICOM folders with dcm2niix first"
         )
     if path.stat().st_size == 0:
         raise InputImageError(f"{shown} is empty (0 bytes): re-export or re-copy the image")
@@ -176,11 +176,11 @@ def _from_file(path: Path, name: str | None) -> Volume:
         raise InputImageError(f"{shown} cannot be read (permission denied): check the file's permissions") from None
     except _READ_ERRORS as exc:
         raise InputImageError(
-            f"{shown} is not an image nibabel can read ({_one_line(exc)}): pass a .nii or .nii.gz file "
+            f"{shown} is not an image nibabel can read ({_one_line(exc)}): pass a .nii, .nii.gz or .mgz file "
             "(convert DICOM with dcm2niix)"
         ) from None
     if not isinstance(img, SpatialImage):
-        raise InputImageError(f"{shown} is not a spatial image: pass a 3D .nii or .nii.gz file")
+        raise InputImageError(f"{shown} is not a spatial image: pass a 3D .nii, .nii.gz or .mgz file")
     return _from_image(img, name or _strip_suffix(path.name), shown=shown)
 
 

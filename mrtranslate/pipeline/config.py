@@ -43,6 +43,8 @@ class PipelineConfig(ModelConfig):
     default_samples: int = 1  # diffusion samples averaged per target; 1 as published (see ALDMPipeline.sample)
     #: "source->target" -> the sampling strength of that pair, where it differs from default_strength (not published)
     pair_strength: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: target -> the source that predicts it best on the model's validation data (``mrtranslate complete``)
+    best_source: dict[str, str] = dataclasses.field(default_factory=dict)
     components: tuple[str, ...] = COMPONENTS
     name: str = ""
 
@@ -80,6 +82,7 @@ class PipelineConfig(ModelConfig):
                 raise ModelFormatError(f"{origin}: pair_strength names {name} twice")
             pairs[name] = float(value)
         self.pair_strength = pairs
+        self.best_source = _checked_best_source(self.best_source, mods, origin)
         p = self.preprocessing
         if not isinstance(p, dict):
             raise ModelFormatError(f"{origin}: preprocessing must be an object")
@@ -114,3 +117,20 @@ class PipelineConfig(ModelConfig):
     @property
     def has_diffusion(self) -> bool:
         return "unet" in self.components
+
+
+def _checked_best_source(best: Any, mods: tuple[str, ...], origin: str) -> dict[str, str]:
+    """``best_source`` with canonical names, each target and source a modality of the model and not the same."""
+    if not isinstance(best, dict):
+        raise ModelFormatError(f"{origin}: best_source must be an object of target: source")
+    out: dict[str, str] = {}
+    for target, source in best.items():
+        try:
+            t, s = canonical(str(target)), canonical(str(source))
+        except Exception:  # noqa: BLE001 - reported as a format error of this file
+            t = s = None
+        if t is None or s is None or t == s or t not in mods or s not in mods or t in out:
+            raise ModelFormatError(f"{origin}: best_source entry {target!r}: {source!r} must name a target and a "
+                                   f"different source among {', '.join(mods)}, each target once")
+        out[t] = s
+    return out

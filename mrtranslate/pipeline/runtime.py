@@ -26,18 +26,27 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``None``/``"auto"``: CUDA when available, else CPU. ``"cuda"`` without a GPU is a usage error."""
+    """``None``/``"auto"``: CUDA when available, else CPU. ``"cuda"`` without a GPU is a usage error.
+
+    ``"mps"`` (Apple GPUs) where this PyTorch build has it; ``"cuda:N"`` picks the N-th CUDA GPU."""
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError):
-        raise UsageError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+        raise UsageError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu or auto")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"device {device!r} is not supported: use auto, cpu or cuda")
+    if dev.type == "mps" and not _mps_available():
+        raise UsageError("device 'mps' was asked for but this PyTorch has no usable MPS (Apple GPU): use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return dev
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
 
 
 def resolve_precision(precision: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -47,6 +47,7 @@ def export(
     default_eta: float = 1.0,
     pair_strength: dict[str, float] | None = None,
     overwrite: bool = False,
+    best_source: dict[str, str] | None = None,
 ) -> Path:
     """Write the model folder ``out`` from the run folder ``run``; returns ``out``.
 
@@ -55,7 +56,8 @@ def export(
     the sampling strength it suggests (1: from pure noise, as published; see ``ALDMPipeline.sample``);
     ``default_samples`` the diffusion samples it suggests averaging per target (1, as published);
     ``default_eta`` the DDIM eta it suggests (1 as published; 0: deterministic);
-    ``pair_strength`` ``{"source->target": strength}`` for pairs whose strength differs from ``default_strength``.
+    ``pair_strength`` ``{"source->target": strength}`` for pairs whose strength differs from ``default_strength``;
+    ``best_source`` ``{target: source}``: the source that predicts each target best (``mrtranslate complete``).
     """
     folder = RunFolder(run)
     if not folder.is_run():
@@ -69,9 +71,9 @@ def export(
     check_samples(default_samples, "--default-samples")
     if isinstance(default_eta, bool) or not isinstance(default_eta, (int, float)) or not 0.0 <= default_eta <= 1.0:
         raise UsageError(f"--default-eta {default_eta!r}: use a number from 0 (deterministic) to 1 (as published)")
-    pairs = PipelineConfig(pair_strength=dict(pair_strength or {}))
+    pairs = PipelineConfig(pair_strength=dict(pair_strength or {}), best_source=dict(best_source or {}))
     try:  # the checks model_index.json gets, before any checkpoint is read
-        pairs.validate("--pair-strength")
+        pairs.validate("--pair-strength/--best-source")
     except ModelFormatError as exc:
         raise UsageError(f"{exc} (e.g. --pair-strength 't1->t1ce=0.02')") from None
     out = Path(out)
@@ -104,7 +106,7 @@ def export(
     title = name or f"ALDM {'model' if unet is not None else 'first stage'} ({folder.path.name}, step {scalars['step']})"
     pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=float(default_eta),
                           default_strength=default_strength, default_samples=default_samples,
-                          pair_strength=pairs.pair_strength)
+                          pair_strength=pairs.pair_strength, best_source=pairs.best_source)
     pcfg.validate("model_index.json")
     pipe = ALDMPipeline(vqgan.eval(), unet, scheduler, pcfg)
     card = model_card(title, pipe, stages, weights if unet is not None else None)
