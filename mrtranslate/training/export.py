@@ -22,6 +22,7 @@ from ..pipeline import ALDMPipeline
 from ..pipeline.config import PipelineConfig, check_samples
 from ..schedulers import DDIMScheduler, SchedulerConfig
 from ..schedulers.ddim import is_strength
+from ..schedulers.solver import check_solver
 from .checkpoint import load_checkpoint, load_module
 from .first_stage import run_summary
 from .runs import RunFolder
@@ -47,6 +48,7 @@ def export(
     default_eta: float = 1.0,
     pair_strength: dict[str, float] | None = None,
     overwrite: bool = False,
+    default_solver: str = "ddim",
 ) -> Path:
     """Write the model folder ``out`` from the run folder ``run``; returns ``out``.
 
@@ -55,7 +57,8 @@ def export(
     the sampling strength it suggests (1: from pure noise, as published; see ``ALDMPipeline.sample``);
     ``default_samples`` the diffusion samples it suggests averaging per target (1, as published);
     ``default_eta`` the DDIM eta it suggests (1 as published; 0: deterministic);
-    ``pair_strength`` ``{"source->target": strength}`` for pairs whose strength differs from ``default_strength``.
+    ``pair_strength`` ``{"source->target": strength}`` for pairs whose strength differs from ``default_strength``;
+    ``default_solver`` the sampler it suggests ("ddim" as published, "dpm++2m" or "unipc").
     """
     folder = RunFolder(run)
     if not folder.is_run():
@@ -67,6 +70,7 @@ def export(
     if not is_strength(default_strength):
         raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
     check_samples(default_samples, "--default-samples")
+    check_solver(default_solver, "--default-solver")
     if isinstance(default_eta, bool) or not isinstance(default_eta, (int, float)) or not 0.0 <= default_eta <= 1.0:
         raise UsageError(f"--default-eta {default_eta!r}: use a number from 0 (deterministic) to 1 (as published)")
     pairs = PipelineConfig(pair_strength=dict(pair_strength or {}))
@@ -104,7 +108,7 @@ def export(
     title = name or f"ALDM {'model' if unet is not None else 'first stage'} ({folder.path.name}, step {scalars['step']})"
     pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=float(default_eta),
                           default_strength=default_strength, default_samples=default_samples,
-                          pair_strength=pairs.pair_strength)
+                          pair_strength=pairs.pair_strength, default_solver=default_solver)
     pcfg.validate("model_index.json")
     pipe = ALDMPipeline(vqgan.eval(), unet, scheduler, pcfg)
     card = model_card(title, pipe, stages, weights if unet is not None else None)
