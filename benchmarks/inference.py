@@ -5,9 +5,10 @@
 Published architecture (VQ-GAN ch 64, UNet 128 channels) with random weights: no trained weights needed.
 
 * naive: float32, contiguous memory, one target at a time (encode, sample, decode for each), untiled
-  VQ-GAN: the structure of the authors' sampler.
+  VQ-GAN, nearest x2 upsampling then convolution in two steps: the structure of the authors' sampler.
 * optimised: the runtime mrtranslate picks (CPU: float32 + channels_last_3d; CUDA: fp16 autocast +
-  channels_last_3d + SDPA), encode once, every target in one batched sampling pass, slab-wise decode.
+  channels_last_3d + SDPA), encode once, every target in one batched sampling pass, slab-wise decode,
+  upsampling + convolution as one transposed convolution at the low resolution (exact).
 * compiled (opt-in, not run by default): optimised plus ``torch.compile`` of the UNet
   (``Runtime.create(compile=True)``); the compilation happens in the warm-up run, so pair it with ``--warmup``.
 
@@ -85,6 +86,10 @@ def worker(
         pipe.configure(Runtime.create(device, compile=variant == "compiled"))
     else:
         pipe.configure(Runtime(device=device, dtype=torch.float32, channels_last=False, streaming=False))
+        for m in pipe.modules():
+            for layer in m.modules():
+                if hasattr(layer, "fused"):  # the upsampling layers: the authors' two-step form
+                    layer.fused = False
     x = torch.rand(1, 1, *size) * 2 - 1
     targets = list(range(1, 1 + n_targets))
     unet_time = [0.0]
