@@ -1,7 +1,8 @@
 """ALDMPipeline: tensors in, tensors out.
 
-encode (VQ-GAN, quantized) -> target_like (MS-SPADE) -> sample (DDIM over the diffusion UNet, every
-target in one batch) -> decode (VQ-GAN decoder, no re-quantization). ``sample`` is the plain DDIM loop;
+encode (VQ-GAN, quantized) -> target_like (MS-SPADE) -> sample (DDIM, or a multistep solver, over the
+diffusion UNet, every target in one batch) -> decode (VQ-GAN decoder, no re-quantization). ``sample`` is
+the plain sampling loop;
 ``sample_mean`` (several samples averaged), ``sample_by_strength`` (one strength per target) and
 ``generate`` (a model's defaults under ``SamplingOptions``) are thin wrappers over it. The model folder on
 disk is :mod:`.folder`'s.

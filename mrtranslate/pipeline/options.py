@@ -29,7 +29,7 @@ class SamplingOptions:
       strengths per pair (a tuple, in target order)
     - ``samples``: diffusion samples averaged per target (1 as published)
     - ``seed``: the seed of the per-target generators (``Translator``; the pipeline takes generators)
-    - ``solver``: "ddim" (as published), "dpm++2m" or "unipc" (multistep solvers: as good in far fewer steps,
+    - ``solver``: "ddim" (as published), "dpm++2m" or "unipc" (multistep solvers made for far fewer steps,
       deterministic given the initial noise, ``eta`` not used; see :mod:`mrtranslate.schedulers`)
     """
 
