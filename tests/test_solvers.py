@@ -238,3 +238,10 @@ def test_solver_on_the_command_line_and_in_the_run_record(tmp_path: Path, capsys
     assert "solver = 'heun'" in capsys.readouterr().err
     assert main(["info", str(folder), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["default_solver"] == "ddim"
+
+    from mrtranslate import Translator
+
+    tr = Translator.from_pretrained(folder, solver="dpm++2m", progress=False)
+    assert tr.resolve().solver == "dpm++2m"
+    assert tr.resolve(sampling=SamplingOptions(solver="unipc")).solver == "unipc"
+    assert tr(inp).run_record(["t2"])["solver"] == "dpm++2m"
