@@ -245,3 +245,31 @@ def test_solver_on_the_command_line_and_in_the_run_record(tmp_path: Path, capsys
     assert tr.resolve().solver == "dpm++2m"
     assert tr.resolve(sampling=SamplingOptions(solver="unipc")).solver == "unipc"
     assert tr(inp).run_record(["t2"])["solver"] == "dpm++2m"
+
+
+def test_evaluate_names_the_solver_and_reuses_only_predictions_of_the_same_one(tmp_path: Path):
+    pytest.importorskip("nilearn")  # the phantom simulator needs the train extra
+    import csv
+
+    from _tiny import save_tiny
+
+    from mrtranslate.evaluation.evaluate import evaluate
+    from mrtranslate.phantom.simulator import write_dataset
+
+    write_dataset(tmp_path / "data", 1, seed=11, spacing=8.0, progress=False)
+    model = save_tiny(tmp_path / "model", grid=(24, 28, 24), spacing=(8.0,) * 3)
+    out = tmp_path / "report"
+
+    def run(solver: str | None) -> list[str]:
+        evaluate(tmp_path / "data", model, "t1", ["t2"], ["aldm"], out, cases=1, progress=False, figures=False,
+                 sampling=SamplingOptions(steps=3, solver=solver))
+        with (out / "cases.csv").open(newline="", encoding="utf-8") as fh:
+            return [r["reused"] for r in csv.DictReader(fh)]
+
+    assert run(None) == ["0"]
+    assert "3 DDIM steps, eta 1.0" in (out / "summary.md").read_text(encoding="utf-8")
+    assert run("unipc") == ["0"]  # DDIM's prediction is not reused for UniPC
+    assert "3 UniPC steps" in (out / "summary.md").read_text(encoding="utf-8")
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["settings"]["solver"] == "unipc"
+    assert run("unipc") == ["1"]
+    assert run("ddim") == ["0"]
