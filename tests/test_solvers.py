@@ -54,7 +54,10 @@ def test_a_model_sure_of_one_clean_latent_is_followed_exactly_along_the_ode(name
     x0, eps = torch.randn(2, 4, 3, 3, 3, generator=g), torch.randn(2, 4, 3, 3, 3, generator=g)
     plan = solver.steps(12, strength)
     acp = sched.alphas_cumprod.double()
-    on_path = lambda t: (acp[t].sqrt() * x0 + (1 - acp[t]).sqrt() * eps).float()  # noqa: E731
+
+    def on_path(t: int) -> torch.Tensor:
+        return (acp[t].sqrt() * x0 + (1 - acp[t]).sqrt() * eps).float()
+
     x, state = on_path(plan[0].timestep), None
     for i, st in enumerate(plan):
         x, state = solver.step(st, x, output_for(sched, x, st.timestep, x0), state)

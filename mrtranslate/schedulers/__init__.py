@@ -10,8 +10,8 @@ from .solver import SOLVER_LABELS, SOLVERS, MultistepSolver, SolverState, check_
 from .unipc import UniPCMultistep
 
 __all__ = [
-    "DDIMScheduler", "SchedulerConfig", "DPMSolverMultistep", "UniPCMultistep", "MultistepSolver", "SolverState",
-    "SOLVERS", "SOLVER_LABELS", "check_solver", "multistep_solver",
+    "SOLVERS", "SOLVER_LABELS", "DDIMScheduler", "DPMSolverMultistep", "MultistepSolver", "SchedulerConfig",
+    "SolverState", "UniPCMultistep", "check_solver", "multistep_solver",
 ]
 
 

@@ -88,7 +88,7 @@ class UniPCMultistep(MultistepSolver):
         plan = []
         previous_order = 0
         for i, t in enumerate(ts):
-            k = dict(corrector_order=0, k_ratio=0.0, k_prev=0.0, k_b=0.0, k_old=0.0, k_new=0.0)
+            k = {"corrector_order": 0, "k_ratio": 0.0, "k_prev": 0.0, "k_b": 0.0, "k_old": 0.0, "k_new": 0.0}
             if i >= 1:
                 k = self._corrector(lv[i - 2] if i >= 2 else None, lv[i - 1], lv[i], previous_order)
             order = min(2, i + 1, n - i)
@@ -100,10 +100,10 @@ class UniPCMultistep(MultistepSolver):
     @staticmethod
     def _predictor(before: NoiseLevel | None, s: NoiseLevel, t: NoiseLevel, order: int) -> dict[str, float]:
         if t is CLEAN or t.sigma == 0:  # e^{-h} - 1 = -1, sigma_t = 0, alpha_t = 1: x' = m_i (order 1 here)
-            return dict(p_ratio=0.0, p_this=1.0, p_b=0.0, p_old=0.0)
+            return {"p_ratio": 0.0, "p_this": 1.0, "p_b": 0.0, "p_old": 0.0}
         h = t.lam - s.lam
         phi = math.expm1(-h)
-        out = dict(p_ratio=t.sigma / s.sigma, p_this=-t.alpha * phi, p_b=-t.alpha * phi, p_old=0.0)
+        out = {"p_ratio": t.sigma / s.sigma, "p_this": -t.alpha * phi, "p_b": -t.alpha * phi, "p_old": 0.0}
         if order == 2:
             r1 = (before.lam - s.lam) / h  # type: ignore[union-attr]
             out["p_old"] = 0.5 / r1
@@ -113,8 +113,8 @@ class UniPCMultistep(MultistepSolver):
     def _corrector(before: NoiseLevel | None, u: NoiseLevel, s: NoiseLevel, order: int) -> dict[str, float]:
         h = s.lam - u.lam
         phi = math.expm1(-h)
-        out = dict(corrector_order=order, k_ratio=s.sigma / u.sigma, k_prev=-s.alpha * phi, k_b=-s.alpha * phi,
-                   k_old=0.0, k_new=0.5)
+        out = {"corrector_order": order, "k_ratio": s.sigma / u.sigma, "k_prev": -s.alpha * phi,
+               "k_b": -s.alpha * phi, "k_old": 0.0, "k_new": 0.5}
         if order == 2:
             r1 = (before.lam - u.lam) / h  # type: ignore[union-attr]
             b1, b2 = _b_coefficients(h, 2)
