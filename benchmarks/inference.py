@@ -5,11 +5,14 @@
 Published architecture (VQ-GAN ch 64, UNet 128 channels) with random weights: no trained weights needed.
 
 * naive: float32, contiguous memory, one target at a time (encode, sample, decode for each), untiled
-  VQ-GAN: the structure of the authors' sampler.
+  VQ-GAN, nearest x2 upsampling then convolution in two steps: the structure of the authors' sampler.
 * optimised: the runtime mrtranslate picks (CPU: float32 + channels_last_3d; CUDA: fp16 autocast +
-  channels_last_3d + SDPA), encode once, every target in one batched sampling pass, slab-wise decode.
+  channels_last_3d + SDPA), encode once, every target in one batched sampling pass, slab-wise decode,
+  upsampling + convolution as one transposed convolution at the low resolution (exact).
 * compiled (opt-in, not run by default): optimised plus ``torch.compile`` of the UNet
   (``Runtime.create(compile=True)``); the compilation happens in the warm-up run, so pair it with ``--warmup``.
+
+``--solver`` (ddim, dpm++2m, unipc) chooses the sampler of every variant (default: ddim, as published).
 
 Reports medians over ``--repeats`` runs of wall time, UNet time per step, decode time per target and
 peak memory (RSS on CPU, max_memory_allocated on CUDA), plus FLOPs of one UNet step (batch 1) and one
@@ -68,7 +71,7 @@ def count_flops(size: tuple[int, int, int]) -> dict[str, float]:
 
 def worker(
     variant: str, size: tuple[int, int, int], n_targets: int, steps: int, device_name: str,
-    warmup: bool = False, save: Path | None = None, repeats: int = 1,
+    warmup: bool = False, save: Path | None = None, repeats: int = 1, solver: str = "ddim",
 ) -> list[dict]:
     """``repeats`` measured runs in this process (after an untimed 2-step run at the same size when ``warmup``).
 
@@ -85,6 +88,10 @@ def worker(
         pipe.configure(Runtime.create(device, compile=variant == "compiled"))
     else:
         pipe.configure(Runtime(device=device, dtype=torch.float32, channels_last=False, streaming=False))
+        for m in pipe.modules():
+            for layer in m.modules():
+                if hasattr(layer, "fused"):  # the upsampling layers: the authors' two-step form
+                    layer.fused = False
     x = torch.rand(1, 1, *size) * 2 - 1
     targets = list(range(1, 1 + n_targets))
     unet_time = [0.0]
@@ -117,18 +124,20 @@ def worker(
 
         if variant != "naive":
             z = pipe.encode(x)
-            lat = pipe.sample(z, targets, steps=n_steps, eta=1.0, generator=gens(targets), progress=False)
+            lat = pipe.sample(z, targets, steps=n_steps, eta=1.0, generator=gens(targets), progress=False,
+                              solver=solver)
             del z
             for i in range(len(targets)):
                 timed_decode(lat[i : i + 1])
         else:
             for t in targets:
                 z = pipe.encode(x)
-                timed_decode(pipe.sample(z, [t], steps=n_steps, eta=1.0, generator=gens([t]), progress=False))
+                timed_decode(pipe.sample(z, [t], steps=n_steps, eta=1.0, generator=gens([t]), progress=False,
+                                         solver=solver))
         return decode_time, outputs
 
     cold = None
-    n_steps = len(pipe.scheduler.timesteps(steps))
+    n_steps = len(pipe.scheduler.timesteps(steps)) if solver == "ddim" else steps
     unet_calls = n_steps * (n_targets if variant == "naive" else 1)
     results = []
     with torch.inference_mode():
@@ -163,6 +172,7 @@ def worker(
                 "size": list(size),
                 "targets": n_targets,
                 "steps": steps,
+                "solver": solver,
                 "wall_s": wall,
                 "unet_s_per_step": unet_time[0] / unet_calls,
                 "unet_s_per_step_per_target": unet_time[0] / (n_steps * n_targets),
@@ -246,6 +256,7 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["96x128x96", "144x192x144"])
     ap.add_argument("--targets", type=int, default=3)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--solver", default="ddim", choices=["ddim", "dpm++2m", "unipc"], help="sampler of every variant")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--variants", nargs="+", default=["naive", "optimised"], choices=VARIANTS)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -261,7 +272,7 @@ def main() -> None:
     if args.worker:
         v, size, nt, st = args.worker
         for res in worker(v, tuple(int(s) for s in size.split("x")), int(nt), int(st), args.device, warmup, args.save,
-                          args.repeats):
+                          args.repeats, args.solver):
             print("RESULT " + json.dumps(res), flush=True)
         return
     results, flops, agreement = [], {}, {}
@@ -272,7 +283,7 @@ def main() -> None:
         for variant in args.variants:
             save = tmp / f"{size}-{variant}.npy"
             cmd = [sys.executable, __file__, "--device", args.device, "--worker", variant, size, str(args.targets),
-                   str(args.steps), "--repeats", str(args.repeats), "--save", str(save),
+                   str(args.steps), "--repeats", str(args.repeats), "--save", str(save), "--solver", args.solver,
                    "--warmup" if warmup else "--no-warmup"]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.worker_timeout)
@@ -301,7 +312,10 @@ def main() -> None:
                 print(f"{size} {name} vs naive outputs: {agreement[f'{size} {name}']}", flush=True)
     tmp_dir.cleanup()
     date = _dt.date.today().isoformat()
-    header = (f"{machine()} ({args.device}), {args.targets} targets, {args.steps} DDIM steps, median of {args.repeats}"
+    from mrtranslate.schedulers import SOLVER_LABELS
+
+    header = (f"{machine()} ({args.device}), {args.targets} targets, {args.steps} {SOLVER_LABELS[args.solver]} steps, "
+              f"median of {args.repeats}"
               f"{', after a 2-step warm-up run in each process' if warmup else ''}, {date}")
     md = markdown(results, flops, header, agreement)
     print(md)

@@ -44,7 +44,7 @@ class Translator:
     above: the brightest brain voxels lie above 1), 0 outside the input's foreground (voxels > 0).
 
     Sampling: ``sampling=SamplingOptions(...)`` or its fields as keywords (``steps``, ``eta``, ``strength``,
-    ``samples``, ``seed``), here for every call, or in a call of ``to`` for that call; None takes the model's
+    ``samples``, ``seed``, ``solver``), here for every call, or in a call of ``to`` for that call; None takes the model's
     defaults. ``seed`` (default 0) makes runs reproducible; ``seed=None`` here draws fresh noise each run.
     """
 

@@ -483,6 +483,13 @@ def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path]
         assert f"mrtranslate train {stage} --data" in card
     assert "Phantom_0_00000" in card and "seed 0" in card and "| diffusion | 4 |" in card
     assert "sampling it suggests: 3 DDIM steps, eta 1.0, strength 0.5 (t1->t1ce: 0.2)" in card
+    assert pipe.config.default_solver == "ddim"
+    assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--default-solver", "euler",
+                 "-q"]) == 2
+    assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "unipc"), "--default-steps", "10",
+                 "--default-solver", "unipc", "-q"]) == 0
+    assert ALDMPipeline.from_pretrained(tmp_path / "unipc").config.default_solver == "unipc"
+    assert "sampling it suggests: 10 UniPC steps" in (tmp_path / "unipc" / "README.md").read_text()
     out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], SamplingOptions(steps=2), progress=False, source=0)
     assert out.shape == (1, 1, 20, 24, 20) and torch.isfinite(out).all()
     # a first-stage run exports a first-stage-only folder, usable as the first stage of a later run

@@ -37,7 +37,7 @@ def _method_list(given: List[str], extra: List[str]) -> list[str]:
         "Methods: aldm (the full model), spade (MS-SPADE only, decoded without diffusion). --baseline lut adds the "
         "1-D intensity lookup table (the mean target intensity of each of 64 source-intensity bins) fitted on the "
         "subjects of --fit-data. "
-        "Brain = target voxels > 0. Resumable: predictions made with the same model, steps, eta, strength, samples and seed "
+        "Brain = target voxels > 0. Resumable: predictions made with the same model, solver, steps, eta, strength, samples and seed "
         "are reused."
     ),
 )
@@ -57,6 +57,7 @@ def evaluate_command(
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta (default: the model's)."),
     strength: Optional[float] = typer.Option(None, "--strength", help="Sampling strength, 1 = from pure noise (default: the model's)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Diffusion samples averaged per target (default: the model's)."),
+    solver: Optional[str] = typer.Option(None, "--solver", help="Sampler: ddim (as the authors sample), dpm++2m or unipc (multistep solvers made for few steps, e.g. 10-25; deterministic, --eta unused; default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the sampler (the same for every subject)."),
     figure_case: Optional[str] = typer.Option(None, "--figure-case", help="Subject shown in the figures (default: the first)."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Write no PNG figures (matplotlib not needed)."),
@@ -72,7 +73,7 @@ def evaluate_command(
     summary = evaluate(
         data, model, source, to or None, _method_list(method, list(ctx.args)), out, cases=cases,
         baseline=baseline, fit_data=fit_data, progress=not quiet,
-        sampling=SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed), device=device, dtype=precision,
+        sampling=SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver), device=device, dtype=precision,
         revision=revision, local_files_only=offline, figures=not no_figures, figure_case=figure_case,
     )
     if not quiet:

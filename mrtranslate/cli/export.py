@@ -20,6 +20,7 @@ def export_command(
     default_strength: float = typer.Option(1.0, "--default-strength", help="Sampling strength the model suggests: 1 (as published) samples from pure noise; below 1 starts from the noised MS-SPADE latent."),
     default_samples: int = typer.Option(1, "--default-samples", help="Diffusion samples averaged per target that the model suggests: 1 as published."),
     default_eta: float = typer.Option(1.0, "--default-eta", help="DDIM eta the model suggests: 1 as published, 0 deterministic."),
+    default_solver: str = typer.Option("ddim", "--default-solver", help="Sampler the model suggests: ddim (as published), dpm++2m or unipc (pair with fewer --default-steps)."),
     pair_strength: Optional[list[str]] = typer.Option(None, "--pair-strength", metavar="SOURCE->TARGET=S", help="A pair's own sampling strength, where it differs from --default-strength (repeatable; e.g. 't1->t1ce=0.02')."),
     best_source: Optional[list[str]] = typer.Option(None, "--best-source", metavar="TARGET=SOURCE", help="The source that predicts TARGET best on validation data, used by `mrtranslate complete` (repeatable; e.g. 'flair=t2')."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Write into a non-empty --out."),
@@ -32,7 +33,7 @@ def export_command(
 
     folder = export(run, out, weights=weights, name=name, default_steps=default_steps,
                     default_strength=default_strength, default_samples=default_samples, default_eta=default_eta,
-                    pair_strength=_pair_strengths(pair_strength or []), overwrite=overwrite,
+                    default_solver=default_solver, pair_strength=_pair_strengths(pair_strength or []), overwrite=overwrite,
                     best_source=parse_best_source(best_source or []))
     if not quiet:
         typer.echo(f"wrote {folder}")

@@ -25,7 +25,7 @@ as in the BraTS synthesis challenge) and over the whole volume. The report folde
     figures/<source>_to_<target>.png
 
 Resumable: model predictions are reused when their record says they were made from the same source file
-(SHA-256) by the same model weights (SHA-256 of the model folder's files), steps, eta, strength, samples and seed, in a batch
+(SHA-256) by the same model weights (SHA-256 of the model folder's files), solver, steps, eta, strength, samples and seed, in a batch
 with the same targets (the batch decides the noise each target gets, so only then is a reused file exactly
 what a fresh run would write).
 Anything else is recomputed and overwritten. Lookup-table predictions are cheap and never written.
@@ -318,11 +318,14 @@ def evaluate(
                 "spade": {"method": "spade", "model_sha256": fingerprint}}
         if info["samples"] > 1:  # (absent for one sample, so that records written before the option still match)
             keys["aldm"]["samples"] = info["samples"]
+        if info["solver"] != "ddim":  # (absent for DDIM, likewise)
+            keys["aldm"]["solver"] = info["solver"]
         pair_strength = translator.pipeline.config.pair_strength if sampling.strength is None else {}
         if pair_strength:  # the model's per-pair strengths apply (absent otherwise, as for samples)
             keys["aldm"]["pair_strength"] = dict(pair_strength)
         settings.update(model=info["model"], model_revision=info["model_revision"], model_sha256=fingerprint,
                         steps=info["steps"], eta=info["eta"], strength=info["strength"], samples=info["samples"],
+                        solver=info["solver"],
                         pair_strength=dict(pair_strength),
                         device=info["device"],
                         precision=info["precision"])

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import OutputWriteError
+from ..schedulers.solver import SOLVER_LABELS
 from .figures import MODALITY_LABELS
 from .metrics import METRICS, REGIONS
 
@@ -189,7 +190,10 @@ def write_markdown(path: Path, entries: Sequence[Mapping[str, Any]], settings: M
     if settings.get("model") is not None:
         strength, samples = settings.get("strength"), settings.get("samples")
         pairs = settings.get("pair_strength") or {}
-        sampling = (f", {settings['steps']} DDIM steps, eta {settings['eta']}"
+        solver = settings.get("solver") or "ddim"
+        steps = (f", {settings['steps']} DDIM steps, eta {settings['eta']}" if solver == "ddim"
+                 else f", {settings['steps']} {SOLVER_LABELS.get(solver, solver)} steps")
+        sampling = (steps +
                     f"{f', strength {strength}' if strength is not None and (strength < 1 or pairs) else ''}"
                     f"{' (' + ', '.join(f'{k}: {v}' for k, v in pairs.items()) + ')' if pairs else ''}"
                     f"{f', mean of {samples} samples' if samples is not None and samples > 1 else ''}, seed {settings['seed']}")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers import can_fold_upsample, fold_upsample_conv_weight
 from .vqgan import VQGAN, Decoder, Downsample, Encoder, ResnetBlock, Upsample
 
 Pre = Callable[[torch.Tensor], torch.Tensor] | None
@@ -124,6 +125,29 @@ def conv_slabs(conv: nn.Conv3d, x: torch.Tensor, slab: int, pre: Pre = None, ups
     return out
 
 
+def upsample_conv_slabs(conv: nn.Conv3d, x: torch.Tensor, slab: int) -> torch.Tensor:
+    """``conv(upsample2x(x))`` slab by slab, each slab one stride-2 transposed convolution of the low-resolution
+    rows it needs (``layers.upsample_conv``): output rows [2a, 2b) read input rows a - 1 .. b (zeros beyond the
+    volume). With those rows as the slab s (s[i] = x[a - 1 + i]) and no padding along the slab axis, the
+    transposed convolution's row o' = sum_i s[i] K[o' - 2i] is the volume's row o = sum_j x[j] K[o + 1 - 2j]
+    for o' = o - 2a + 3."""
+    b_, _, d, h, w = x.shape
+    out = _empty_like_layout(x, (b_, conv.out_channels, 2 * d, 2 * h, 2 * w))
+    weight = fold_upsample_conv_weight(conv.weight).to(x.dtype)
+    bias = conv.bias.to(x.dtype) if conv.bias is not None else None
+    for o0 in range(0, 2 * d, slab):
+        o1 = min(2 * d, o0 + slab)
+        a, b = o0 // 2, (o1 + 1) // 2
+        lo, hi = max(a - 1, 0), min(b + 1, d)
+        xs = x[:, :, lo:hi]
+        if lo > a - 1 or hi < b + 1:
+            xs = F.pad(xs, (0, 0, 0, 0, lo - (a - 1), (b + 1) - hi))
+        y = F.conv_transpose3d(xs, weight, bias, stride=2, padding=(0, 1, 1))
+        j0 = o0 - 2 * a + 3
+        out[:, :, o0:o1] = y[:, :, j0 : j0 + (o1 - o0)]
+    return out
+
+
 def pointwise_slabs(conv: nn.Conv3d, x: torch.Tensor, slab: int) -> torch.Tensor:
     out = _empty_like_layout(x, (x.shape[0], conv.out_channels, *x.shape[2:]))
     for d0 in range(0, x.shape[2], slab):
@@ -175,7 +199,10 @@ def decode(vqgan: VQGAN, z: torch.Tensor, slab: int = 8) -> torch.Tensor:
             h = resnet_block(blk, h, slab)
         if level.resample_name is not None:
             up: Upsample = getattr(level, level.resample_name)
-            h = conv_slabs(up.conv, h, slab, upsample=True)
+            if up.fused and not up.training and can_fold_upsample(up.conv):
+                h = upsample_conv_slabs(up.conv, h, slab)
+            else:
+                h = conv_slabs(up.conv, h, slab, upsample=True)
     return conv_slabs(dec.conv_out, h, slab, pre=norm_silu(h, dec.norm_out, slab))
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..errors import ModelFormatError
 from .config import MAX_BLOCKS, MAX_CHANNELS, MAX_CLASSES, MAX_CODEBOOK, MAX_LEVELS, ModelConfig, check_int, check_int_tuple
-from .layers import GroupNorm32, conv3d, upsample_nearest2x
+from .layers import GroupNorm32, can_fold_upsample, conv3d, upsample_conv, upsample_nearest2x
 from .spade import SPADEGenerator
 
 
@@ -104,11 +104,18 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest x2, then a 3x3x3 convolution. At inference (``eval()``) the two run as one transposed
+    convolution at the low resolution (``layers.upsample_conv``: the same values up to float rounding, about
+    3x fewer operations); ``fused = False`` keeps the two-step form."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = conv3d(channels, channels)
+        self.fused = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and not self.training and can_fold_upsample(self.conv):
+            return upsample_conv(x, self.conv)
         return self.conv(upsample_nearest2x(x))
 
 

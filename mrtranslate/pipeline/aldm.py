@@ -1,7 +1,8 @@
 """ALDMPipeline: tensors in, tensors out.
 
-encode (VQ-GAN, quantized) -> target_like (MS-SPADE) -> sample (DDIM over the diffusion UNet, every
-target in one batch) -> decode (VQ-GAN decoder, no re-quantization). ``sample`` is the plain DDIM loop;
+encode (VQ-GAN, quantized) -> target_like (MS-SPADE) -> sample (DDIM, or a multistep solver, over the
+diffusion UNet, every target in one batch) -> decode (VQ-GAN decoder, no re-quantization). ``sample`` is
+the plain sampling loop;
 ``sample_mean`` (several samples averaged), ``sample_by_strength`` (one strength per target) and
 ``generate`` (a model's defaults under ``SamplingOptions``) are thin wrappers over it. The model folder on
 disk is :mod:`.folder`'s.
@@ -28,7 +29,7 @@ from .config import PipelineConfig, check_samples
 from .folder import default_model_card, load_pipeline, save_pipeline
 from .options import SamplingOptions
 from .runtime import MemoryPlan, Runtime, plan_memory
-from ..schedulers import DDIMScheduler, SchedulerConfig
+from ..schedulers import DDIMScheduler, SchedulerConfig, check_solver, multistep_solver
 
 logger = logging.getLogger(__name__)
 
@@ -221,8 +222,9 @@ class ALDMPipeline:
         progress: bool = True,
         strength: float = 1.0,
         source: int | None = None,
+        solver: str = "ddim",
     ) -> torch.Tensor:
-        """DDIM for every target in one batched pass; returns the target latents ``[T, C, ...]``.
+        """DDIM (or ``solver``) for every target in one batched pass; returns the target latents ``[T, C, ...]``.
 
         ``z_q`` of batch 1 is broadcast over the targets. The UNet sees ``cat([x_t, z_src, spade(z_src)])``
         and the target class as its label. Noise (``x_T`` when not given, and the per-step noise when
@@ -233,6 +235,10 @@ class ALDMPipeline:
         steps at timesteps <= s * T and starts from MS-SPADE's target-like latent noised to the first of them,
         ``sqrt(a_t) spade + sqrt(1 - a_t) x_T`` (SDEdit, Meng et al. 2022): fewer steps, and it skips the
         high noise levels, where a briefly trained UNet is least reliable. ``source``: as in ``target_like``.
+
+        ``solver``: "ddim" (published), or a multistep ODE solver of the same schedule, "dpm++2m" or "unipc"
+        (see :mod:`mrtranslate.schedulers`): ``steps`` spaced by their own rule, deterministic given ``x_T``
+        (``eta`` is DDIM's only); ``strength`` keeps their timesteps at most ``strength * T`` alike.
 
         One sample of each target at one strength; ``sample_mean`` averages several, ``sample_by_strength``
         takes one strength per target, and ``generate`` applies a model's defaults (``SamplingOptions``).
@@ -251,7 +257,8 @@ class ALDMPipeline:
         f = self.unet.config.downsampling_factor
         if any(s % f for s in z_src.shape[2:]):
             raise UsageError(f"latent sides {tuple(z_src.shape[2:])} must be multiples of {f} for this UNet")
-        plan = self.scheduler.steps(steps, eta, strength)
+        multistep = None if check_solver(solver) == "ddim" else multistep_solver(solver, self.scheduler)
+        plan = self.scheduler.steps(steps, eta, strength) if multistep is None else multistep.steps(steps, strength)
         spade = self.target_like(z_src, t, source)
         cond = self._layout(torch.cat([z_src, spade.to(z_src.dtype)], dim=1))
         shape = (n, self.unet.config.out_channels, *z_src.shape[2:])
@@ -262,10 +269,14 @@ class ALDMPipeline:
             a = torch.tensor(plan[0].alpha, dtype=torch.float32)
             x = a.sqrt() * spade + (1.0 - a).sqrt() * x  # target_like returns float32
         del spade
+        state = None  # a multistep solver's previous data predictions
         for st in tqdm(plan, desc="sampling", unit="step", disable=not progress, leave=False):
             ts = torch.full((n,), st.timestep, device=self.device, dtype=torch.long)
             with self.runtime.autocast():
                 out = self.unet(self._layout(torch.cat([x.to(self.dtype), cond], dim=1)), ts, t)
+            if multistep is not None:
+                x, state = multistep.step(st, x, out, state)
+                continue
             noise = _randn(shape, generator).to(self.device) if st.sigma > 0 else None
             x = self.scheduler.step(st, x, out, noise)
         return x.contiguous()
@@ -337,8 +348,8 @@ class ALDMPipeline:
     def resolve(
         self, options: SamplingOptions | None, targets: torch.Tensor | Sequence[int], source: int | None = None
     ) -> SamplingOptions:
-        """``options`` over the model's defaults: steps, eta and samples set, and strength one number, or a
-        tuple with one per target where the model's ``pair_strength`` makes them differ (see ``strengths``)."""
+        """``options`` over the model's defaults: steps, eta, samples and solver set, and strength one number, or
+        a tuple with one per target where the model's ``pair_strength`` makes them differ (see ``strengths``)."""
         o = options or SamplingOptions()
         c = self.config
         strength = o.strength
@@ -348,6 +359,7 @@ class ALDMPipeline:
         return dataclasses.replace(
             o, steps=c.default_steps if o.steps is None else o.steps, eta=c.default_eta if o.eta is None else o.eta,
             strength=strength, samples=c.default_samples if o.samples is None else o.samples,
+            solver=c.default_solver if o.solver is None else o.solver,
         )
 
     def generate(
@@ -364,7 +376,8 @@ class ALDMPipeline:
         ``sample_mean`` or ``sample_by_strength`` as they ask. ``options.seed`` is not used here: pass
         ``generator``."""
         o = self.resolve(options, targets, source)
-        kwargs: dict[str, Any] = dict(steps=o.steps, eta=o.eta, generator=generator, progress=progress, source=source)
+        kwargs: dict[str, Any] = dict(steps=o.steps, eta=o.eta, generator=generator, progress=progress, source=source,
+                                      solver=o.solver)
         if isinstance(o.strength, tuple):
             return self.sample_by_strength(z_q, targets, o.strength, o.samples, **kwargs)
         return self.sample_mean(z_q, targets, o.samples, strength=o.strength, **kwargs)

@@ -9,6 +9,7 @@ from ..errors import ModelFormatError, UsageError
 from ..modalities import MODALITIES, canonical, pair_indices
 from ..models.config import ModelConfig, check_int
 from ..schedulers.ddim import is_strength
+from ..schedulers.solver import SOLVER_LABELS, SOLVERS
 
 #: The preprocessing of the published ALDM (BraTS 2021): 1 mm RAS grid of 144 x 192 x 144 voxels,
 #: 0.5th / 99.5th percentiles mapped to -1 / +1.
@@ -45,6 +46,8 @@ class PipelineConfig(ModelConfig):
     pair_strength: dict[str, float] = dataclasses.field(default_factory=dict)
     #: target -> the source that predicts it best on the model's validation data (``mrtranslate complete``)
     best_source: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: the sampler: "ddim" (published; absent in older folders), "dpm++2m" or "unipc" (see mrtranslate.schedulers)
+    default_solver: str = "ddim"
     components: tuple[str, ...] = COMPONENTS
     name: str = ""
 
@@ -65,6 +68,8 @@ class PipelineConfig(ModelConfig):
             raise ModelFormatError(f"{origin}: 'unet' and 'scheduler' come together")
         check_int(origin, "default_steps", self.default_steps, 1, 1000)
         check_int(origin, "default_samples", self.default_samples, 1, MAX_SAMPLES)
+        if self.default_solver not in SOLVERS:
+            raise ModelFormatError(f"{origin}: default_solver {self.default_solver!r} is not one of {', '.join(SOLVERS)}")
         if not is_strength(self.default_strength):
             raise ModelFormatError(f"{origin}: default_strength must be a number in (0, 1], got {self.default_strength!r}")
         if not isinstance(self.pair_strength, dict):
@@ -104,8 +109,11 @@ class PipelineConfig(ModelConfig):
 
     def sampling_summary(self) -> str:
         """The sampling the model suggests, in words, e.g. "50 DDIM steps, eta 1.0, strength 0.05 (t1->t1ce:
-        0.02), mean of 4 samples"."""
-        text = f"{self.default_steps} DDIM steps, eta {self.default_eta}"
+        0.02), mean of 4 samples" or "20 UniPC steps"."""
+        if self.default_solver == "ddim":
+            text = f"{self.default_steps} DDIM steps, eta {self.default_eta}"
+        else:
+            text = f"{self.default_steps} {SOLVER_LABELS.get(self.default_solver, self.default_solver)} steps"
         if self.default_strength < 1 or self.pair_strength:
             text += f", strength {self.default_strength}"
         if self.pair_strength:

@@ -3,7 +3,7 @@
 
 A field left None takes the next level's value: a call's options over the translator's, the translator's
 over the model's defaults (``model_index.json``: ``default_steps``, ``default_eta``, ``default_strength``
-with its ``pair_strength`` exceptions, ``default_samples``).
+with its ``pair_strength`` exceptions, ``default_samples``, ``default_solver``).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..schedulers.ddim import is_strength
+from ..schedulers.solver import check_solver
 from .config import check_samples
 
 
@@ -28,6 +29,8 @@ class SamplingOptions:
       strengths per pair (a tuple, in target order)
     - ``samples``: diffusion samples averaged per target (1 as published)
     - ``seed``: the seed of the per-target generators (``Translator``; the pipeline takes generators)
+    - ``solver``: "ddim" (as published), "dpm++2m" or "unipc" (multistep solvers made for far fewer steps,
+      deterministic given the initial noise, ``eta`` not used; see :mod:`mrtranslate.schedulers`)
     """
 
     steps: int | None = None
@@ -35,6 +38,7 @@ class SamplingOptions:
     strength: float | tuple[float, ...] | None = None
     samples: int | None = None
     seed: int | None = None
+    solver: str | None = None
 
     def __post_init__(self) -> None:
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int)
@@ -50,6 +54,8 @@ class SamplingOptions:
             check_samples(self.samples)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise UsageError(f"seed = {self.seed!r}: use an integer")
+        if self.solver is not None:
+            check_solver(self.solver)
 
     @classmethod
     def build(cls, base: SamplingOptions | None = None, **fields: Any) -> SamplingOptions:

@@ -22,6 +22,7 @@ from ..pipeline import ALDMPipeline
 from ..pipeline.config import PipelineConfig, check_samples
 from ..schedulers import DDIMScheduler, SchedulerConfig
 from ..schedulers.ddim import is_strength
+from ..schedulers.solver import check_solver
 from .checkpoint import load_checkpoint, load_module
 from .first_stage import run_summary
 from .runs import RunFolder
@@ -48,6 +49,7 @@ def export(
     pair_strength: dict[str, float] | None = None,
     overwrite: bool = False,
     best_source: dict[str, str] | None = None,
+    default_solver: str = "ddim",
 ) -> Path:
     """Write the model folder ``out`` from the run folder ``run``; returns ``out``.
 
@@ -58,6 +60,7 @@ def export(
     ``default_eta`` the DDIM eta it suggests (1 as published; 0: deterministic);
     ``pair_strength`` ``{"source->target": strength}`` for pairs whose strength differs from ``default_strength``;
     ``best_source`` ``{target: source}``: the source that predicts each target best (``mrtranslate complete``).
+    ``default_solver`` the sampler it suggests ("ddim" as published, "dpm++2m" or "unipc").
     """
     folder = RunFolder(run)
     if not folder.is_run():
@@ -69,6 +72,7 @@ def export(
     if not is_strength(default_strength):
         raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
     check_samples(default_samples, "--default-samples")
+    check_solver(default_solver, "--default-solver")
     if isinstance(default_eta, bool) or not isinstance(default_eta, (int, float)) or not 0.0 <= default_eta <= 1.0:
         raise UsageError(f"--default-eta {default_eta!r}: use a number from 0 (deterministic) to 1 (as published)")
     pairs = PipelineConfig(pair_strength=dict(pair_strength or {}), best_source=dict(best_source or {}))
@@ -106,7 +110,8 @@ def export(
     title = name or f"ALDM {'model' if unet is not None else 'first stage'} ({folder.path.name}, step {scalars['step']})"
     pcfg = PipelineConfig(preprocessing=prep, name=title, default_steps=default_steps or 200, default_eta=float(default_eta),
                           default_strength=default_strength, default_samples=default_samples,
-                          pair_strength=pairs.pair_strength, best_source=pairs.best_source)
+                          pair_strength=pairs.pair_strength, best_source=pairs.best_source,
+                          default_solver=default_solver)
     pcfg.validate("model_index.json")
     pipe = ALDMPipeline(vqgan.eval(), unet, scheduler, pcfg)
     card = model_card(title, pipe, stages, weights if unet is not None else None)
