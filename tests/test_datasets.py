@@ -34,7 +34,7 @@ def sidecar(path: Path) -> dict:
 
 
 def bids_dataset(root: Path) -> Path:
-    """sub-01 with T1w and T2w; sub-02 in session 1 with a run-1 T1w only."""
+    """sub-01 with T1w and T2w; sub-02 in ses-1 with a run-1 T1w only."""
     write_head(root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
     write_head(root / "sub-01" / "anat" / "sub-01_T2w.nii.gz", shape=(20, 26, 19))
     write_head(root / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_run-1_T1w.nii.gz")
