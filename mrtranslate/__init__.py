@@ -24,7 +24,7 @@ def __getattr__(name: str):
 
         return Translator
     if name in ("translate_dataset", "complete_dataset"):
-        from . import dataset_run
+        from . import datasets
 
-        return getattr(dataset_run, name)
+        return getattr(datasets, name)
     raise AttributeError(f"module 'mrtranslate' has no attribute {name!r}")

@@ -25,7 +25,7 @@ from .imaging.model_space import ModelSpaceInverse, Preprocessing, to_model_spac
 from .imaging.volume import Volume, load_volume
 from .pipeline import ALDMPipeline, SamplingOptions
 from .pipeline.runtime import Runtime
-from .skullstrip_check import check_skull_stripped
+from .imaging.skullstrip_check import check_skull_stripped
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class Translator:
         (opt-in; the first volume pays the compilation, tens of seconds, later ones run faster). Sampling:
         as for ``Translator``. ``token``: a Hugging Face token for private Hub models (None: ``HF_TOKEN`` or
         the saved login). ``allow_skull``: translate inputs that do not look skull-stripped (refused by
-        default: the model knows brains only; see :mod:`mrtranslate.skullstrip_check`)."""
+        default: the model knows brains only; see :mod:`mrtranslate.imaging.skullstrip_check`)."""
         return cls(
             model=model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device,
             dtype=dtype, max_memory=max_memory, compile=compile, sampling=sampling, progress=progress,

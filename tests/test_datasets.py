@@ -13,10 +13,10 @@ import pytest
 from _translate_utils import files_under, small_model, write_head  # noqa: F401
 
 import mrtranslate
-from mrtranslate.best_source import DEFAULT_ORDER, choose_source, parse_best_source, ranked_sources
+from mrtranslate.pipeline.best_source import DEFAULT_ORDER, choose_source, parse_best_source, ranked_sources
 from mrtranslate.cli import main
-from mrtranslate.dataset_names import bids_name, brats_name
-from mrtranslate.dataset_run import complete_dataset, detect_layout, translate_dataset
+from mrtranslate.datasets.names import bids_name, brats_name
+from mrtranslate.datasets.run import complete_dataset, detect_layout, translate_dataset
 from mrtranslate.errors import DatasetLayoutError, UsageError
 from mrtranslate.translator import Translator
 

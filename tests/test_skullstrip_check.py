@@ -14,7 +14,7 @@ from conftest import SHARED, require_reference
 from scipy import ndimage
 
 from mrtranslate.cli import main
-from mrtranslate.skullstrip_check import skull_signs
+from mrtranslate.imaging.skullstrip_check import skull_signs
 
 SAMPLES = SHARED / "data" / "brats-samples"
 NATIVE = SHARED / "data" / "native-scans" / "TCGA-FG-6692"

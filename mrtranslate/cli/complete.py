@@ -69,8 +69,8 @@ def complete_command(
     then the others; --best-source overrides it. Outputs carry desc-synth (BIDS) or sit in --out-dir under the
     BraTS names, each with a .json sidecar naming its Sources. Existing outputs are skipped, so a rerun resumes.
     """
-    from ..best_source import parse_best_source
-    from ..dataset_run import check_dataset, check_part, run_dataset
+    from ..pipeline.best_source import parse_best_source
+    from ..datasets.run import check_dataset, check_part, run_dataset
     from ..provenance import check_output_dtype
 
     best = parse_best_source(best_source or [])

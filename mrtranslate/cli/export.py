@@ -28,7 +28,7 @@ def export_command(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
 ) -> None:
     """Export a run's latest checkpoint as a model folder (safetensors + JSON + README.md model card)."""
-    from ..best_source import parse_best_source
+    from ..pipeline.best_source import parse_best_source
     from ..training.export import export
 
     folder = export(run, out, weights=weights, name=name, default_steps=default_steps,

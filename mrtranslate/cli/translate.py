@@ -127,7 +127,7 @@ def translate_command(
     if any(inp.is_dir() for inp in inputs):
         if len(inputs) > 1:
             raise UsageError("pass one dataset folder, or image files: not a folder among other inputs")
-        from ..dataset_run import check_dataset, check_part, run_dataset
+        from ..datasets.run import check_dataset, check_part, run_dataset
 
         check_part(part, num_parts)
         check_dataset(inputs[0], out_dir, completing=False)
@@ -192,7 +192,7 @@ def translate_command(
 
 def _best_sources(pipe: Any) -> dict[str, str]:
     """Per target, the source `complete` prefers: the model's best_source, else the first of the default order."""
-    from ..best_source import ranked_sources
+    from ..pipeline.best_source import ranked_sources
 
     mods = list(pipe.modalities)
     return {t: ranked_sources(t, mods, pipe.config.best_source)[0] for t in mods if len(mods) > 1}

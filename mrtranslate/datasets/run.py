@@ -1,12 +1,12 @@
 """Dataset runs: translate, or complete, every subject of a BraTS tree, a BIDS dataset or a flat folder.
 
->>> from mrtranslate.dataset_run import translate_dataset, complete_dataset
+>>> from mrtranslate.datasets import translate_dataset, complete_dataset
 >>> translate_dataset("bids/", to=["flair"], source="t1")      # -> bids/derivatives/mrtranslate/...
 >>> complete_dataset("brats/", out_dir="brats-complete/")      # every missing contrast of every subject
 
 Subjects are found by :func:`mrtranslate.layout.find_subjects`, as ``evaluate`` and ``train`` find them; a
 folder of image files without subject folders is a flat folder, each file one input. Outputs are named in
-the input's convention (:mod:`mrtranslate.dataset_names`); outputs that exist are skipped and counted, so a
+the input's convention (:mod:`mrtranslate.datasets.names`); outputs that exist are skipped and counted, so a
 run that stopped resumes where it was; ``part``/``num_parts`` give each of several jobs its own share of the
 subjects (every ``num_parts``-th subject from ``part``, in sorted order).
 """
@@ -23,8 +23,8 @@ from typing import Any
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .best_source import choose_source
-from .dataset_names import (
+from ..pipeline.best_source import choose_source
+from .names import (
     bids_name,
     bids_uri,
     brats_name,
@@ -33,11 +33,11 @@ from .dataset_names import (
     split_suffix,
     write_json_atomic,
 )
-from .errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError
-from .imaging.layout import _subjects_in as subjects_in
-from .imaging.layout import find_subjects
-from .modalities import canonical, canonical_list, guess_from_filename
-from .provenance import as_output_dtype, input_provenance, output_record
+from ..errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError
+from ..imaging.layout import _subjects_in as subjects_in
+from ..imaging.layout import find_subjects
+from ..modalities import canonical, canonical_list, guess_from_filename
+from ..provenance import as_output_dtype, input_provenance, output_record
 
 logger = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def _describe(root: Path, out_root: Path | None, translator: Any) -> None:
 
 
 def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, output_dtype: str) -> int:
-    from .imaging.volume import save_image
+    from ..imaging.volume import save_image
 
     bound = translator(job.path, source=job.source)
     logger.info("%s: %s -> %s (from %s)", job.case, bound.source, ", ".join(wanted), job.path.name)
@@ -329,7 +329,7 @@ def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, outp
 def _load(translator: Any, model: Any, kwargs: dict[str, Any]) -> Any:
     if translator is not None:
         return translator
-    from .translator import Translator
+    from ..translator import Translator
 
     kwargs.setdefault("progress", False)
     return Translator.from_pretrained(model, **kwargs)
@@ -356,7 +356,7 @@ def complete_dataset(root: Path | str, *, out_dir: Path | str | None = None, mod
                      output_dtype: str = "float32", **translator_kwargs: Any) -> DatasetSummary:
     """Synthesise, for every subject of ``root`` (a dataset or one subject folder), each contrast of the
     model it lacks, from the contrast that predicts it best (the model's ``best_source``, overridden by
-    ``best_source``, else :data:`mrtranslate.best_source.DEFAULT_ORDER`)."""
+    ``best_source``, else :data:`mrtranslate.pipeline.best_source.DEFAULT_ORDER`)."""
     tr = _load(translator, model, dict(translator_kwargs))
     return run_dataset(tr, root, None, out_dir=out_dir, best_source=best_source, overwrite=overwrite,
                        continue_on_error=continue_on_error, part=part, num_parts=num_parts, progress=progress,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InputImageError
+from ..errors import InputImageError
 
 #: More than this fraction of a face's voxels > 0 counts as a face in the background.
 FACE_FILLED = 0.5

@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import OutputWriteError
+from .. import __version__
+from ..errors import OutputWriteError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh")
 SYNTHETIC_DESC = "synth"

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from .errors import DatasetLayoutError, UsageError
-from .modalities import canonical
+from ..errors import DatasetLayoutError, UsageError
+from ..modalities import canonical
 
 #: Sources tried for each target, best first, when the model does not name one (or the subject lacks it).
 DEFAULT_ORDER: dict[str, tuple[str, ...]] = {
