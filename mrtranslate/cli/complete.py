@@ -40,7 +40,7 @@ def complete_command(
     path: Path = typer.Argument(..., help="A subject folder, or a dataset of subjects (BraTS 2018-2023 or BIDS).", show_default=False),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Folder of the synthetic images (BIDS default: PATH/derivatives/mrtranslate; needed for BraTS-style folders)."),
     best_source: Optional[List[str]] = typer.Option(None, "--best-source", metavar="TARGET=SOURCE", help="Translate TARGET from SOURCE where the subject has it, instead of the model's choice (repeatable; e.g. 'flair=t2')."),
-    model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled demo model."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled brats-2mm."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     token: Optional[str] = typer.Option(None, "--token", help="Hugging Face token for private models (default: the HF_TOKEN environment variable or `hf auth login`)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's)."),

@@ -70,7 +70,7 @@ def translate_command(
     inputs: List[Path] = typer.Argument(..., help="Input volumes (.nii, .nii.gz, .mgz), one or more; or one dataset folder (BraTS 2018-2023, BIDS, or a folder of image files).", show_default=False),
     to: List[str] = typer.Option(..., "--to", help="Target modalities: t1, t1ce, t2, flair (aliases: t1n t1c t2w t2f, T1w T2w FLAIR)."),
     source: Optional[str] = typer.Option(None, "--source", help="Source modality; guessed from the file name (e.g. _T1w, _t1n) when omitted."),
-    model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled demo model."),
+    model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled brats-2mm."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Folder for outputs (default: beside each input)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's, e.g. 200 for the published model)."),
@@ -200,7 +200,7 @@ def _best_sources(pipe: Any) -> dict[str, str]:
 
 @app.command("info")
 def info_command(
-    model: Optional[str] = typer.Argument(None, help="Hub repo id, model folder or bundled name (default: the bundled demo model)."),
+    model: Optional[str] = typer.Argument(None, help="Hub repo id, model folder or bundled name (default: the bundled brats-2mm)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision."),
     offline: bool = typer.Option(False, "--offline", help="Use only cached Hub files."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
