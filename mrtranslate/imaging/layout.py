@@ -1,6 +1,6 @@
 """Dataset folders: find the subjects of a folder and each subject's modality and label files.
 
-Three layouts are recognised, each one subject per folder:
+Four layouts are recognised, each one subject per folder:
 
 * BraTS 2021: ``<case>/<case>_t1.nii.gz``, ``_t1ce``, ``_t2``, ``_flair``, ``_seg``
 * BraTS 2023: ``<case>/<case>-t1n.nii.gz``, ``-t1c``, ``-t2w``, ``-t2f``, ``-seg``
@@ -61,17 +61,16 @@ def file_role(filename: str) -> str | None:
     ('t1ce', None)
     >>> file_role("TCGA-FG-6692_fla_bet.nii.gz")
     'flair'
-
     """
     stem = _stem(Path(filename).name)
     if stem is None:
         return None
-    # The last "_" token first (keeps aliases such as "t2-flair"), then the last "-" token (BraTS 2023).
-    while True:
+    while True:  # drop skull-stripping endings (<case>_t1_bet)
         head, _, last = stem.rpartition("_")
         if not head or last not in STRIPPED_TOKENS:
             break
         stem = head
+    # The last "_" token first (keeps aliases such as "t2-flair"), then the last "-" token (BraTS 2023).
     candidates = [stem.rsplit("_", 1)[-1]]
     candidates.append(re.split(r"[_-]", stem)[-1])
     for token in candidates:
