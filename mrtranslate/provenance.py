@@ -9,25 +9,55 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from .errors import UsageError
+from .errors import OutputWriteError, UsageError
 
 OUTPUT_DTYPES = ("float32", "int16")
 INT16_SCALE = 1000.0
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """The SHA-256 hex digest of a file's bytes."""
-    digest = hashlib.sha256()
+def hash_file(path: str | Path, digest: Any, chunk: int = 1 << 20) -> Any:
+    """``digest`` (a hashlib object) updated with a file's bytes, read in chunks; returns it."""
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 hex digest of a file's bytes."""
+    return hash_file(path, hashlib.sha256()).hexdigest()
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` (JSON) through a temporary file in the same folder and a rename, so that no
+    reader ever sees a half-written record; the folder is made if needed."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputWriteError(f"could not write {path} ({exc}): check free space and permissions") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def per_target(record: dict[str, Any], targets: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """One record per target from a run record of ``targets`` (``Translator.run_record``): each names its target
+    and its own strength (the run record holds one strength per target where the model sets them per pair)."""
+    strengths = record["strength"]
+    return {t: {**record, "target": t, "strength": strengths[i] if isinstance(strengths, list) else strengths}
+            for i, t in enumerate(targets)}
 
 
 def utc_now() -> str:

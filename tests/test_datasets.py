@@ -304,3 +304,16 @@ def test_complete_of_one_bids_subject_writes_into_its_datasets_derivatives(small
     assert files_under(root / "derivatives" / "mrtranslate") == {"dataset_description.json"} | {
         f"sub-02/ses-1/anat/sub-02_ses-1_{name}.{ext}" for ext in ("nii.gz", "json")
         for name in ("ce-gadolinium_run-1_desc-synth_T1w", "run-1_desc-synth_T2w", "run-1_desc-synth_FLAIR")}
+
+
+@pytest.mark.parametrize("command", [(), ("complete",)])
+def test_dataset_runs_and_complete_sample_with_the_solver_asked_for(command: tuple[str, ...], small_model: Path,  # noqa: F811
+                                                                    tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root = tmp_path / "data"
+    write_head(root / "S0" / "S0_t1.nii.gz")
+    to = () if command else ("--to", "t2")
+    code, _, err = run(capsys, *command, root, *to, "-o", tmp_path / "out", "--model", small_model, *FAST,
+                       "--solver", "dpm++2m", "-q")
+    assert code == 0, err
+    records = [json.loads(p.read_text()) for p in (tmp_path / "out").rglob("*.json")]
+    assert records and {r["solver"] for r in records} == {"dpm++2m"}

@@ -47,6 +47,7 @@ def complete_command(
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta (default: the model's)."),
     strength: Optional[float] = typer.Option(None, "--strength", help="Sampling strength (default: the model's)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Diffusion samples averaged per target (default: the model's)."),
+    solver: Optional[str] = typer.Option(None, "--solver", help="Sampler: ddim, dpm++2m or unipc (default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical outputs."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the N-th GPU) or mps (Apple GPUs)."),
     precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, fp32 otherwise), fp32, fp16, bf16."),
@@ -69,8 +70,9 @@ def complete_command(
     then the others; --best-source overrides it. Outputs carry desc-synth (BIDS) or sit in --out-dir under the
     BraTS names, each with a .json sidecar naming its Sources. Existing outputs are skipped, so a rerun resumes.
     """
-    from ..pipeline.best_source import parse_best_source
     from ..datasets.run import check_dataset, check_part, run_dataset
+    from ..pipeline import SamplingOptions
+    from ..pipeline.best_source import parse_best_source
     from ..provenance import check_output_dtype
 
     best = parse_best_source(best_source or [])
@@ -78,8 +80,9 @@ def complete_command(
     check_dataset(path, out_dir, completing=True)
     check_output_dtype(output_dtype)
     set_threads(threads)
-    translator = load_translator(model, revision, token, offline, device, precision, max_memory, steps, eta,
-                                 strength, samples, seed, allow_skull)
+    sampling = SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver)
+    translator = load_translator(model, revision, token, offline, device, precision, max_memory, sampling,
+                                 allow_skull)
     summary = run_dataset(translator, path, None, out_dir=out_dir, best_source=best, overwrite=overwrite,
                           continue_on_error=continue_on_error, part=part, num_parts=num_parts, progress=not quiet,
                           output_dtype=output_dtype)
@@ -87,14 +90,12 @@ def complete_command(
 
 
 def load_translator(model: Optional[str], revision: Optional[str], token: Optional[str], offline: bool, device: str,
-                    precision: str, max_memory: Optional[str], steps: Optional[int], eta: Optional[float],
-                    strength: Optional[float], samples: Optional[int], seed: int, allow_skull: bool,
-                    compile_unet: bool = False) -> Any:
-    from ..pipeline import SamplingOptions
+                    precision: str, max_memory: Optional[str], sampling: Any, allow_skull: bool,
+                    compile_unet: bool = False, progress: bool = False) -> Any:
+    """The Translator the translate and complete commands run with (``sampling``: a SamplingOptions)."""
     from ..translator import Translator
 
     return Translator.from_pretrained(
         model, revision=revision, local_files_only=offline, device=device, dtype=precision, max_memory=max_memory,
-        compile=compile_unet, progress=False, token=token, allow_skull=allow_skull,
-        sampling=SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed),
+        compile=compile_unet, progress=progress, token=token, allow_skull=allow_skull, sampling=sampling,
     )

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, List, Optional
@@ -14,7 +12,7 @@ from typing import Any, List, Optional
 import typer
 from tqdm.auto import tqdm
 
-from ..errors import MRTranslateError, OutputExistsError, OutputWriteError, UsageError
+from ..errors import MRTranslateError, OutputExistsError, UsageError
 from .app import EXIT_ERROR, EXIT_OK, app
 
 logger = logging.getLogger("mrtranslate.cli")
@@ -51,18 +49,6 @@ def plan_outputs(inputs: Sequence[Path], targets: Sequence[str], out_dir: Path |
                                  "and give inputs in different folders different names (or no --out-dir)")
             writer[key] = inp
     return plan
-
-
-def write_record(path: Path, record: dict[str, Any]) -> None:
-    """Write the run record ``path`` (JSON) atomically: a temporary file in the same folder, then a rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputWriteError(f"could not write {path} ({exc}): check free space and permissions") from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 @app.command("translate")
@@ -111,7 +97,6 @@ def translate_command(
     from ..modalities import canonical, canonical_list
     from ..imaging.volume import save_image
     from ..pipeline.options import SamplingOptions
-    from ..translator import Translator
 
     if overwrite and skip_existing:
         raise UsageError("--overwrite and --skip-existing contradict each other: pick one")
@@ -119,11 +104,13 @@ def translate_command(
     source_name = canonical(source) if source is not None else None  # an unknown name fails before any work
     if source_name in targets:
         raise UsageError(f"target {source_name!r} is the source modality (--source {source}): choose another target")
-    from ..provenance import as_output_dtype, check_output_dtype, input_provenance, output_record
+    from ..provenance import as_output_dtype, check_output_dtype, input_provenance, output_record, per_target
+    from ..provenance import write_json_atomic
     from .complete import load_translator, report, set_threads
 
     check_output_dtype(output_dtype)
     set_threads(threads)
+    sampling = SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver)
     if any(inp.is_dir() for inp in inputs):
         if len(inputs) > 1:
             raise UsageError("pass one dataset folder, or image files: not a folder among other inputs")
@@ -131,8 +118,8 @@ def translate_command(
 
         check_part(part, num_parts)
         check_dataset(inputs[0], out_dir, completing=False)
-        translator = load_translator(model, revision, token, offline, device, precision, max_memory, steps, eta,
-                                     strength, samples, seed, allow_skull, compile_unet)
+        translator = load_translator(model, revision, token, offline, device, precision, max_memory, sampling,
+                                     allow_skull, compile_unet)
         summary = run_dataset(translator, inputs[0], targets, source=source_name, out_dir=out_dir,
                               overwrite=overwrite, continue_on_error=continue_on_error, part=part,
                               num_parts=num_parts, progress=not quiet, output_dtype=output_dtype)
@@ -144,11 +131,8 @@ def translate_command(
             hint = "" if inp.suffix else f"; if {inp.name!r} was meant as a --to target, it is not a modality name"
             raise UsageError(f"input {inp} does not exist: check the path{hint}")
     plan = plan_outputs(inputs, targets, out_dir)
-    loaded = Translator.from_pretrained(
-        model, revision=revision, local_files_only=offline, device=device, dtype=precision,
-        max_memory=max_memory, compile=compile_unet, progress=not quiet, token=token, allow_skull=allow_skull,
-        sampling=SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver),
-    )
+    loaded = load_translator(model, revision, token, offline, device, precision, max_memory, sampling, allow_skull,
+                             compile_unet, progress=not quiet)
     failures: list[tuple[Path, str]] = []
     bar = tqdm(inputs, desc="volumes", unit="vol", disable=quiet or len(inputs) == 1)
     for inp in bar:
@@ -164,15 +148,11 @@ def translate_command(
             wanted = [t for t, p in outs.items() if overwrite or not p.exists()]
             result = bound.to(*wanted)
             images = result if isinstance(result, dict) else {wanted[0]: result}
-            record = bound.run_record(wanted)
-            record["input"] = str(inp)
-            record.update(input_provenance(inp), **output_record(output_dtype))
-            strengths = record["strength"]  # one per target where the model sets a strength per pair
-            for t, img in images.items():
-                path = save_image(as_output_dtype(img, output_dtype), outs[t], overwrite=overwrite, inputs=inputs)
-                own = strengths[wanted.index(t)] if isinstance(strengths, list) else strengths
-                write_record(path.with_name(path.name[: -len(".nii.gz")] + ".json"),
-                             {**record, "target": t, "strength": own})
+            record = {**bound.run_record(wanted), "input": str(inp), **input_provenance(inp),
+                      **output_record(output_dtype)}
+            for t, own in per_target(record, wanted).items():
+                path = save_image(as_output_dtype(images[t], output_dtype), outs[t], overwrite=overwrite, inputs=inputs)
+                write_json_atomic(path.with_name(path.name[: -len(".nii.gz")] + ".json"), own)
                 if not quiet:
                     tqdm.write(f"wrote {path}")
         except Exception as exc:  # noqa: BLE001 - with --continue-on-error one input's failure never stops the batch

@@ -11,14 +11,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import OutputWriteError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mgz", ".mgh")
 SYNTHETIC_DESC = "synth"
@@ -108,16 +106,3 @@ def derivative_description(raw_root: Path, out_root: Path, model: str, revision:
         "SourceDatasets": [{"URL": "bids:raw:"}],
         "DatasetLinks": {"raw": Path(os.path.relpath(raw_root, out_root)).as_posix()},
     }
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never a half-written file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputWriteError(f"could not write {path} ({exc}): check free space and permissions") from None
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -31,13 +31,12 @@ from .names import (
     derivative_description,
     flat_name,
     split_suffix,
-    write_json_atomic,
 )
 from ..errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError
 from ..imaging.layout import _subjects_in as subjects_in
 from ..imaging.layout import find_subjects
 from ..modalities import canonical, canonical_list, guess_from_filename
-from ..provenance import as_output_dtype, input_provenance, output_record
+from ..provenance import as_output_dtype, input_provenance, output_record, per_target, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -309,17 +308,14 @@ def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, outp
     logger.info("%s: %s -> %s (from %s)", job.case, bound.source, ", ".join(wanted), job.path.name)
     result = bound.to(*wanted, progress=False)
     images = result if isinstance(result, dict) else {wanted[0]: result}
-    record = bound.run_record(wanted)
-    strengths = record["strength"]
-    base = {**record, "input": str(job.path), **input_provenance(job.path), **output_record(output_dtype)}
-    for t in wanted:
+    record = {**bound.run_record(wanted), "input": str(job.path), **input_provenance(job.path),
+              **output_record(output_dtype)}
+    for t, own in per_target(record, wanted).items():
         path = job.outputs[t]
         if path.exists() and not overwrite:
             raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
-        own = strengths[wanted.index(t)] if isinstance(strengths, list) else strengths
         side = {"Sources": job.sources, "Synthetic": True,
-                "Description": f"Synthetic {t} translated from {bound.source} by mrtranslate",
-                **base, "target": t, "strength": own}
+                "Description": f"Synthetic {t} translated from {bound.source} by mrtranslate", **own}
         save_image(as_output_dtype(images[t], output_dtype), path, overwrite=overwrite, inputs=[job.path])
         write_json_atomic(path.with_name(split_suffix(path.name)[0] + ".json"), side)
     return len(wanted)

@@ -63,6 +63,7 @@ from ..imaging.layout import Subject, find_subjects
 from .metrics import METRICS, REGIONS, compute_metrics
 from ..modalities import MODALITIES, canonical_list
 from ..pipeline.options import SamplingOptions
+from ..provenance import hash_file, sha256_file
 from ..imaging.model_space import Volume, load_volume, save_image
 
 logger = logging.getLogger(__name__)
@@ -102,15 +103,8 @@ def model_fingerprint(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        _hash_file(path, digest)
+        hash_file(path, digest)
     return digest.hexdigest()
-
-
-def _hash_file(path: Path, digest: Any) -> Any:
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest
 
 
 def _check_methods(methods: Sequence[str], baseline: str | None, fit_data: Any) -> list[str]:
@@ -167,7 +161,7 @@ class _ModelRunner:
         """method -> (target -> prediction array, seconds per target, reused)."""
         results: dict[str, tuple[dict[str, np.ndarray], float, bool]] = {}
         bound = None
-        source_sha256 = _hash_file(subject.files[source], hashlib.sha256()).hexdigest()
+        source_sha256 = sha256_file(subject.files[source])
         for method in self.methods:
             record, files = self.paths(method, subject.case, source, targets)
             key = {**self.keys[method], "source_sha256": source_sha256}
