@@ -266,11 +266,12 @@ def main() -> None:
     tmp = Path(tmp_dir.name)
     weights = make_weights(args.official_src, tmp)
     date = _dt.date.today().isoformat()
+    argv = [("ALDM" if a == str(args.official_src) else a) for a in sys.argv[1:]]  # the checkout's own path aside
     header = (f"{machine()}, {args.targets} targets, float32, median of {args.repeats}, {date}")
-    lines = [f"## {header}", "", f"`python benchmarks/vs_official.py {' '.join(sys.argv[1:])}`", "",
+    lines = [f"## {header}", "", f"`python benchmarks/vs_official.py {' '.join(argv)}`", "",
              "| size | code | sampler | wall s | encode s | UNet s/step/target | decode s/target | peak GB | "
              "wall / authors | peak / authors |", "| --- | --- | --- | --: | --: | --: | --: | --: | --: | --: |"]
-    notes, record = [], []
+    notes, record, agreement = [], [], {}
     for size in args.sizes:
         flops = count_flops(tuple(int(s) for s in size.split("x")))
         rows = [("authors", args.steps, "ddim"), ("mrtranslate", args.steps, "ddim")]
@@ -292,7 +293,7 @@ def main() -> None:
             record.append({**m, "size": size})
         a, b = meds[("authors", "ddim")][2], meds[("mrtranslate", "ddim")][2]
         if a.exists() and b.exists():
-            agr = _agreement(a, b)
+            agr = agreement[size] = _agreement(a, b)
             notes.append(f"{size}: mrtranslate's outputs against the authors' (same weights and noise, DDIM "
                          f"{args.steps} steps): relative L2 {agr['rel_l2']:.2e}, max |difference| / max |authors'| "
                          f"{agr['max_abs_over_range']:.2e}.")
@@ -318,7 +319,8 @@ def main() -> None:
     path.write_text(existing.rstrip("\n") + "\n\n" + md)
     jpath = path.with_suffix(".json")
     prev = json.loads(jpath.read_text()) if jpath.exists() else []
-    prev.append({"machine": machine(), "date": date, "argv": sys.argv[1:], "results": record, "notes": notes})
+    prev.append({"machine": machine(), "date": date, "argv": argv, "results": record, "agreement": agreement,
+                 "notes": notes})
     jpath.write_text(json.dumps(prev, indent=2) + "\n")
 
 

@@ -32,3 +32,29 @@ def test_benchmark_script_runs_and_variants_agree(tmp_path):
     text = md.read_text()
     assert "**optimised / naive**" in text and "relative L2" in text
     assert record["flops"]["16x32x16"]["unet_step_gflop"] > 0
+
+
+def test_benchmark_against_the_authors_code_runs_their_modules_and_agrees(tmp_path):
+    """benchmarks/vs_official.py imports the authors' modules from their sources, runs them and mrtranslate on
+    the same weights, input and noise, and both produce the same translations."""
+    from conftest import SHARED, require_reference
+
+    official = require_reference(SHARED / "reference" / "aldm-official")
+    md = tmp_path / "VS.md"
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("MRTRANSLATE_TEST_THREADS", "2"))
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "vs_official.py"), "--official-src", str(official),
+         "--sizes", "16x32x16", "--steps", "2", "--targets", "2", "--repeats", "1", "--markdown", str(md),
+         "--solver", "dpm++2m", "--solver-steps", "3", "--extrapolate-steps", "200"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(md.with_suffix(".json").read_text())[-1]
+    rows = {(r["impl"], r["solver"]): r for r in record["results"]}
+    assert set(rows) == {("authors", "ddim"), ("mrtranslate", "ddim"), ("mrtranslate", "dpm++2m")}
+    assert rows[("authors", "ddim")]["unet_calls"] == 2 * 2  # one target at a time
+    assert rows[("mrtranslate", "ddim")]["unet_calls"] == 2  # both targets in one batch
+    assert rows[("mrtranslate", "dpm++2m")]["unet_calls"] == 3
+    assert record["agreement"]["16x32x16"]["rel_l2"] < 1e-4
+    text = md.read_text()
+    assert "| 16x32x16 | authors | ddim 2 |" in text and "extrapolated" in text

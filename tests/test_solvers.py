@@ -276,3 +276,14 @@ def test_evaluate_names_the_solver_and_reuses_only_predictions_of_the_same_one(t
     assert json.loads((out / "summary.json").read_text(encoding="utf-8"))["settings"]["solver"] == "unipc"
     assert run("unipc") == ["1"]
     assert run("ddim") == ["0"]
+
+
+def test_the_bundled_default_samples_with_the_solver_and_steps_the_step_study_found():
+    """brats-2mm's default sampler is one that held within tolerance of DDIM 200 in
+    benchmarks/SOLVER_STEPS.json, at the smallest step count where it did."""
+    from conftest import ROOT
+
+    index = json.loads((ROOT / "mrtranslate" / "bundled" / "brats-2mm" / "model_index.json").read_text())
+    study = json.loads((ROOT / "benchmarks" / "SOLVER_STEPS.json").read_text())
+    assert study["holds_from"][index["default_solver"]] == index["default_steps"]
+    assert study["holds_from"].get("ddim") is None  # DDIM did not get there: a multistep solver pays

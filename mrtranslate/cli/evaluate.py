@@ -57,7 +57,7 @@ def evaluate_command(
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta (default: the model's)."),
     strength: Optional[float] = typer.Option(None, "--strength", help="Sampling strength, 1 = from pure noise (default: the model's)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Diffusion samples averaged per target (default: the model's)."),
-    solver: Optional[str] = typer.Option(None, "--solver", help="Sampler: ddim (as the authors sample), dpm++2m or unipc (multistep solvers made for few steps, e.g. 10-25; deterministic, --eta unused; default: the model's)."),
+    solver: Optional[str] = typer.Option(None, "--solver", help="Sampler: ddim (as the authors sample), dpm++2m or unipc (multistep solvers made for few steps, e.g. 15-25; deterministic, --eta unused; default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed of the sampler (the same for every subject)."),
     figure_case: Optional[str] = typer.Option(None, "--figure-case", help="Subject shown in the figures (default: the first)."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Write no PNG figures (matplotlib not needed)."),

@@ -63,7 +63,7 @@ def translate_command(
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta: 0 deterministic, 1 as the authors sample (default: the model's)."),
     strength: Optional[float] = typer.Option(None, "--strength", help="1: sample from pure noise, as the authors do; below 1: start from the MS-SPADE latent noised to that fraction of the schedule (fewer steps; default: the model's)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Diffusion samples averaged per target: more give a smoother, less noisy estimate (k times the UNet's time and memory; 1 as the authors sample; default: the model's)."),
-    solver: Optional[str] = typer.Option(None, "--solver", help="Sampler: ddim (as the authors sample), dpm++2m or unipc (multistep solvers made for few steps, e.g. 10-25; deterministic, --eta unused; default: the model's)."),
+    solver: Optional[str] = typer.Option(None, "--solver", help="Sampler: ddim (as the authors sample), dpm++2m or unipc (multistep solvers made for few steps, e.g. 15-25; deterministic, --eta unused; default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical outputs."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu, cuda, cuda:N (the N-th GPU) or mps (Apple GPUs)."),
     precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),

@@ -42,4 +42,6 @@ stage autoencoder
 stage spade --first-stage "$work/runs/autoencoder"
 stage diffusion --first-stage "$work/runs/spade"
 mrtranslate export "$work/runs/diffusion" --out "$work/brats-2mm" --name brats-2mm --overwrite \
-    --default-steps "${DEFAULT_STEPS:-10}" --default-eta "${DEFAULT_ETA:-0}" --default-samples "${DEFAULT_SAMPLES:-1}"
+    --default-solver "${DEFAULT_SOLVER:-unipc}" --default-steps "${DEFAULT_STEPS:-15}" --default-eta "${DEFAULT_ETA:-0}" \
+    --default-samples "${DEFAULT_SAMPLES:-3}" \
+    --best-source t1=t1ce --best-source t1ce=t1 --best-source t2=t1ce --best-source flair=t2
