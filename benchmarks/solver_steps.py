@@ -62,12 +62,10 @@ def main() -> None:
     missing = [s for s in args.subjects if s not in subjects]
     if missing:
         raise SystemExit(f"not in {args.data}: {', '.join(missing)}")
-    configs = [("ddim", args.reference_steps, 1)] + [(s, n, 1) for s in args.solvers for n in args.steps]
-    for spec in args.means:
-        solver, steps, k = spec.split(":")
-        configs.append((solver, int(steps), int(k)))
+    extra = [(solver, int(steps), int(k)) for solver, steps, k in (spec.split(":") for spec in args.means)]
     if args.spade:
-        configs.append(("spade", 0, 0))
+        extra.append(("spade", 0, 0))
+    configs = [("ddim", args.reference_steps, 1)] + [(s, n, 1) for s in args.solvers for n in args.steps] + extra
     rows: list[dict] = []
     for case in args.subjects:
         subject = subjects[case]
@@ -110,7 +108,7 @@ def main() -> None:
             ok_from = (ok_from or n) if ok else None
             lines.append(f"| {solver} | {n} | {p:.3f} | {s:.4f} | {p - ref_p:+.3f} | {s - ref_s:+.4f} |")
         holds[solver] = ok_from
-    for solver, n, k in configs[1 + len(args.solvers) * len(args.steps):]:
+    for solver, n, k in extra:
         p, s = mean(solver, n, "psnr", k), mean(solver, n, "ssim", k)
         label = ("MS-SPADE only", "") if solver == "spade" else (f"{solver}, mean of {k}", str(n))
         lines.append(f"| {label[0]} | {label[1]} | {p:.3f} | {s:.4f} | {p - ref_p:+.3f} | {s - ref_s:+.4f} |")

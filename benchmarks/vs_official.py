@@ -43,7 +43,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from inference import count_flops, machine  # noqa: E402
+from inference import compare_outputs, count_flops, machine  # noqa: E402
 
 VQ_DDCONFIG = dict(double_z=False, z_channels=4, resolution=192, in_channels=1, out_ch=1, ch=64, num_groups=32,
                    ch_mult=[1, 1, 2], num_res_blocks=1, attn_resolutions=[], dropout=0.0)
@@ -235,12 +235,6 @@ def _run_worker(args, impl: str, size: str, steps: int, solver: str, weights, sa
     return med
 
 
-def _agreement(a: Path, b: Path) -> dict[str, float]:
-    x, y = np.load(a).astype(np.float64), np.load(b).astype(np.float64)
-    return {"rel_l2": float(np.linalg.norm(y - x) / max(np.linalg.norm(x), 1e-30)),
-            "max_abs_over_range": float(np.abs(y - x).max() / max(np.abs(x).max(), 1e-30))}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official-src", type=Path, required=True, help="a checkout of github.com/jongdory/ALDM")
@@ -293,7 +287,7 @@ def main() -> None:
             record.append({**m, "size": size})
         a, b = meds[("authors", "ddim")][2], meds[("mrtranslate", "ddim")][2]
         if a.exists() and b.exists():
-            agr = agreement[size] = _agreement(a, b)
+            agr = agreement[size] = compare_outputs(a, b)
             notes.append(f"{size}: mrtranslate's outputs against the authors' (same weights and noise, DDIM "
                          f"{args.steps} steps): relative L2 {agr['rel_l2']:.2e}, max |difference| / max |authors'| "
                          f"{agr['max_abs_over_range']:.2e}.")
