@@ -315,6 +315,52 @@ def test_diffusion_timestep_range_limits_the_training_timesteps(chain: dict[str,
             load_config("diffusion", overrides=diffusion_config(timestep_range=bad))
 
 
+def test_diffusion_crop_takes_one_box_of_source_target_and_spade_latents(chain: dict[str, Path], tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrtranslate.training.diffusion import DiffusionStage
+
+    seen: list[tuple[dict, dict]] = []
+    batch = DiffusionStage.batch
+
+    def record(self, step):
+        cropped = batch(self, step)
+        crop, self.crop = self.crop, None
+        whole = batch(self, step)  # the same pairs and timesteps, uncropped
+        self.crop = crop
+        seen.append((cropped, whole))
+        return cropped
+
+    monkeypatch.setattr(DiffusionStage, "batch", record)
+    run = tmp_path / "crop"
+    result = train("diffusion", run, _data_of(chain), diffusion_config(steps=3, crop=[8, 8, 8]),
+                   first_stage=str(chain["spade"]), progress=False)
+    assert result.status == "finished"
+    offsets = set()
+    for cropped, whole in seen:
+        assert torch.equal(cropped["tgt"], whole["tgt"]) and torch.equal(cropped["t"], whole["t"])
+        assert cropped["noise"].shape[2:] == cropped["cond"].shape[2:] == cropped["src_codes"].shape[1:] == (4, 4, 4)
+        for i in range(cropped["tgt"].numel()):
+            found = [
+                (a, b, c)
+                for a in range(whole["src_codes"].shape[1] - 3)
+                for b in range(whole["src_codes"].shape[2] - 3)
+                for c in range(whole["src_codes"].shape[3] - 3)
+                if all(torch.equal(cropped[k][i], whole[k][i][..., a:a + 4, b:b + 4, c:c + 4])
+                       for k in ("src_codes", "tgt_codes", "cond"))
+            ]
+            assert found, "the source, target and MS-SPADE crops must be the same box"
+            offsets.update(found)
+    assert len(offsets) > 1  # random boxes, not one fixed window
+    for bad in ([6, 8, 8], [8, 8, 40]):
+        with pytest.raises(UsageError, match="crop"):
+            train("diffusion", tmp_path / f"bad{bad[0]}{bad[2]}", _data_of(chain), diffusion_config(crop=bad),
+                  first_stage=str(chain["spade"]), progress=False)
+    for bad_config in (diffusion_config(crop=[0, 8, 8]), diffusion_config(crop=[8, 8]),
+                       diffusion_config(crop=[8, 8, 8], cache_spade=False)):
+        with pytest.raises(UsageError, match="crop"):
+            load_config("diffusion", overrides=bad_config)
+
+
 def test_spade_draws_pairs_by_its_pair_weights(chain: dict[str, Path], tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     stage = "spade"

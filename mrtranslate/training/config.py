@@ -255,10 +255,19 @@ class DiffusionConfig(TrainConfig):
     # t ~ U{low..high-1}. A UNet that only ever samples at strength s (timesteps <= s * T, see
     # DDIMScheduler.steps) can spend all its steps there, as SDXL's refiner does with the 200 lowest.
     timestep_range: list[int] | None = None
+    # Not in the published code (None = whole latents, as published): train on random crops of this many
+    # model-space voxels a side (multiples of the VQ-GAN factor times the UNet's downsampling factor), the
+    # same box in the source latent, the target latent and MS-SPADE's output. The UNet is convolutional and
+    # samples whole volumes; crops make a step several times cheaper, which is what a CPU needs.
+    crop: list[int] | None = None
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
         self.unet_config(origin)
+        if self.crop is not None and (len(self.crop) != 3 or any(c <= 0 for c in self.crop)):
+            raise UsageError(f"{origin}: crop = {self.crop} must be three positive integers or null")
+        if self.crop is not None and not self.cache_spade:
+            raise UsageError(f"{origin}: crop needs cache_spade (MS-SPADE's output of the whole latent, then cropped)")
         sched = self.scheduler_config(origin)
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"{origin}: ema_decay must be in [0, 1)")

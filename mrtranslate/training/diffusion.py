@@ -4,7 +4,8 @@ For a pair (source, target) of one subject: z_src, z_tgt = quantized latents; t 
 ``timestep_range``); noise ~ N(0, I);
 x_t = sqrt(acp_t) z_tgt + sqrt(1 - acp_t) noise; loss = MSE(UNet(cat[x_t, z_src, spade(z_src, target)], t, target),
 noise) as published, or MSE to z_tgt / to v with the scheduler's ``prediction_type`` "sample" /
-"v_prediction". AdamW; an EMA of the UNet weights (LitEma's warm-up) is what export writes.
+"v_prediction". With the config's ``crop``, every sample of a batch is one random box of the latent grid, the
+same in z_src, z_tgt and the cached MS-SPADE output (computed on the whole latent, so no crop border reaches it). AdamW; an EMA of the UNet weights (LitEma's warm-up) is what export writes.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ..errors import UsageError
 from ..models import UNet, UNetConfig
 from ..schedulers import DDIMScheduler
 from .config import DiffusionConfig, config_differences
-from .data import sample_pairs, step_generator
+from .data import crop_offsets, sample_pairs, step_generator
 from .distributed import DistContext
 from .first_stage import FirstStage, check_latent_grid
 from .stage import Stage, frozen, quantized
@@ -87,7 +88,22 @@ class DiffusionStage(Stage):
         self.scheduler = DDIMScheduler(cfg.scheduler_config())
         # [low, high) of the training timesteps (randint(0, T) draws exactly what the published randint(T) does)
         self.timesteps = tuple(cfg.timestep_range or (0, self.scheduler.config.num_train_timesteps))
-        self.latent_shape = (vq.embed_dim, *codes.shape[2:])
+        self.crop = self._latent_crop(cfg.crop, vq.downsampling_factor, unet_cfg.downsampling_factor, codes.shape[2:])
+        self.latent_shape = (vq.embed_dim, *(self.crop or codes.shape[2:]))
+
+    @staticmethod
+    def _latent_crop(crop: list[int] | None, vq_factor: int, unet_factor: int, latent: torch.Size) -> list[int] | None:
+        """The config's ``crop`` (model-space voxels) in latent voxels, checked against both networks and the grid."""
+        if crop is None:
+            return None
+        step = vq_factor * unet_factor
+        if any(c % step for c in crop):
+            raise UsageError(f"config crop {crop}: sides must be multiples of {step} (VQ-GAN factor {vq_factor} "
+                             f"x UNet downsampling {unet_factor})")
+        grid = [s * vq_factor for s in latent]
+        if any(c > g for c, g in zip(crop, grid, strict=True)):
+            raise UsageError(f"config crop {crop} is larger than the model grid {grid}: make it smaller or null")
+        return [c // vq_factor for c in crop]
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
@@ -100,6 +116,15 @@ class DiffusionStage(Stage):
         out.update({"t": t, "noise": noise})
         if self.translated is not None:
             out["cond"] = self.translated[subjects, src, tgt]
+        if self.crop is not None:
+            c = self.crop
+            boxes = []
+            for _ in range(n):
+                o = crop_offsets(self.codes.shape[2:], c, g)
+                boxes.append((slice(o[0], o[0] + c[0]), slice(o[1], o[1] + c[1]), slice(o[2], o[2] + c[2])))
+            for key in ("src_codes", "tgt_codes", "cond"):
+                if key in out:
+                    out[key] = torch.stack([v[(..., *box)] for v, box in zip(out[key], boxes, strict=True)])
         return out
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
