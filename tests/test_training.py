@@ -663,3 +663,59 @@ def test_spade_trains_the_source_gate_alone_and_the_unet_sees_the_gated_latents(
     with torch.no_grad():
         pipe.vqgan.spade.source_gate.zero_()
     assert not torch.allclose(gated, pipe.target_like(z, [1, 2], source=0), atol=1e-4)  # the gate mattered
+
+
+# ---- the brats-2mm recipe script ---------------------------------------------------------------------------
+
+BRATS_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "brats-2mm"
+
+
+def _run_recipe(data: Path, work: Path, shim: Path, log: Path) -> list[list[str]]:
+    import os
+    import subprocess
+
+    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "SHIM_LOG": str(log)}
+    done = subprocess.run(["bash", str(BRATS_RECIPE / "train.sh"), str(data), str(work), "cpu"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    log.unlink()
+    return calls
+
+
+def test_the_brats_recipe_script_trains_every_stage_on_the_training_split_with_valid_configs(tmp_path: Path) -> None:
+    split = json.loads((BRATS_RECIPE / "split.json").read_text())
+    data = tmp_path / "data"
+    for case in split["training"] + split["validation"]:
+        (data / case).mkdir(parents=True)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    # a stand-in mrtranslate that records its arguments and leaves a run record where a stage trains
+    (shim / "mrtranslate").write_text(
+        "#!/usr/bin/env python3\n"
+        "import json, os, sys\n"
+        "open(os.environ['SHIM_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1] == 'train':\n"
+        "    run = sys.argv[sys.argv.index('--run') + 1]\n"
+        "    os.makedirs(run, exist_ok=True)\n"
+        "    open(os.path.join(run, 'run.json'), 'w').write('{}')\n"
+    )
+    (shim / "mrtranslate").chmod(0o755)
+    work = tmp_path / "work"
+    calls = _run_recipe(data, work, shim, tmp_path / "calls.jsonl")
+    assert [c[:2] if c[0] == "train" else c[:1] for c in calls] == [
+        ["train", "autoencoder"], ["train", "spade"], ["train", "diffusion"], ["export"]]
+    for call in (c for c in calls if c[0] == "train"):
+        opts = dict(zip(call[2::2], call[3::2], strict=False))
+        folder = Path(opts["--data"])
+        assert sorted(p.name for p in folder.iterdir()) == sorted(split["training"])
+        assert all((folder / case).resolve() == (data / case).resolve() for case in split["training"])
+        assert load_config(call[1], opts["--config"]).stage == call[1]
+    assert sorted(p.name for p in (work / "validation").iterdir()) == sorted(split["validation"])
+    assert calls[-1][1] == str(work / "runs" / "diffusion")
+    assert calls[-1][calls[-1].index("--out") + 1] == str(work / "brats-2mm")
+    assert {p.name for p in BRATS_RECIPE.glob("*.json")} - {"split.json"} == {
+        Path(c[c.index("--config") + 1]).name for c in calls if "--config" in c}
+    # a second run resumes every stage
+    again = _run_recipe(data, work, shim, tmp_path / "calls.jsonl")
+    assert all("--resume" in c for c in again if c[0] == "train") and len(again) == 4

@@ -12,7 +12,7 @@ data=$(cd "$1" && pwd)
 work=$2
 device=${3:-cuda}
 here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$work/train" "$work/validation"
+mkdir -p "$work/training" "$work/validation"
 
 # The fixed split: symbolic links to the subject folders named in split.json.
 python3 - "$here/split.json" "$data" "$work" <<'PY'
@@ -33,7 +33,7 @@ stage() {  # stage NAME [extra args...]: train (or resume) one stage
     if [ -f "$work/runs/$name/run.json" ]; then
         mrtranslate train "$name" --run "$work/runs/$name" --resume --device "$device" "${limit[@]}"
     else
-        mrtranslate train "$name" --data "$work/train" --run "$work/runs/$name" \
+        mrtranslate train "$name" --data "$work/training" --run "$work/runs/$name" \
             --config "$here/$name.json" --device "$device" "${limit[@]}" "$@"
     fi
 }
