@@ -719,3 +719,44 @@ def test_the_brats_recipe_script_trains_every_stage_on_the_training_split_with_v
     # a second run resumes every stage
     again = _run_recipe(data, work, shim, tmp_path / "calls.jsonl")
     assert all("--resume" in c for c in again if c[0] == "train") and len(again) == 4
+
+
+def test_a_residual_unet_starts_as_ms_spade_and_learns_the_correction(chain: dict[str, Path], tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrtranslate.training.diffusion import DiffusionStage
+    from mrtranslate.training.stage import quantized
+
+    seen: list[dict[str, torch.Tensor]] = []
+    original = DiffusionStage.train_step
+
+    def record(self, batch, step):
+        noise_sd, self.cfg.cond_noise = self.cfg.cond_noise, 0.0
+        clean = self.batch(step)["cond"]  # the same draw of step ``step``, without the perturbation
+        self.cfg.cond_noise = noise_sd
+        z_tgt = quantized(self.vqgan, batch["tgt_codes"])
+        out = original(self, batch, step)
+        seen.append({"cond": batch["cond"].clone(), "clean": clean, "z_tgt": z_tgt, "loss": out["loss"]})
+        return out
+
+    monkeypatch.setattr(DiffusionStage, "train_step", record)
+    run = tmp_path / "residual"
+    cfg = diffusion_config(scheduler={"prediction_type": "residual"}, steps=2, cond_noise=0.1)
+    train("diffusion", run, _data_of(chain), cfg, first_stage=str(chain["spade"]), progress=False)
+    # step 0: the zero-initialised UNet predicts no correction, so the loss is MSE(z_tgt, perturbed MS-SPADE)
+    first = seen[0]
+    assert float(first["loss"]) == pytest.approx(float(((first["z_tgt"] - first["cond"]) ** 2).mean()), rel=1e-5)
+    perturbation = first["cond"] - first["clean"]
+    assert float(perturbation.std()) == pytest.approx(0.1, rel=0.2)  # cond_noise perturbed the cached output
+    tensors, _ = load_checkpoint(run / "checkpoint")
+    assert tensors["model/unet/out.2.weight"].abs().sum() > 0  # the correction trains
+    model = tmp_path / "model"
+    assert main(["export", str(run), "--out", str(model), "-q"]) == 0
+    assert ALDMPipeline.from_pretrained(model).scheduler.config.prediction_type == "residual"
+    # a UNet that predicts another target is refused as a start, in one line, before any data is read
+    with pytest.raises(UsageError, match="predicts 'residual'.*'sample'"):
+        train("diffusion", tmp_path / "x", _data_of(chain), diffusion_config(init=str(model),
+              scheduler={"prediction_type": "sample"}), first_stage=str(chain["spade"]), progress=False)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(UsageError, match="cond_noise"):
+        train("diffusion", tmp_path / "y", _data_of(chain), diffusion_config(cond_noise=-1),
+              first_stage=str(chain["spade"]), progress=False)

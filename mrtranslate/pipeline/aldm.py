@@ -268,12 +268,16 @@ class ALDMPipeline:
         if float(strength) < 1.0:
             a = torch.tensor(plan[0].alpha, dtype=torch.float32)
             x = a.sqrt() * spade + (1.0 - a).sqrt() * x  # target_like returns float32
+        # a residual UNet predicts a correction to MS-SPADE's latent: x0 = spade + output
+        offset = spade if self.scheduler.config.prediction_type == "residual" else None
         del spade
         state = None  # a multistep solver's previous data predictions
         for st in tqdm(plan, desc="sampling", unit="step", disable=not progress, leave=False):
             ts = torch.full((n,), st.timestep, device=self.device, dtype=torch.long)
             with self.runtime.autocast():
                 out = self.unet(self._layout(torch.cat([x.to(self.dtype), cond], dim=1)), ts, t)
+            if offset is not None:
+                out = out.float() + offset
             if multistep is not None:
                 x, state = multistep.step(st, x, out, state)
                 continue

@@ -15,7 +15,7 @@ from ..errors import ModelFormatError, UsageError
 from ..models.config import ModelConfig, check_int
 
 
-PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction")
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "sample", "v_prediction", "residual")
 
 
 @dataclasses.dataclass
@@ -26,6 +26,9 @@ class SchedulerConfig(ModelConfig):
     beta_schedule: str = "scaled_linear"  # betas = linspace(sqrt(start), sqrt(end), T) ** 2
     # What the UNet predicts: "epsilon" (the noise, as published), "sample" (the clean latent x0) or
     # "v_prediction" (v = sqrt(a) eps - sqrt(1 - a) x0, Salimans & Ho 2022); the names are diffusers'.
+    # "residual" (not published): the clean latent minus MS-SPADE's target-like latent, a correction that the
+    # pipeline adds back (x0 = spade(z_src, target) + UNet output); with zero-initialised output layers a new
+    # UNet then samples exactly MS-SPADE's latent, and training can only refine it.
     prediction_type: str = "epsilon"
     timestep_spacing: str = "ldm"  # c = T // S; t = 0, c, 2c, ... (< T) plus 1
     scale_factor: float = 1.0
@@ -89,9 +92,16 @@ class DDIMScheduler:
             return noise
         if kind == "sample":
             return x0
+        if kind == "residual":
+            raise ValueError("a residual UNet's target is x0 minus MS-SPADE's latent: use residual_target")
         acp = self.alphas_cumprod.to(x0.device)[t].to(torch.float32)
         shape = (-1,) + (1,) * (x0.dim() - 1)
         return acp.sqrt().view(shape) * noise.float() - (1 - acp).sqrt().view(shape) * x0.float()
+
+    @staticmethod
+    def residual_target(x0: torch.Tensor, spade: torch.Tensor) -> torch.Tensor:
+        """What a ``residual`` UNet learns to output: the clean latent minus MS-SPADE's target-like latent."""
+        return x0.float() - spade.float()
 
     # -- sampling --------------------------------------------------------------------------------
     def timesteps(self, steps: int) -> torch.Tensor:
@@ -162,6 +172,7 @@ class DDIMScheduler:
 
         epsilon: x0 = (x_t - sqrt(1 - a) eps) / sqrt(a)            (DDIM eq. 9, not clipped)
         sample:  eps = (x_t - sqrt(a) x0) / sqrt(1 - a)
+        residual: as sample; ``model_output`` is then x0, MS-SPADE's latent already added (``ALDMPipeline.sample``)
         v:       x0 = sqrt(a) x_t - sqrt(1 - a) v,  eps = sqrt(1 - a) x_t + sqrt(a) v   (Salimans & Ho 2022, eq. 5)
         """
         f32 = torch.float32
@@ -171,7 +182,7 @@ class DDIMScheduler:
         kind = self.config.prediction_type
         if kind == "epsilon":
             return (x - sqrt_one_minus_a * out) / a.sqrt(), out
-        if kind == "sample":
+        if kind in ("sample", "residual"):
             return out, (x - a.sqrt() * out) / sqrt_one_minus_a
         return a.sqrt() * x - sqrt_one_minus_a * out, sqrt_one_minus_a * x + a.sqrt() * out
 

@@ -95,7 +95,7 @@ def build_stage(
     init_unet = None
     if isinstance(cfg, DiffusionConfig) and cfg.init is not None and record is None:
         # read (and checked) before the data are encoded; a resumed run's checkpoint holds the UNet instead
-        init_unet = initial_unet(cfg.init, cfg.unet_config())
+        init_unet = initial_unet(cfg.init, cfg.unet_config(), cfg.scheduler_config().prediction_type)
         extras["init"] = {"path": str(model_path(cfg.init).resolve()), "kind": "model"}
     translate = isinstance(cfg, DiffusionConfig) and cfg.cache_spade
     prefixes = FIRST_STAGE_ENCODER + (("spade.",) if translate else ())

@@ -260,15 +260,24 @@ class DiffusionConfig(TrainConfig):
     # same box in the source latent, the target latent and MS-SPADE's output. The UNet is convolutional and
     # samples whole volumes; crops make a step several times cheaper, which is what a CPU needs.
     crop: list[int] | None = None
+    # Not in the published code (0 = as published): the standard deviation of Gaussian noise added to MS-SPADE's
+    # cached output in training (the UNet's conditioning and, for a "residual" UNet, the latent it corrects).
+    # MS-SPADE fits its own training subjects better than new ones; a perturbed conditioning shows the UNet
+    # errors like those it meets at inference, so that it learns to correct them rather than to copy.
+    cond_noise: float = 0.0
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
         self.unet_config(origin)
+        if not (isinstance(self.cond_noise, (int, float)) and 0 <= self.cond_noise <= 10):
+            raise UsageError(f"{origin}: cond_noise = {self.cond_noise!r} must be a number in [0, 10]")
         if self.crop is not None and (len(self.crop) != 3 or any(c <= 0 for c in self.crop)):
             raise UsageError(f"{origin}: crop = {self.crop} must be three positive integers or null")
         if self.crop is not None and not self.cache_spade:
             raise UsageError(f"{origin}: crop needs cache_spade (MS-SPADE's output of the whole latent, then cropped)")
         sched = self.scheduler_config(origin)
+        if self.cond_noise > 0 and not self.cache_spade:
+            raise UsageError(f"{origin}: cond_noise perturbs the cached MS-SPADE output: set cache_spade to true")
         if not 0 <= self.ema_decay < 1:
             raise UsageError(f"{origin}: ema_decay must be in [0, 1)")
         if self.timestep_range is not None:

@@ -3,8 +3,10 @@
 For a pair (source, target) of one subject: z_src, z_tgt = quantized latents; t ~ U{0..T-1} (or the config's
 ``timestep_range``); noise ~ N(0, I);
 x_t = sqrt(acp_t) z_tgt + sqrt(1 - acp_t) noise; loss = MSE(UNet(cat[x_t, z_src, spade(z_src, target)], t, target),
-noise) as published, or MSE to z_tgt / to v with the scheduler's ``prediction_type`` "sample" /
-"v_prediction". With the config's ``crop``, every sample of a batch is one random box of the latent grid, the
+noise) as published, or MSE to z_tgt / to v / to z_tgt - spade(z_src, target) with the scheduler's
+``prediction_type`` "sample" / "v_prediction" / "residual" (a correction to MS-SPADE's latent; the UNet's
+zero-initialised output layers make a new residual UNet sample MS-SPADE's latent exactly). ``cond_noise``
+perturbs the cached MS-SPADE output with Gaussian noise, in the conditioning and the residual's offset alike. With the config's ``crop``, every sample of a batch is one random box of the latent grid, the
 same in z_src, z_tgt and the cached MS-SPADE output (computed on the whole latent, so no crop border reaches it). AdamW; an EMA of the UNet weights (LitEma's warm-up) is what export writes.
 """
 
@@ -26,8 +28,9 @@ from .first_stage import FirstStage, check_latent_grid
 from .stage import Stage, frozen, quantized
 
 
-def initial_unet(folder: str, config: UNetConfig) -> UNet:
-    """The UNet of the model folder ``folder`` (config ``init``), which must have the architecture ``config``."""
+def initial_unet(folder: str, config: UNetConfig, prediction_type: str | None = None) -> UNet:
+    """The UNet of the model folder ``folder`` (config ``init``), which must have the architecture ``config`` and,
+    when given, predict ``prediction_type``: a UNet trained for another target is a wrong start, not a head start."""
     from ..pipeline import ALDMPipeline
     from .first_stage import model_path
 
@@ -37,6 +40,12 @@ def initial_unet(folder: str, config: UNetConfig) -> UNet:
     pipe = ALDMPipeline.from_pretrained(folder)
     if pipe.unet is None:
         raise UsageError(f"--init (config init): {folder} has no diffusion UNet (a first-stage-only model folder)")
+    theirs = pipe.scheduler.config.prediction_type if pipe.scheduler is not None else None
+    if prediction_type is not None and theirs != prediction_type:
+        raise UsageError(
+            f"--init (config init): the UNet of {folder} predicts {theirs!r}, this run trains one that predicts "
+            f"{prediction_type!r}: start from a model of the same prediction_type, or from scratch (no init)"
+        )
     if pipe.unet.config != config:
         diff = config_differences(config.to_dict(), pipe.unet.config.to_dict())
         raise UsageError(f"--init (config init): the UNet of {folder} differs from config model ({diff}): make them equal")
@@ -116,6 +125,8 @@ class DiffusionStage(Stage):
         out.update({"t": t, "noise": noise})
         if self.translated is not None:
             out["cond"] = self.translated[subjects, src, tgt]
+            if self.cfg.cond_noise > 0:
+                out["cond"] = out["cond"] + self.cfg.cond_noise * torch.randn(out["cond"].shape, generator=g)
         if self.crop is not None:
             c = self.crop
             boxes = []
@@ -142,7 +153,11 @@ class DiffusionStage(Stage):
         x_t = self.scheduler.add_noise(z_tgt, noise, t)
         with self.autocast():
             eps = self.net(torch.cat([x_t, z_src, cond], dim=1), t, tgt)
-        loss = F.mse_loss(eps.float(), self.scheduler.training_target(z_tgt, noise, t).float())
+        if self.scheduler.config.prediction_type == "residual":
+            target = self.scheduler.residual_target(z_tgt, cond)
+        else:
+            target = self.scheduler.training_target(z_tgt, noise, t).float()
+        loss = F.mse_loss(eps.float(), target)
         self.optimize(loss, self.optimizers["unet"])
         self.update_ema("unet", self.unet, self.cfg.ema_decay, self.cfg.ema_warmup)
         self.finish_step()
