@@ -760,3 +760,33 @@ def test_a_residual_unet_starts_as_ms_spade_and_learns_the_correction(chain: dic
     with pytest.raises(UsageError, match="cond_noise"):
         train("diffusion", tmp_path / "y", _data_of(chain), diffusion_config(cond_noise=-1),
               first_stage=str(chain["spade"]), progress=False)
+
+
+def test_spade_and_diffusion_train_from_a_latent_pack_exactly_as_from_the_images(chain: dict[str, Path],
+                                                                                tmp_path: Path) -> None:
+    pack = tmp_path / "data.safetensors"
+    assert main(["train", "encode", "--data", _data_of(chain), "--first-stage", str(chain["autoencoder"]),
+                 "--out", str(pack), "--quiet"]) == 0
+    spade_cfg = write_json(tmp_path / "spade.json", spade_config(cycle_weight=0.5))
+    assert main(["train", "spade", "--data", str(pack), "--run", str(tmp_path / "spade"), "--config", str(spade_cfg),
+                 "--first-stage", str(chain["autoencoder"]), "--quiet"]) == 0
+    # the same batches of the same latents: the same weights, moments and losses as training from the folder
+    assert checkpoint_differences(chain["spade"], tmp_path / "spade") == []
+    assert _rows(tmp_path / "spade") == _rows(chain["spade"])
+    record = json.loads((tmp_path / "spade" / "run.json").read_text())
+    assert record["data"]["pack"] == str(pack.resolve()) and record["data"]["n_subjects"] >= 2
+    assert main(["train", "diffusion", "--data", str(pack), "--run", str(tmp_path / "d"), "--first-stage",
+                 str(chain["spade"]), "--config", str(write_json(tmp_path / "d.json", diffusion_config())),
+                 "--quiet"]) == 0  # the spade run kept the encoder and quantizer: the same key
+    # a pack of other first-stage weights is refused in one line, before anything is written
+    with pytest.raises(UsageError, match="another first stage"):
+        train("spade", tmp_path / "x", str(pack), spade_config(), first_stage=str(save_tiny(tmp_path / "m", seed=9)),
+              progress=False)
+    assert not (tmp_path / "x").exists()
+    from mrtranslate.training.packs import write_pack
+
+    with pytest.raises(UsageError, match="exists"):
+        write_pack(_data_of(chain), load_first_stage(chain["autoencoder"]), pack, torch.device("cpu"), progress=False)
+    with pytest.raises(UsageError, match="not a latent pack"):
+        train("spade", tmp_path / "y", str(chain["spade"] / "latents-0-of-1.safetensors"), spade_config(),
+              first_stage=str(chain["autoencoder"]), progress=False)

@@ -21,6 +21,10 @@ train_app = typer.Typer(
 app.add_typer(train_app, name="train")
 
 DATA = typer.Option(None, "--data", help="Dataset folder (BraTS 2021/2023 or BIDS layout). On --resume: the recorded one.")
+LATENT_DATA = typer.Option(
+    None, "--data", help="Dataset folder (BraTS 2021/2023 or BIDS layout), or a latent pack of it made by "
+    "`mrtranslate train encode` with the same first stage. On --resume: the recorded one."
+)
 RUN = typer.Option(..., "--run", help="Run folder: config, metrics.csv, checkpoint/ (created).")
 CONFIG = typer.Option(None, "--config", help="JSON file of settings overriding the published defaults.")
 RESUME = typer.Option(False, "--resume", help="Continue the run in --run from its checkpoint, exactly.")
@@ -78,7 +82,7 @@ def train_autoencoder(
 
 @train_app.command("spade")
 def train_spade(
-    data: Optional[Path] = DATA, run: Path = RUN, config: Optional[Path] = CONFIG,
+    data: Optional[Path] = LATENT_DATA, run: Path = RUN, config: Optional[Path] = CONFIG,
     first_stage: Optional[str] = typer.Option(None, "--first-stage", help="The autoencoder run folder (or a model folder)."),
     resume: bool = RESUME, max_minutes: Optional[float] = MAX_MINUTES, device: Optional[str] = DEVICE,
     steps: Optional[int] = STEPS, threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
@@ -89,7 +93,7 @@ def train_spade(
 
 @train_app.command("diffusion")
 def train_diffusion(
-    data: Optional[Path] = DATA, run: Path = RUN, config: Optional[Path] = CONFIG,
+    data: Optional[Path] = LATENT_DATA, run: Path = RUN, config: Optional[Path] = CONFIG,
     first_stage: Optional[str] = typer.Option(None, "--first-stage", help="The spade run folder (or a model folder)."),
     init: Optional[str] = typer.Option(
         None, "--init", help="Fine-tune: a model folder whose UNet (same architecture) starts the UNet and its EMA."
@@ -100,3 +104,26 @@ def train_diffusion(
     """Stage 3: the latent diffusion UNet (epsilon MSE, EMA weights)."""
     return _train("diffusion", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet,
                   init)
+
+
+@train_app.command("encode")
+def train_encode(
+    data: Path = typer.Option(..., "--data", help="Dataset folder (BraTS 2021/2023 or BIDS layout)."),
+    first_stage: str = typer.Option(..., "--first-stage", help="The autoencoder or spade run folder, or a model folder."),
+    out: Path = typer.Option(..., "--out", "-o", help="The pack file to write (.safetensors)."),
+    device: Optional[str] = DEVICE, threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
+) -> int:
+    """Encode a dataset once into a latent pack: the spade and diffusion stages train from it (--data PACK)."""
+    import torch
+
+    from ..training.distributed import resolve_device
+    from ..training.first_stage import load_first_stage
+    from ..training.packs import write_pack
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    first = load_first_stage(first_stage)
+    info = write_pack(data, first, out, resolve_device(device), progress=not quiet)
+    if not quiet:
+        typer.echo(f"{info['n_subjects']} subject(s) of {data} encoded into {out}", err=True)
+    return 0

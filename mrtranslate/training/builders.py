@@ -32,6 +32,7 @@ from .first_stage import (
     model_path,
     translate_codes,
 )
+from .packs import is_pack, read_pack
 from .runs import RunFolder
 from .spade import SpadeStage
 from .stage import FIRST_STAGE_ENCODER, Stage, weights_hash
@@ -87,7 +88,11 @@ def build_stage(
             logger.warning("the first stage is an autoencoder run: its MS-SPADE is untrained; train a spade run first")
     data_info = None
     subjects = None
-    if record is None:
+    pack = None
+    if is_pack(data):  # latents encoded once (`mrtranslate train encode`), checked against this first stage
+        pack = read_pack(data, first, ctx.rank, ctx.world_size)
+        data_info = pack["info"]
+    elif record is None:
         root = _need_data(data, cfg.stage)
         subjects = dataset_subjects(root, 2)
         data_info = describe_dataset(root, subjects)
@@ -110,12 +115,15 @@ def build_stage(
 
     def compute() -> dict[str, torch.Tensor]:
         nonlocal subjects
-        if subjects is None:
-            subjects = dataset_subjects(_need_data(data, cfg.stage), 2)
-        images = load_images(subjects, prep, ctx.rank, ctx.world_size, progress)
         vqgan = first.vqgan.to(ctx.device)
-        out = {"codes": encode_codes(vqgan, images, ctx.device, progress), "available": images.available}
-        del images
+        if pack is not None:
+            out = {"codes": pack["codes"], "available": pack["available"]}
+        else:
+            if subjects is None:
+                subjects = dataset_subjects(_need_data(data, cfg.stage), 2)
+            images = load_images(subjects, prep, ctx.rank, ctx.world_size, progress)
+            out = {"codes": encode_codes(vqgan, images, ctx.device, progress), "available": images.available}
+            del images
         if translate:
             out["translated"] = translate_codes(vqgan, out["codes"], out["available"], ctx.device, progress)
         first.vqgan.to("cpu")

@@ -136,7 +136,7 @@ def _train(
 ) -> TrainResult:
     record = folder.read_run() if resume else None
     if data is None and record is not None and record.get("data"):
-        data = record["data"]["folder"]
+        data = record["data"].get("folder") or record["data"].get("pack")
     built = build_stage(cfg, ctx, folder, data, record, progress and ctx.is_main)
     stage = built.stage
     step, elapsed0 = 0, 0.0
