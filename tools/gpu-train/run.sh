@@ -45,7 +45,7 @@ mt evaluate --data "$carry/val" --model "$out/model" --source all --method aldm 
 t3=$(date +%s)
 mkdir -p "$out/runs"
 for r in spade diffusion; do
-    mkdir -p "$out/runs/$r"; cp "$work/runs/$r"/{config.json,run.json,metrics.csv} "$out/runs/$r/"
+    mkdir -p "$out/runs/$r"; cp -r "$work/runs/$r"/{config.json,run.json,metrics.csv,checkpoint} "$out/runs/$r/"
 done
 echo "{\"spade_s\": $((t1 - t0)), \"diffusion_s\": $((t2 - t1)), \"export_evaluate_s\": $((t3 - t2))}" > "$out/times.json"
 cat "$out/times.json"; cat "$out/report/summary.md"
