@@ -3,7 +3,8 @@
 #
 #   bash tools/gpu-train/prepare.sh TRAINING_DIR VALIDATION_DIR [FIRST_STAGE]
 #
-# TRAINING_DIR / VALIDATION_DIR: dataset folders (e.g. folders of links to the split's subjects).
+# TRAINING_DIR / VALIDATION_DIR: dataset folders, e.g. links to the subjects of split.json's "training" and
+# "validation_2mm" (brats-samples and brats-2mm-pool together).
 # Writes gpu-carry/ (git-ignored, never committed): the training subjects encoded into an xz-compressed latent
 # pack, the validation scans (without labels), and the nibabel wheel the GPU image lacks. Name gpu-carry in
 # the call's carry; together with the working tree it must stay under 64 MiB.
