@@ -117,8 +117,11 @@ def scaled_lr(config: dict, batch_size: int, ngpu: int = 1, accumulate: int = 1)
     return accumulate * ngpu * batch_size * float(config["model"]["base_learning_rate"])
 
 
-def lightning_step(module: nn.Module, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """One training batch as Lightning 1.x's automatic optimisation runs it; the loss of each optimiser."""
+def lightning_step(
+    module: nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.optim.Optimizer]]:
+    """One training batch as Lightning 1.x's automatic optimisation runs it: the loss of each optimiser, and
+    the optimisers."""
     configured = module.configure_optimizers()
     if isinstance(configured, torch.optim.Optimizer):
         optimizers = [configured]
@@ -153,4 +156,4 @@ def lightning_step(module: nn.Module, batch: dict[str, torch.Tensor]) -> list[to
         losses.append(loss.detach())
     if hasattr(module, "on_train_batch_end"):
         module.on_train_batch_end(None, batch, 0)
-    return losses
+    return losses, optimizers
