@@ -66,7 +66,8 @@ def write_subjects(root: Path, n: int = 2, layout: str = "2021", spacing: float 
 
 def autoencoder_config(**kw) -> dict:
     cfg = {"model": TINY_VQ.to_dict(), "preprocessing": PHANTOM_PREP, "crop": [8, 8, 8], "batch_size": 2,
-           "lr": 1e-3, "steps": 4, "log_every": 1, "seed": 3, "scale_lr": False, "codebook_weight": 1.0, "flip_prob": 0.0}
+           "lr": 1e-3, "steps": 4, "log_every": 1, "seed": 3, "scale_lr": False, "codebook_weight": 1.0, "flip_prob": 0.0,
+           "codebook_init": "normal"}
     cfg.update(kw)
     return cfg
 

@@ -45,7 +45,7 @@ def make_stage(name: str, ctx: DistContext):
     g = torch.Generator().manual_seed(11)
     if name == "autoencoder":
         cfg = AutoencoderConfig(model=TINY_VQ.to_dict(), preprocessing=PREP, crop=[8, 8, 8], batch_size=BATCH,
-                                lr=1e-4, seed=1, codebook_weight=1.0)
+                                lr=1e-4, seed=1, codebook_weight=1.0, codebook_init="normal")
         images = ImageSet(["a", "b"], torch.randn((2, 4, 16, 16, 16), generator=g), torch.ones(2, 4, dtype=torch.bool))
         return AutoencoderStage(cfg, ctx, images)
     with torch.random.fork_rng():

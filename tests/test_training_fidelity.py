@@ -24,10 +24,13 @@ from mrtranslate.errors import ModelFormatError, UsageError
 from mrtranslate.pipeline import ALDMPipeline
 from mrtranslate.training.autoencoder import AutoencoderStage
 from mrtranslate.training.config import CONFIGS, load_config
+from mrtranslate.training.data import ImageSet, random_flips
 from mrtranslate.training.diffusion import DiffusionStage
 from mrtranslate.training.distributed import DistContext
 from mrtranslate.training.first_stage import FirstStage
+from mrtranslate.training.runs import RunFolder
 from mrtranslate.training.spade import SpadeStage
+from mrtranslate.training.stage import Stage
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "recipes" / "aldm-published"
 # The authors' VQModel builds MS-SPADE with nf 128 and hidden width 64 whatever the config says; the UNet's
@@ -238,6 +241,7 @@ def test_the_published_preset_holds_the_authors_yaml_values() -> None:
     loss1 = y["stage1"]["model"]["params"]["lossconfig"]["params"]
     assert (ae.codebook_weight, ae.disc_weight) == (loss1["codebook_weight"], loss1["disc_factor"]) == (0, 0)
     assert ae.perceptual_weight == 0.0 and ae.codebook_beta == 0.25 and ae.flip_prob == 0.1 and ae.crop is None
+    assert ae.codebook_init == "uniform"  # VectorQuantizer2: embedding.weight.uniform_(-1 / n_e, 1 / n_e)
     dd = y["stage1"]["model"]["params"]["ddconfig"]
     vq = ae.vqgan_config()
     assert (vq.ch, list(vq.ch_mult), vq.num_res_blocks, vq.z_channels, vq.num_groups, vq.dropout) == (
@@ -288,3 +292,63 @@ def test_a_scale_factor_other_than_one_is_refused(official: dict, tmp_path: Path
     with pytest.raises(ModelFormatError, match=r"scale_factor 0\.18 is not supported") as err:
         ALDMPipeline.from_pretrained(model)
     assert "\n" not in str(err.value)
+
+
+# ---- the settings the published preset adds ----------------------------------------------------------------
+def test_the_learning_rate_scales_with_batch_and_processes_as_the_authors_main() -> None:
+    """scale_lr: the optimiser runs at lr x batch_size x processes (batch_size is per process under torchrun)."""
+    images = ImageSet(["a"], torch.zeros((1, 4, 16, 16, 16)), torch.ones(1, 4, dtype=torch.bool))
+    model = {"ch": 8, "ch_mult": [1, 2], "num_groups": 4, "n_embed": 16, "spade_nf": 8, "spade_hidden": 8}
+    cfg = load_config("autoencoder", overrides={"model": model, "crop": None, "batch_size": 6, "lr": 3e-4,
+                                                "warmup_steps": 2})
+    stage = AutoencoderStage(cfg, DistContext(torch.device("cpu")), images, progress=False)
+    assert stage.lr == pytest.approx(3e-4 * 6)
+    stage.set_lr(0)  # the warm-up's first step: half of it
+    assert stage.lr == pytest.approx(3e-4 * 6 / 2)
+    assert Stage(cfg, DistContext(torch.device("cpu"), world_size=2)).lr_scale == 12  # what two processes take
+    cfg.scale_lr = False
+    assert Stage(cfg, DistContext(torch.device("cpu"), world_size=2)).lr_scale == 1
+    assert AutoencoderStage(cfg, DistContext(torch.device("cpu")), images, progress=False).lr == pytest.approx(3e-4)
+
+
+def test_a_new_codebook_starts_as_the_authors_quantizer() -> None:
+    images = ImageSet(["a"], torch.zeros((1, 4, 16, 16, 16)), torch.ones(1, 4, dtype=torch.bool))
+    model = {"ch": 8, "ch_mult": [1, 2], "num_groups": 4, "n_embed": 64, "spade_nf": 8, "spade_hidden": 8}
+    ctx = DistContext(torch.device("cpu"))
+    codebooks = {}
+    for init in ("uniform", "normal"):
+        cfg = load_config("autoencoder", overrides={"model": model, "crop": None, "codebook_init": init})
+        codebooks[init] = AutoencoderStage(cfg, ctx, images, progress=False).vqgan.quantize.embedding.weight.detach()
+    assert codebooks["uniform"].abs().max() <= 1 / 64 and codebooks["uniform"].std() > 0.25 / 64
+    assert codebooks["normal"].std() > 0.5  # torch's N(0, 1), what runs before this setting used
+    with pytest.raises(UsageError, match="codebook_init = 'zeros': use one of uniform, normal"):
+        load_config("autoencoder", overrides={"codebook_init": "zeros"})
+
+
+def test_flips_each_axis_of_each_sample_with_the_given_probability() -> None:
+    x = torch.arange(2 * 2 * 3 * 4 * 5, dtype=torch.float32).reshape(2, 2, 3, 4, 5)
+    g = torch.Generator().manual_seed(0)
+    assert random_flips(x, 0.0, g) is x and torch.equal(g.get_state(), torch.Generator().manual_seed(0).get_state())
+    assert torch.equal(random_flips(x, 1.0, g), x.flip(2, 3, 4))
+    combos = [[d for d in range(3) if mask >> d & 1] for mask in range(8)]
+    seen = torch.zeros(3)
+    for seed in range(400):
+        out = random_flips(x[:1], 0.1, torch.Generator().manual_seed(seed))[0]
+        match = [axes for axes in combos if torch.equal(out, x[0].flip([d + 1 for d in axes]))]
+        assert len(match) == 1  # the sample is itself with some axes reversed
+        seen[match[0]] += 1
+    assert ((seen / 400 - 0.1).abs() < 0.05).all()  # about 10% each (400 draws: 0.1 +- 0.015 std)
+
+
+def test_a_run_saved_before_scale_lr_and_flips_resumes_with_them_off(tmp_path: Path) -> None:
+    """Older runs' config.json lacks the new settings: they resume as they trained (not at the new defaults)."""
+    folder = RunFolder(tmp_path / "run")
+    folder.write_config(load_config("autoencoder"))
+    data = json.loads((folder.path / "config.json").read_text())
+    assert data["scale_lr"] is True and data["flip_prob"] == 0.1
+    for key in ("scale_lr", "flip_prob", "codebook_init"):
+        del data[key]
+    (folder.path / "config.json").write_text(json.dumps(data))
+    cfg = folder.read_config()
+    assert (cfg.scale_lr, cfg.flip_prob, cfg.codebook_init) == (False, 0.0, "normal")
+    assert load_config("autoencoder", overrides={k: v for k, v in data.items() if k != "stage"}).scale_lr

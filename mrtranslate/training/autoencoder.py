@@ -80,6 +80,9 @@ class AutoencoderStage(Stage):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             vqgan = VQGAN(cfg.vqgan_config())
+            if cfg.codebook_init == "uniform":
+                n = vqgan.config.n_embed
+                nn.init.uniform_(vqgan.quantize.embedding.weight, -1.0 / n, 1.0 / n)
             disc = PatchGAN3D(1, cfg.disc_channels, cfg.disc_layers) if cfg.disc_weight > 0 else None
         if init_vqgan is not None:  # fine-tuning; a resumed run's checkpoint replaces these weights
             vqgan.load_state_dict(init_vqgan.state_dict())

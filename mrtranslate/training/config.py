@@ -34,7 +34,8 @@ STAGES = ("autoencoder", "spade", "diffusion")
 LR_SCHEDULES = ("constant", "cosine")
 #: Settings added after runs were first saved, with the value that reproduces a run saved before them: a run's
 #: config.json without one of these resumes with this value (a new config takes the default).
-ADDED: dict[str, Any] = {"scale_lr": False, "flip_prob": 0.0}
+ADDED: dict[str, Any] = {"scale_lr": False, "flip_prob": 0.0, "codebook_init": "normal"}
+CODEBOOK_INITS = ("uniform", "normal")
 #: Settings of earlier versions that no released model used, with the value that left them off: a run's
 #: config.json that holds them at that value still loads (and resumes); any other value is an unknown setting.
 REMOVED: dict[str, dict[str, Any]] = {
@@ -146,6 +147,9 @@ class AutoencoderConfig(TrainConfig):
     # Published 0 (both yamls: codebook_weight 0): the codebook term is computed but weighs nothing, so the codebook
     # itself does not train; 1.0 is taming-transformers' usual weight.
     codebook_weight: float = 0.0
+    # A new codebook's values: "uniform" in +-1/n_embed (the authors' VectorQuantizer2, as published) or "normal",
+    # N(0, 1) (torch's embedding default). Unused when the VQ-GAN starts from ``init``.
+    codebook_init: str = "uniform"
     # Not in the published code (0 = off): every N steps, codes no sample used since the last restart are
     # moved onto random encoder outputs of the current batch (dead-code restart against codebook collapse).
     codebook_restart_every: int = 0
@@ -193,6 +197,8 @@ class AutoencoderConfig(TrainConfig):
         for name in ("codebook_beta", "codebook_weight", "disc_weight", "perceptual_weight"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")
+        if self.codebook_init not in CODEBOOK_INITS:
+            raise UsageError(f"{origin}: codebook_init = {self.codebook_init!r}: use one of {', '.join(CODEBOOK_INITS)}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise UsageError(f"{origin}: flip_prob = {self.flip_prob} must be in [0, 1]")
         _positive_int(origin, "disc_start", self.disc_start, minimum=0)
