@@ -91,9 +91,11 @@ def official_tree(tree: str) -> Iterator[Path]:
         yield root
     finally:
         sys.path[:] = before_path
-        for name in set(sys.modules) - before_modules:
-            del sys.modules[name]
-        for name in ("pytorch_lightning", "torchvision", "main"):
+        for name in set(sys.modules) - before_modules:  # theirs (not, say, a torch module imported lazily)
+            file = getattr(sys.modules[name], "__file__", None)
+            if name.split(".")[0] in ("taming", "ldm") or (file and Path(file).resolve().is_relative_to(root.resolve())):
+                del sys.modules[name]
+        for name in _stand_ins():
             sys.modules.pop(name, None)
         sys.modules.update(shadowed)
 

@@ -64,11 +64,11 @@ def official(tmp_path_factory: pytest.TempPathFactory) -> dict:
         torch.save({"state_dict": state, "global_step": 0}, paths[key])
     model = convert_to_folder(folder / "model", vqgan=paths["vqgan"], ldm=paths["ldm"], config=paths["config"])
     x = smooth_volume(SIZES.image, seed=5, batch=4)
-    return {"paths": paths, "model": model, "source": x[:BATCH], "target": x[BATCH:], "vq": vq,
-            "yaml": published_configs()}
+    return {"paths": paths, "model": model, "source": x[:BATCH], "target": x[BATCH:], "yaml": published_configs()}
 
 
-def _ours(stage: str, **overrides) -> object:
+def _ours(stage: str, **overrides):
+    """Our config of ``stage``: the published preset at the test's batch size."""
     return load_config(stage, PUBLISHED / f"{stage}.json", {"batch_size": BATCH, **overrides})
 
 
@@ -143,7 +143,7 @@ def test_autoencoder_step_equals_the_authors_vqmodel_stage_1(official: dict) -> 
     with official_tree("VQ-GAN"):
         from taming.models.vqgan import VQModel
 
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # their discriminator's initialisation
         model = VQModel(**_vq_params(cfg, official["paths"]["vqgan"]))
         model.learning_rate = scaled_lr(cfg, BATCH)
         losses, opts = lightning_step(model, {"source": x, "target": x, "target_class": torch.tensor([1, 2])})
@@ -168,7 +168,7 @@ def test_spade_step_equals_the_authors_vqmodel_stage_2(official: dict) -> None:
     with official_tree("VQ-GAN"):
         from taming.models.vqgan import VQModel
 
-        torch.manual_seed(0)
+        torch.manual_seed(0)  # their discriminator's initialisation
         model = VQModel(**_vq_params(cfg, official["paths"]["vqgan"]))
         model.learning_rate = scaled_lr(cfg, BATCH)
         batch = {"source": official["source"], "target": official["target"], "target_class": tgt}
@@ -236,7 +236,7 @@ def test_the_published_preset_holds_the_authors_yaml_values() -> None:
         assert ours.lr == float(theirs["model"]["base_learning_rate"]) and ours.scale_lr
         assert ours.batch_size == theirs["data"]["params"]["batch_size"]
         assert ours.lr_schedule == "constant" and ours.warmup_steps == 0 and not ours.amp  # float32, no scheduler
-    for ours, theirs in ((ae, y["stage1"]), (sp, y["stage2"])):
+    for ours in (ae, sp):
         assert tuple(ours.betas) == (0.5, 0.9) and ours.weight_decay == 0.0  # their Adam(lr, betas=(0.5, 0.9))
     loss1 = y["stage1"]["model"]["params"]["lossconfig"]["params"]
     assert (ae.codebook_weight, ae.disc_weight) == (loss1["codebook_weight"], loss1["disc_factor"]) == (0, 0)
