@@ -294,6 +294,22 @@ def test_a_scale_factor_other_than_one_is_refused(official: dict, tmp_path: Path
     assert "\n" not in str(err.value)
 
 
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+# Defaults that changed to the published values, with the values the bundled recipes trained with.
+CHANGED = {"scale_lr": False, "codebook_weight": 1.0, "flip_prob": 0.0, "codebook_init": "normal", "adv_weight": 1.0}
+
+
+@pytest.mark.parametrize("path", [p for folder in ("brats-2mm", "phantom-demo") for p in sorted((RECIPES / folder).glob("*.json"))
+                                  if p.name != "split.json"], ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_bundled_recipes_name_every_setting_whose_default_changed(path: Path) -> None:
+    """So that they train as they did before the defaults became the published ones."""
+    stage = "autoencoder" if path.name.startswith("decoder") else path.name.split("-")[0].removesuffix(".json")
+    data = json.loads(path.read_text())
+    fields = CONFIGS[stage]().to_dict()
+    assert sorted(k for k in CHANGED if k in fields and k not in data) == []
+    assert data["scale_lr"] is False
+
+
 # ---- the settings the published preset adds ----------------------------------------------------------------
 def test_the_learning_rate_scales_with_batch_and_processes_as_the_authors_main() -> None:
     """scale_lr: the optimiser runs at lr x batch_size x processes (batch_size is per process under torchrun)."""

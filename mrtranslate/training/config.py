@@ -46,7 +46,8 @@ REMOVED: dict[str, dict[str, Any]] = {
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """The learning rate of step ``step`` (0-based) under ``cfg``'s schedule."""
+    """The learning rate of step ``step`` (0-based) under ``cfg``'s schedule (per sample: a stage multiplies it by
+    batch size and processes when ``cfg.scale_lr``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
