@@ -87,13 +87,14 @@ def official_tree(tree: str) -> Iterator[Path]:
     shadowed = {k: sys.modules.pop(k) for k in ("main", "taming", "ldm") if k in sys.modules}
     sys.modules.update(_stand_ins())
     sys.path.insert(0, str(root))
+    ours = root.resolve()
     try:
         yield root
     finally:
         sys.path[:] = before_path
         for name in set(sys.modules) - before_modules:  # theirs (not, say, a torch module imported lazily)
             file = getattr(sys.modules[name], "__file__", None)
-            if name.split(".")[0] in ("taming", "ldm") or (file and Path(file).resolve().is_relative_to(root.resolve())):
+            if name.split(".")[0] in ("taming", "ldm") or (file and Path(file).resolve().is_relative_to(ours)):
                 del sys.modules[name]
         for name in _stand_ins():
             sys.modules.pop(name, None)

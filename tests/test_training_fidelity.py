@@ -162,7 +162,8 @@ def test_spade_step_equals_the_authors_vqmodel_stage_2(official: dict) -> None:
         tgt_codes = pipe.vqgan.quantize(pipe.vqgan.encode_continuous(official["target"]))[1]
     first = FirstStage(pipe.vqgan, dict(pipe.config.preprocessing), {"stage": "model"}, [])
     codes = torch.stack([src_codes, tgt_codes], dim=1).int()  # unused by train_step; the stage holds them
-    stage = SpadeStage(_ours("spade"), DistContext(torch.device("cpu")), first, codes, torch.ones(BATCH, 4, dtype=torch.bool))
+    available = torch.ones(BATCH, 4, dtype=torch.bool)
+    stage = SpadeStage(_ours("spade"), DistContext(torch.device("cpu")), first, codes, available)
     loss = stage.train_step({"src_codes": src_codes, "tgt_codes": tgt_codes, "src": src, "tgt": tgt}, 0)["loss"]
 
     with official_tree("VQ-GAN"):
@@ -205,7 +206,8 @@ def test_diffusion_step_equals_the_authors_latent_diffusion(official: dict) -> N
     unet.update(model_channels=SIZES.model_channels, channel_mult=list(SIZES.channel_mult),
                 attention_resolutions=list(SIZES.attention_resolutions), num_res_blocks=SIZES.unet_res_blocks,
                 num_head_channels=SIZES.num_head_channels, image_size=SIZES.latent[0])
-    params["first_stage_config"]["params"] = _tiny_vq(params["first_stage_config"]["params"], official["paths"]["vqgan"])
+    first_params = params["first_stage_config"]["params"]
+    params["first_stage_config"]["params"] = _tiny_vq(first_params, official["paths"]["vqgan"])
     params.update(ckpt_path=str(official["paths"]["ldm"]), image_size=SIZES.latent[0])
     with official_tree("LDM"):
         from ldm.models.diffusion.ddpm import LatentDiffusion
@@ -216,7 +218,8 @@ def test_diffusion_step_equals_the_authors_latent_diffusion(official: dict) -> N
         losses, opts = lightning_step(model, {"source": official["source"], "target": official["target"],
                                               "target_class": tgt})
     assert rel(loss, losses[0]) < TOL
-    names, kept = _compare(stage.unet, stage.optimizers["unet"], model, opts[0], before, prefix="model.diffusion_model.")
+    names, kept = _compare(stage.unet, stage.optimizers["unet"], model, opts[0], before,
+                           prefix="model.diffusion_model.")
     # LitEma keeps a parameter's EMA under its name in the wrapper with the dots removed
     shadow = {n: model.model_ema.state_dict()[("diffusion_model." + n).replace(".", "")] for n in names}
     assert sorted(f"unet/{n}" for n in names) == sorted(stage.ema)
@@ -299,8 +302,11 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 CHANGED = {"scale_lr": False, "codebook_weight": 1.0, "flip_prob": 0.0, "codebook_init": "normal", "adv_weight": 1.0}
 
 
-@pytest.mark.parametrize("path", [p for folder in ("brats-2mm", "phantom-demo") for p in sorted((RECIPES / folder).glob("*.json"))
-                                  if p.name != "split.json"], ids=lambda p: f"{p.parent.name}/{p.name}")
+BUNDLED_RECIPES = [p for folder in ("brats-2mm", "phantom-demo") for p in sorted((RECIPES / folder).glob("*.json"))
+                   if p.name != "split.json"]
+
+
+@pytest.mark.parametrize("path", BUNDLED_RECIPES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_the_bundled_recipes_name_every_setting_whose_default_changed(path: Path) -> None:
     """So that they train as they did before the defaults became the published ones."""
     stage = "autoencoder" if path.name.startswith("decoder") else path.name.split("-")[0].removesuffix(".json")

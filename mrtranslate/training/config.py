@@ -199,7 +199,8 @@ class AutoencoderConfig(TrainConfig):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")
         if self.codebook_init not in CODEBOOK_INITS:
-            raise UsageError(f"{origin}: codebook_init = {self.codebook_init!r}: use one of {', '.join(CODEBOOK_INITS)}")
+            choices = ", ".join(CODEBOOK_INITS)
+            raise UsageError(f"{origin}: codebook_init = {self.codebook_init!r}: use one of {choices}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise UsageError(f"{origin}: flip_prob = {self.flip_prob} must be in [0, 1]")
         _positive_int(origin, "disc_start", self.disc_start, minimum=0)
