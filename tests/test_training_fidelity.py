@@ -19,6 +19,7 @@ import torch
 
 from _official_checkpoints import OfficialSizes, random_official_states, smooth_volume, write_official
 from _official_training import lightning_step, official_tree, published_configs, scaled_lr
+from mrtranslate.cli import main as cli_main
 from mrtranslate.convert import convert_to_folder
 from mrtranslate.errors import ModelFormatError, UsageError
 from mrtranslate.pipeline import ALDMPipeline
@@ -282,7 +283,7 @@ def test_train_defaults_are_the_published_preset(stage: str) -> None:
     assert set(DEFAULTS_DIFFER[stage]) <= set(preset)
 
 
-def test_a_scale_factor_other_than_one_is_refused(official: dict, tmp_path: Path) -> None:
+def test_a_scale_factor_other_than_one_is_refused(official: dict, tmp_path: Path, capsys) -> None:
     """The LDM code multiplies latents by scale_factor; ALDM is published with 1.0, the only value supported."""
     with pytest.raises(UsageError, match=r"scale_factor 0\.18 is not supported.*set scale_factor to 1\.0"):
         load_config("diffusion", overrides={"scheduler": {"scale_factor": 0.18}})
@@ -295,6 +296,14 @@ def test_a_scale_factor_other_than_one_is_refused(official: dict, tmp_path: Path
     with pytest.raises(ModelFormatError, match=r"scale_factor 0\.18 is not supported") as err:
         ALDMPipeline.from_pretrained(model)
     assert "\n" not in str(err.value)
+    # on the command line: one line, exit code 2, before any work (the data folder need not exist)
+    config = tmp_path / "diffusion.json"
+    config.write_text(json.dumps({"scheduler": {"scale_factor": 0.5}}))
+    assert cli_main(["train", "diffusion", "--data", str(tmp_path / "none"), "--run", str(tmp_path / "run"),
+                     "--config", str(config), "--first-stage", str(model), "--quiet"]) == 2
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err_lines) == 1 and "scale_factor 0.5 is not supported" in err_lines[0]
+    assert not (tmp_path / "run").exists()
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
