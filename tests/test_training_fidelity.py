@@ -94,12 +94,28 @@ def _moments(opt: torch.optim.Optimizer, names: dict[torch.nn.Parameter, str]) -
     return {names[p]: st for p, st in opt.state.items() if st}
 
 
+def _same_weights(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], kept: dict[str, torch.Tensor],
+                  lr: float) -> None:
+    """The same weights to TOL: all of them together, and each tensor on its well-determined elements (``kept``).
+
+    Adam's first update is lr * g / (|g| + eps): where a gradient is rounding noise (a bias that a following
+    norm removes, an attention key bias) the update's sign is noise too, so those elements may differ by up to
+    two steps of lr; elsewhere the updates agree (checked on the updates themselves in ``_compare``)."""
+    names = sorted(theirs)
+    assert rel(torch.cat([ours[n].flatten() for n in names]), torch.cat([theirs[n].flatten() for n in names])) < TOL
+    for n in names:
+        if n in kept and kept[n].any():
+            assert rel(ours[n][kept[n]], theirs[n][kept[n]]) < TOL, n
+        assert float((ours[n].double() - theirs[n].double()).abs().max()) <= 2.5 * lr, n
+
+
 def _compare(
     ours: torch.nn.Module, ours_opt: torch.optim.Optimizer, theirs: torch.nn.Module, theirs_opt: torch.optim.Optimizer,
     before: dict[str, torch.Tensor], prefix: str = "",
-) -> tuple[list[str], torch.Tensor]:
+) -> dict[str, torch.Tensor]:
     """One optimiser step gave the same weights: the same optimiser and settings, the same moments (the
-    gradients, through both betas), the same updated weights and the same updates, to TOL each."""
+    gradients, through both betas), the same updated weights and the same updates, to TOL each. Returns the
+    well-determined elements of each trained tensor (see ``_same_weights``)."""
     assert type(ours_opt) is type(theirs_opt)
     for ga, gb in zip(ours_opt.param_groups, theirs_opt.param_groups, strict=True):
         assert ga["lr"] == pytest.approx(gb["lr"], rel=1e-12)
@@ -108,23 +124,23 @@ def _compare(
     mine = _moments(ours_opt, {p: n for n, p in ours.named_parameters()})
     other = _moments(theirs_opt, {p: n[len(prefix):] for n, p in theirs.named_parameters() if n.startswith(prefix)})
     assert sorted(mine) == sorted(other) and mine  # the same parameters received gradients
+    names = sorted(other)
     for key in ("exp_avg", "exp_avg_sq"):
-        assert rel(torch.cat([mine[n][key].flatten() for n in other]),
-                   torch.cat([other[n][key].flatten() for n in other])) < TOL
+        assert rel(torch.cat([mine[n][key].flatten() for n in names]),
+                   torch.cat([other[n][key].flatten() for n in names])) < TOL
     after_ours = {k: v.detach() for k, v in ours.state_dict().items()}
     after = {k[len(prefix):]: v.detach() for k, v in theirs.state_dict().items()
              if k.startswith(prefix) and not k.startswith("loss.")}
     assert set(after_ours) == set(after) == set(before)
-    for k in after:
-        assert rel(after_ours[k], after[k]) < TOL, k
-    # Adam's first update is lr * g / (|g| + eps): where a gradient is rounding noise (a bias before a norm that
-    # removes it, an attention key bias) its sign is noise too. The updates of the gradients above that level:
-    g = torch.cat([other[n]["exp_avg"].flatten() for n in other]).double()
-    kept = g.abs() > 1e-4 * g.pow(2).mean().sqrt()
-    delta = [torch.cat([(a[n].double() - before[n].double()).flatten() for n in other])[kept]
-             for a in (after_ours, after)]
+    for n in set(before) - set(names):  # frozen, or without a gradient: untouched on both sides
+        assert torch.equal(after_ours[n], before[n]) and torch.equal(after[n], before[n]), n
+    rms = torch.cat([other[n]["exp_avg"].flatten() for n in names]).double().pow(2).mean().sqrt()
+    kept = {n: other[n]["exp_avg"].double().abs() > 1e-4 * rms for n in names}
+    lr = ours_opt.param_groups[0]["lr"]
+    _same_weights(after_ours, after, kept, lr)
+    delta = [torch.cat([(a[n].double() - before[n].double())[kept[n]] for n in names]) for a in (after_ours, after)]
     assert delta[1].abs().max() > 0 and rel(*delta) < TOL
-    return list(other), kept
+    return kept
 
 
 def _state(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -219,16 +235,15 @@ def test_diffusion_step_equals_the_authors_latent_diffusion(official: dict) -> N
         losses, opts = lightning_step(model, {"source": official["source"], "target": official["target"],
                                               "target_class": tgt})
     assert rel(loss, losses[0]) < TOL
-    names, kept = _compare(stage.unet, stage.optimizers["unet"], model, opts[0], before,
-                           prefix="model.diffusion_model.")
+    kept = _compare(stage.unet, stage.optimizers["unet"], model, opts[0], before,
+                    prefix="model.diffusion_model.")
     # LitEma keeps a parameter's EMA under its name in the wrapper with the dots removed
-    shadow = {n: model.model_ema.state_dict()[("diffusion_model." + n).replace(".", "")] for n in names}
-    assert sorted(f"unet/{n}" for n in names) == sorted(stage.ema)
-    for name in names:
-        assert rel(stage.ema[f"unet/{name}"], shadow[name]) < TOL, name
-    moved = [torch.cat([(ema[n].double() - before[n].double()).flatten() for n in names])[kept]
-             for ema in ({n: stage.ema[f"unet/{n}"] for n in names}, shadow)]
-    assert rel(*moved) < TOL
+    shadow = {n: model.model_ema.state_dict()[("diffusion_model." + n).replace(".", "")] for n in kept}
+    assert sorted(f"unet/{n}" for n in kept) == sorted(stage.ema)
+    ema = {n: stage.ema[f"unet/{n}"] for n in kept}
+    _same_weights(ema, shadow, kept, stage.optimizers["unet"].param_groups[0]["lr"])
+    moved = [torch.cat([(e[n].double() - before[n].double())[kept[n]] for n in kept]) for e in (ema, shadow)]
+    assert moved[1].abs().max() > 0 and rel(*moved) < TOL
     assert stage.ema_updates == int(model.model_ema.num_updates) == 1
 
 
