@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from _official_checkpoints import OfficialSizes, random_official_states, smooth_volume, write_official
+from _official_functional import vq_encode
 from _official_training import lightning_step, official_tree, published_configs, scaled_lr
 from mrtranslate.cli import main as cli_main
 from mrtranslate.convert import convert_to_folder
@@ -35,9 +36,10 @@ from mrtranslate.training.stage import Stage
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "recipes" / "aldm-published"
 # The authors' VQModel builds MS-SPADE with nf 128 and hidden width 64 whatever the config says; the UNet's
-# GroupNorm has 32 groups, so its widths are multiples of 32.
+# GroupNorm has 32 groups, so its widths are multiples of 32. One code per latent voxel of the test batch (see
+# the fixture).
 SIZES = OfficialSizes(image=(16, 16, 16), ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4, embed_dim=4,
-                      n_embed=32, num_groups=4, spade_nf=128, model_channels=32, channel_mult=(1, 2),
+                      n_embed=2048, num_groups=4, spade_nf=128, model_channels=32, channel_mult=(1, 2),
                       unet_res_blocks=1, attention_resolutions=(2,), num_head_channels=32)
 BATCH = 2
 TOL = 1e-4
@@ -57,6 +59,15 @@ def official(tmp_path_factory: pytest.TempPathFactory) -> dict:
     paths = write_official(SIZES, folder / "ckpt", seed=21)
     vq, ldm = random_official_states(SIZES, seed=21)
     vq = {k: v for k, v in vq.items() if not k.startswith("loss.")}  # their discriminator: their own init
+    # The codebook: the encoder's output at every latent voxel of the test volumes. Each voxel's nearest code is
+    # then its own, and two codes nearly as near are nearly equal, so that the rounding differences of two
+    # implementations cannot pick codes that differ by more than rounding (random codes can leave a voxel
+    # within 1e-6 of a boundary between two distant codes, and one implementation on each side of it).
+    x = smooth_volume(SIZES.image, seed=5, batch=4)
+    z_e = vq_encode(vq, x, SIZES.num_groups)
+    vq["quantize.embedding.weight"] = z_e.permute(0, 2, 3, 4, 1).reshape(-1, SIZES.embed_dim).contiguous()
+    assert vq["quantize.embedding.weight"].shape[0] == SIZES.n_embed
+    ldm.update({"first_stage_model." + k: v for k, v in vq.items()})
     raw = {k: v for k, v in ldm.items() if k.startswith("model.diffusion_model.")}
     for k, v in raw.items():
         ldm["model_ema." + k[len("model."):].replace(".", "")] = v.clone()
@@ -64,7 +75,6 @@ def official(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for key, state in (("vqgan", vq), ("ldm", ldm)):
         torch.save({"state_dict": state, "global_step": 0}, paths[key])
     model = convert_to_folder(folder / "model", vqgan=paths["vqgan"], ldm=paths["ldm"], config=paths["config"])
-    x = smooth_volume(SIZES.image, seed=5, batch=4)
     return {"paths": paths, "model": model, "source": x[:BATCH], "target": x[BATCH:], "yaml": published_configs()}
 
 
