@@ -66,8 +66,9 @@ def write_subjects(root: Path, n: int = 2, layout: str = "2021", spacing: float 
 
 def autoencoder_config(**kw) -> dict:
     cfg = {"model": TINY_VQ.to_dict(), "preprocessing": PHANTOM_PREP, "crop": [8, 8, 8], "batch_size": 2,
-           "lr": 1e-3, "steps": 4, "log_every": 1, "seed": 3, "scale_lr": False, "codebook_weight": 1.0, "flip_prob": 0.0,
-           "codebook_init": "normal"}
+           "lr": 1e-3, "steps": 4, "log_every": 1, "seed": 3,
+           # the values of these settings before their defaults became the published ones
+           "scale_lr": False, "codebook_weight": 1.0, "flip_prob": 0.0, "codebook_init": "normal"}
     cfg.update(kw)
     return cfg
 
@@ -80,8 +81,8 @@ def spade_config(**kw) -> dict:
 
 
 def diffusion_config(**kw) -> dict:
-    cfg = {"model": TINY_UNET.to_dict(), "batch_size": 2, "lr": 1e-3, "steps": 4, "log_every": 1, "seed": 7, "scale_lr": False,
-           "ema_decay": 0.9}
+    cfg = {"model": TINY_UNET.to_dict(), "batch_size": 2, "lr": 1e-3, "steps": 4, "log_every": 1, "seed": 7,
+           "ema_decay": 0.9, "scale_lr": False}
     cfg.update(kw)
     return cfg
 

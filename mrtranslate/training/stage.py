@@ -67,7 +67,8 @@ class Stage:
 
     def adam(self, params: list[nn.Parameter], decoupled: bool = False) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-        return cls(params, lr=self.cfg.lr * self.lr_scale, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
+        lr = self.cfg.lr * self.lr_scale
+        return cls(params, lr=lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
