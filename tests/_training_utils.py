@@ -66,20 +66,23 @@ def write_subjects(root: Path, n: int = 2, layout: str = "2021", spacing: float 
 
 def autoencoder_config(**kw) -> dict:
     cfg = {"model": TINY_VQ.to_dict(), "preprocessing": PHANTOM_PREP, "crop": [8, 8, 8], "batch_size": 2,
-           "lr": 1e-3, "steps": 4, "log_every": 1, "seed": 3}
+           "lr": 1e-3, "steps": 4, "log_every": 1, "seed": 3,
+           # the values of these settings before their defaults became the published ones
+           "scale_lr": False, "codebook_weight": 1.0, "flip_prob": 0.0, "codebook_init": "normal"}
     cfg.update(kw)
     return cfg
 
 
 def spade_config(**kw) -> dict:
-    cfg = {"batch_size": 2, "lr": 1e-3, "steps": 4, "log_every": 1, "disc_channels": 4, "seed": 5}
+    cfg = {"batch_size": 2, "lr": 1e-3, "steps": 4, "log_every": 1, "disc_channels": 4, "seed": 5, "scale_lr": False,
+           "adv_weight": 1.0}
     cfg.update(kw)
     return cfg
 
 
 def diffusion_config(**kw) -> dict:
     cfg = {"model": TINY_UNET.to_dict(), "batch_size": 2, "lr": 1e-3, "steps": 4, "log_every": 1, "seed": 7,
-           "ema_decay": 0.9}
+           "ema_decay": 0.9, "scale_lr": False}
     cfg.update(kw)
     return cfg
 

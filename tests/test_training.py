@@ -156,7 +156,9 @@ def test_defaults_are_the_published_values() -> None:
     assert (ae.lr, ae.betas, ae.batch_size, ae.codebook_beta, ae.disc_weight) == (1e-5, (0.5, 0.9), 4, 0.25, 0.0)
     assert ae.vqgan_config() == VQGANConfig() and ae.preprocessing["grid"] == [144, 192, 144]
     assert ae.background_weight == 1.0  # the plain mean of |x - rec| over every voxel
-    assert sp.lr == 2e-5 and sp.cycle_weight == 0.0
+    assert (ae.codebook_weight, ae.flip_prob) == (0.0, 0.1)
+    assert sp.lr == 2e-5 and sp.cycle_weight == 0.0 and sp.adv_weight == 0.0
+    assert ae.scale_lr and sp.scale_lr and df.scale_lr  # lr x batch_size x processes, as the authors' main.py
     assert (df.lr, df.ema_decay, df.unet_config()) == (1e-5, 0.9999, UNetConfig())
 
 

@@ -37,7 +37,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-BATCH = 4  # the union; each of the 2 processes takes half
+BATCH = 4  # the union; each of the 2 processes takes half (so the configs give the optimiser rate: scale_lr false)
 
 
 def make_stage(name: str, ctx: DistContext):
@@ -45,7 +45,7 @@ def make_stage(name: str, ctx: DistContext):
     g = torch.Generator().manual_seed(11)
     if name == "autoencoder":
         cfg = AutoencoderConfig(model=TINY_VQ.to_dict(), preprocessing=PREP, crop=[8, 8, 8], batch_size=BATCH,
-                                lr=1e-4, seed=1)
+                                lr=1e-4, seed=1, codebook_weight=1.0, codebook_init="normal", scale_lr=False)
         images = ImageSet(["a", "b"], torch.randn((2, 4, 16, 16, 16), generator=g), torch.ones(2, 4, dtype=torch.bool))
         return AutoencoderStage(cfg, ctx, images)
     with torch.random.fork_rng():
@@ -55,9 +55,10 @@ def make_stage(name: str, ctx: DistContext):
     codes = torch.randint(0, TINY_VQ.n_embed, (2, 4, 8, 8, 8), generator=g, dtype=torch.int32)
     available = torch.ones(2, 4, dtype=torch.bool)
     if name == "spade":
-        cfg = SpadeConfig(batch_size=BATCH, lr=1e-4, cycle_weight=0.5, disc_channels=4, seed=3)
+        cfg = SpadeConfig(batch_size=BATCH, lr=1e-4, cycle_weight=0.5, adv_weight=1.0, disc_channels=4, seed=3,
+                          scale_lr=False)
         return SpadeStage(cfg, ctx, first, codes, available)
-    cfg = DiffusionConfig(model=TINY_UNET.to_dict(), batch_size=BATCH, lr=1e-4, ema_decay=0.9, seed=4)
+    cfg = DiffusionConfig(model=TINY_UNET.to_dict(), batch_size=BATCH, lr=1e-4, ema_decay=0.9, seed=4, scale_lr=False)
     return DiffusionStage(cfg, ctx, first, codes, available, torch.randn((2, 4, 4, 4, 8, 8, 8), generator=g))
 
 

@@ -31,6 +31,8 @@ class SchedulerConfig(ModelConfig):
     # UNet then samples exactly MS-SPADE's latent, and training can only refine it.
     prediction_type: str = "epsilon"
     timestep_spacing: str = "ldm"  # c = T // S; t = 0, c, 2c, ... (< T) plus 1
+    # The LDM code's latent scale (z x scale_factor in training, / scale_factor before decoding). ALDM is published
+    # with 1.0 (latents as they are), the only value mrtranslate trains and samples with: any other is refused.
     scale_factor: float = 1.0
 
     def validate(self, origin: str = "scheduler config") -> None:
@@ -43,6 +45,11 @@ class SchedulerConfig(ModelConfig):
             )
         if self.timestep_spacing != "ldm":
             raise ModelFormatError(f"{origin}: timestep_spacing {self.timestep_spacing!r} is not supported (ldm)")
+        if self.scale_factor != 1.0:
+            raise ModelFormatError(
+                f"{origin}: scale_factor {self.scale_factor} is not supported: ALDM trains and samples unscaled "
+                "latents; set scale_factor to 1.0"
+            )
         if not (0 < float(self.beta_start) < float(self.beta_end) < 1):
             raise ModelFormatError(f"{origin}: need 0 < beta_start < beta_end < 1")
         super().validate(origin)

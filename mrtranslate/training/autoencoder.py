@@ -5,7 +5,7 @@ loss = L1(x, x_rec) [+ perceptual_weight * perceptual(x, x_rec)] + codebook_weig
 The L1 weighs background voxels (model value -1) ``background_weight`` (1, published: a plain mean).
 The 3D PatchGAN is trained with the hinge loss from ``disc_start`` on; with ``disc_weight`` 0 (published)
 it is not built at all. Source and target of a sample are the same scan: a random modality of a random
-subject, randomly cropped to ``crop``.
+subject, randomly cropped to ``crop`` and flipped along each axis with probability ``flip_prob``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from torch import nn
 from ..models import VQGAN
 from ..imaging.model_space import Preprocessing
 from .config import AutoencoderConfig
-from .data import ImageSet, model_foreground, random_crops, sample_scans, step_generator
+from .data import ImageSet, model_foreground, random_crops, random_flips, sample_scans, step_generator
 from .discriminators import PatchGAN3D, RealFake
 from .distributed import DistContext
 from .losses import (
@@ -80,6 +80,9 @@ class AutoencoderStage(Stage):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             vqgan = VQGAN(cfg.vqgan_config())
+            if cfg.codebook_init == "uniform":
+                n = vqgan.config.n_embed
+                nn.init.uniform_(vqgan.quantize.embedding.weight, -1.0 / n, 1.0 / n)
             disc = PatchGAN3D(1, cfg.disc_channels, cfg.disc_layers) if cfg.disc_weight > 0 else None
         if init_vqgan is not None:  # fine-tuning; a resumed run's checkpoint replaces these weights
             vqgan.load_state_dict(init_vqgan.state_dict())
@@ -119,7 +122,8 @@ class AutoencoderStage(Stage):
             raise RuntimeError("the autoencoder stage needs images")
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
         subjects, mods = sample_scans(self.images.available, self.cfg.batch_size, g)
-        return {"x": random_crops(self.images.images[subjects, mods], self.cfg.crop, g)}
+        x = random_crops(self.images.images[subjects, mods], self.cfg.crop, g)
+        return {"x": random_flips(x, self.cfg.flip_prob, g)}
 
     def train_step(self, batch: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
         cfg = self.cfg

@@ -1,5 +1,9 @@
 """Training configurations: one dataclass per stage, defaults = the published ALDM values (the authors' code).
 
+The defaults are what the authors' yaml configs and Lightning modules train with (``recipes/aldm-published``
+holds them as files, and ``tests/test_training_fidelity.py`` checks one optimiser step of each stage against
+the authors' modules), except the few listed in docs/training.md (e.g. the autoencoder's 96^3 crops).
+
 A JSON file passed with ``--config`` overrides defaults key by key; unknown keys and wrong types are
 errors (a typo must not silently train with a default). The resolved config is saved to ``RUN/config.json``.
 
@@ -28,6 +32,10 @@ STAGES = ("autoencoder", "spade", "diffusion")
 
 
 LR_SCHEDULES = ("constant", "cosine")
+#: Settings added after runs were first saved, with the value that reproduces a run saved before them: a run's
+#: config.json without one of these resumes with this value (a new config takes the default).
+ADDED: dict[str, Any] = {"scale_lr": False, "flip_prob": 0.0, "codebook_init": "normal"}
+CODEBOOK_INITS = ("uniform", "normal")
 #: Settings of earlier versions that no released model used, with the value that left them off: a run's
 #: config.json that holds them at that value still loads (and resumes); any other value is an unknown setting.
 REMOVED: dict[str, dict[str, Any]] = {
@@ -38,7 +46,8 @@ REMOVED: dict[str, dict[str, Any]] = {
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """The learning rate of step ``step`` (0-based) under ``cfg``'s schedule."""
+    """The learning rate of step ``step`` (0-based) under ``cfg``'s schedule (per sample: a stage multiplies it by
+    batch size and processes when ``cfg.scale_lr``)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     if cfg.lr_schedule == "constant":
@@ -58,6 +67,10 @@ class TrainConfig:
     steps: int = 100_000
     batch_size: int = 4
     lr: float = 1e-5
+    # As published (the authors' main.py, base_learning_rate): with scale_lr, lr (and lr_min) are rates per
+    # sample, and the optimiser runs at lr x batch_size x processes (e.g. 1e-5 x 4 x 1 GPU = 4e-5); false: the
+    # optimiser runs at lr itself, whatever the batch.
+    scale_lr: bool = True
     # the learning rate over the run: "constant" (as published) or "cosine" (from lr down to lr_min at the last
     # step), either after a linear warm-up of warmup_steps; a function of the step alone, so resume is exact
     lr_schedule: str = "constant"
@@ -132,7 +145,12 @@ class AutoencoderConfig(TrainConfig):
     preprocessing: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PUBLISHED_PREPROCESSING))
     crop: list[int] | None = dataclasses.field(default_factory=lambda: [96, 96, 96])  # the authors' advice
     codebook_beta: float = 0.25
-    codebook_weight: float = 1.0
+    # Published 0 (both yamls: codebook_weight 0): the codebook term is computed but weighs nothing, so the codebook
+    # itself does not train; 1.0 is taming-transformers' usual weight.
+    codebook_weight: float = 0.0
+    # A new codebook's values: "uniform" in +-1/n_embed (the authors' VectorQuantizer2, as published) or "normal",
+    # N(0, 1) (torch's embedding default). Unused when the VQ-GAN starts from ``init``.
+    codebook_init: str = "uniform"
     # Not in the published code (0 = off): every N steps, codes no sample used since the last restart are
     # moved onto random encoder outputs of the current batch (dead-code restart against codebook collapse).
     codebook_restart_every: int = 0
@@ -141,6 +159,9 @@ class AutoencoderConfig(TrainConfig):
     disc_start: int = 50_001
     disc_layers: int = 3
     disc_channels: int = 64
+    # As published (MONAI RandFlipd in the authors' data module): each axis of a training sample is flipped with
+    # this probability, independently per axis and sample.
+    flip_prob: float = 0.1
     # Perceptual loss on the VQ-GAN encoder features of a user-supplied model folder (off as published).
     perceptual_weight: float = 0.0
     perceptual_model: str | None = None
@@ -177,6 +198,11 @@ class AutoencoderConfig(TrainConfig):
         for name in ("codebook_beta", "codebook_weight", "disc_weight", "perceptual_weight"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")
+        if self.codebook_init not in CODEBOOK_INITS:
+            choices = ", ".join(CODEBOOK_INITS)
+            raise UsageError(f"{origin}: codebook_init = {self.codebook_init!r}: use one of {choices}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise UsageError(f"{origin}: flip_prob = {self.flip_prob} must be in [0, 1]")
         _positive_int(origin, "disc_start", self.disc_start, minimum=0)
         _positive_int(origin, "codebook_restart_every", self.codebook_restart_every, minimum=0)
         _positive_int(origin, "disc_layers", self.disc_layers)
@@ -208,7 +234,9 @@ class SpadeConfig(TrainConfig):
     lr: float = 2e-5
     first_stage: str | None = None
     l1_weight: float = 1.0
-    adv_weight: float = 1.0  # not published
+    # The latent discriminator's cross-entropy term. Published 0: the authors' stage-2 yaml sets disc_factor 0,
+    # which turns both discriminator terms off, so the published stage 2 is plain latent L1.
+    adv_weight: float = 0.0
     cycle_weight: float = 0.0  # the paper's cycle-consistency term; absent from the published code
     disc_channels: int = 64
     # How often each (source, target) pair is drawn, relative: {"t1->t1ce": 4} draws T1 -> T1ce four times as

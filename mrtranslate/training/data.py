@@ -229,6 +229,20 @@ def random_crops(volumes: torch.Tensor, crop: list[int] | None, gen: torch.Gener
     return out
 
 
+def random_flips(volumes: torch.Tensor, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Each sample of ``volumes`` ``[B, C, D, H, W]`` flipped along each spatial axis with probability ``prob``,
+    independently (as the authors' three MONAI ``RandFlipd``, one per axis). No draw at all when ``prob`` is 0."""
+    if prob <= 0:
+        return volumes
+    flips = torch.rand((volumes.shape[0], 3), generator=gen) < prob
+    out = volumes.clone()
+    for i, axes in enumerate(flips.tolist()):
+        dims = [2 + a for a, flip in enumerate(axes) if flip]
+        if dims:
+            out[i] = volumes[i : i + 1].flip(dims)[0]
+    return out
+
+
 def crop_offsets(sides: Sequence[int], crop: Sequence[int], gen: torch.Generator, align: int = 1) -> list[int]:
     """A random start of a ``crop`` inside ``sides`` on every axis, a multiple of ``align`` (1: any voxel)."""
     return [int(torch.randint((s - c) // align + 1, (1,), generator=gen)) * align

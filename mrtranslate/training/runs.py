@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import io
 import json
@@ -24,7 +25,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ModelFormatError, OutputExistsError, UsageError
 from .checkpoint import STATE_FILE
-from .config import TrainConfig, config_class
+from .config import ADDED, TrainConfig, config_class
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
@@ -98,7 +99,12 @@ class RunFolder:
             raise ModelFormatError(f"{path} is not readable JSON ({exc})") from None
         if not isinstance(data, dict) or "stage" not in data:
             raise ModelFormatError(f"{path} is not a training config (no 'stage')")
-        return config_class(data["stage"]).from_dict(data, origin=str(path))
+        cls = config_class(data["stage"])
+        fields = {f.name for f in dataclasses.fields(cls)}
+        for key, value in ADDED.items():  # saved before the setting existed: the value that run trained with
+            if key in fields:
+                data.setdefault(key, value)
+        return cls.from_dict(data, origin=str(path))
 
     @property
     def stage(self) -> str:

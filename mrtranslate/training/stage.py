@@ -45,6 +45,8 @@ class Stage:
         # channels_last_3d on CPU only, and not under DDP there (its gradient buckets expect contiguous grads)
         cpu_cl = self.device.type == "cpu" and cfg.channels_last and not ctx.distributed
         self.memory_format = torch.channels_last_3d if cpu_cl else torch.contiguous_format
+        # the authors' rule (scale_lr): the optimiser's rate is the config's per-sample rate x the global batch
+        self.lr_scale = cfg.batch_size * ctx.world_size if cfg.scale_lr else 1
 
     # -- devices and precision ----------------------------------------------------------------------
     def place(self, module: nn.Module) -> nn.Module:
@@ -65,7 +67,8 @@ class Stage:
 
     def adam(self, params: list[nn.Parameter], decoupled: bool = False) -> torch.optim.Optimizer:
         cls = torch.optim.AdamW if decoupled else torch.optim.Adam
-        return cls(params, lr=self.cfg.lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
+        lr = self.cfg.lr * self.lr_scale
+        return cls(params, lr=lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay)
 
     def optimize(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -81,8 +84,8 @@ class Stage:
             self.scaler.update()
 
     def set_lr(self, step: int) -> None:
-        """Every optimizer of the stage takes the schedule's learning rate for ``step``."""
-        lr = learning_rate(self.cfg, step)
+        """Every optimizer of the stage takes the schedule's learning rate for ``step`` (times ``lr_scale``)."""
+        lr = learning_rate(self.cfg, step) * self.lr_scale
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = lr
