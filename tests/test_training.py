@@ -672,12 +672,12 @@ def test_spade_trains_the_source_gate_alone_and_the_unet_sees_the_gated_latents(
 BRATS_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "brats-2mm"
 
 
-def _run_recipe(data: Path, work: Path, shim: Path, log: Path) -> list[list[str]]:
+def _run_recipe(roots: list[Path], work: Path, shim: Path, log: Path) -> list[list[str]]:
     import os
     import subprocess
 
     env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "SHIM_LOG": str(log)}
-    done = subprocess.run(["bash", str(BRATS_RECIPE / "train.sh"), str(data), str(work), "cpu"], env=env,
+    done = subprocess.run(["bash", str(BRATS_RECIPE / "train.sh"), *map(str, roots), str(work), "cpu"], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     calls = [json.loads(line) for line in log.read_text().splitlines()]
@@ -685,42 +685,69 @@ def _run_recipe(data: Path, work: Path, shim: Path, log: Path) -> list[list[str]
     return calls
 
 
-def test_the_brats_recipe_script_trains_every_stage_on_the_training_split_with_valid_configs(tmp_path: Path) -> None:
+def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_configs(tmp_path: Path) -> None:
     split = json.loads((BRATS_RECIPE / "split.json").read_text())
-    data = tmp_path / "data"
-    for case in split["training"] + split["validation"]:
-        (data / case).mkdir(parents=True)
+    every = sorted({c for cases in split.values() for c in cases})
+    assert set(split["first_stage_training"]) <= set(split["training"])
+    held_out = split["validation"] + split["validation_2mm"] + split["test_2mm"]
+    assert not set(held_out) & set(split["training"]) and len(set(held_out)) == len(held_out)
+    roots = [tmp_path / "samples", tmp_path / "pool"]
+    for i, case in enumerate(every):  # the subjects are spread over the two folders
+        (roots[i % 2] / case).mkdir(parents=True)
     shim = tmp_path / "bin"
     shim.mkdir()
-    # a stand-in mrtranslate that records its arguments and leaves a run record where a stage trains
+    # a stand-in mrtranslate that records its arguments and leaves a run record (or a pack) where one is made
     (shim / "mrtranslate").write_text(
         "#!/usr/bin/env python3\n"
         "import json, os, sys\n"
         "open(os.environ['SHIM_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
-        "if sys.argv[1] == 'train':\n"
+        "if sys.argv[1:3] == ['train', 'encode']:\n"
+        "    open(sys.argv[sys.argv.index('--out') + 1], 'w').write('pack')\n"
+        "elif sys.argv[1] == 'train':\n"
         "    run = sys.argv[sys.argv.index('--run') + 1]\n"
         "    os.makedirs(run, exist_ok=True)\n"
         "    open(os.path.join(run, 'run.json'), 'w').write('{}')\n"
     )
     (shim / "mrtranslate").chmod(0o755)
     work = tmp_path / "work"
-    calls = _run_recipe(data, work, shim, tmp_path / "calls.jsonl")
+    calls = _run_recipe(roots, work, shim, tmp_path / "calls.jsonl")
     assert [c[:2] if c[0] == "train" else c[:1] for c in calls] == [
-        ["train", "autoencoder"], ["train", "spade"], ["train", "diffusion"], ["export"]]
-    for call in (c for c in calls if c[0] == "train"):
-        opts = dict(zip(call[2::2], call[3::2], strict=False))
-        folder = Path(opts["--data"])
-        assert sorted(p.name for p in folder.iterdir()) == sorted(split["training"])
-        assert all((folder / case).resolve() == (data / case).resolve() for case in split["training"])
-        assert load_config(call[1], opts["--config"]).stage == call[1]
-    assert sorted(p.name for p in (work / "validation").iterdir()) == sorted(split["validation"])
+        ["train", "autoencoder"], ["train", "spade"], ["train", "encode"], ["train", "diffusion"], ["export"]]
+    opts = [dict(zip(c[2::2], c[3::2], strict=False)) for c in calls[:4]]
+    for o in opts[:2]:  # the first stage trains on the subjects it was first released with
+        folder = Path(o["--data"])
+        assert sorted(p.name for p in folder.iterdir()) == sorted(split["first_stage_training"])
+    folder = Path(opts[2]["--data"])  # the UNet: every training subject, encoded once into a pack
+    assert sorted(p.name for p in folder.iterdir()) == sorted(split["training"])
+    assert all((folder / c).resolve() in {(r / c).resolve() for r in roots} for c in split["training"])
+    assert opts[2]["--first-stage"] == str(work / "runs" / "spade") == opts[3]["--first-stage"]
+    assert opts[3]["--data"] == opts[2]["--out"] == str(work / "training.safetensors")
+    for call, o in zip(calls, opts, strict=False):
+        if "--config" in o:
+            assert load_config(call[1], o["--config"]).stage == call[1]
+    for part in ("validation", "validation_2mm", "test_2mm"):
+        assert sorted(p.name for p in (work / part).iterdir()) == sorted(split[part])
     assert calls[-1][1] == str(work / "runs" / "diffusion")
     assert calls[-1][calls[-1].index("--out") + 1] == str(work / "brats-2mm")
     assert {p.name for p in BRATS_RECIPE.glob("*.json")} - {"split.json"} == {
         Path(c[c.index("--config") + 1]).name for c in calls if "--config" in c}
-    # a second run resumes every stage
-    again = _run_recipe(data, work, shim, tmp_path / "calls.jsonl")
+    # a second run resumes every stage and keeps the pack
+    again = _run_recipe(roots, work, shim, tmp_path / "calls.jsonl")
     assert all("--resume" in c for c in again if c[0] == "train") and len(again) == 4
+    (roots[0] / every[0]).rename(tmp_path / "gone")
+    done = subprocess_run_recipe_fails(roots, tmp_path / "w2", shim)
+    assert every[0] in done
+
+
+def subprocess_run_recipe_fails(roots: list[Path], work: Path, shim: Path) -> str:
+    import os
+    import subprocess
+
+    env = {**os.environ, "PATH": f"{shim}{os.pathsep}{os.environ['PATH']}", "SHIM_LOG": os.devnull}
+    done = subprocess.run(["bash", str(BRATS_RECIPE / "train.sh"), *map(str, roots), str(work), "cpu"], env=env,
+                          capture_output=True, text=True)
+    assert done.returncode != 0
+    return done.stderr
 
 
 def test_a_residual_unet_starts_as_ms_spade_and_learns_the_correction(chain: dict[str, Path], tmp_path: Path,

@@ -1,46 +1,57 @@
 #!/usr/bin/env bash
-# Rebuild the brats-2mm model from a folder holding the 15 sample subjects (see README.md).
+# Rebuild the brats-2mm model from the brats-samples and brats-2mm-pool subjects (see README.md).
 #
-#   bash recipes/brats-2mm/train.sh DATA WORK [DEVICE]
+#   bash recipes/brats-2mm/train.sh SAMPLES POOL WORK [DEVICE]
 #
-# DATA: the subjects' folders (BraTS 2018 / BraTS 2023 / BraTS-toolkit names, 1 mm or 2 mm).
-# WORK: where the split, the runs and the exported model go. DEVICE: cuda (default) or cpu.
-# Each stage stops at its config's steps, or earlier at MINUTES_<STAGE> minutes if set (e.g. on a CPU);
-# rerunning the script resumes every stage from its last checkpoint.
+# SAMPLES, POOL: folders of subject folders (BraTS 2018 / BraTS 2023 / BraTS-toolkit names, 1 mm or 2 mm);
+# every case of split.json must be in one of them. WORK: where the split, the runs and the exported model go.
+# DEVICE: cuda (default) or cpu. Each stage stops at its config's steps, or earlier at MINUTES_<STAGE> minutes
+# if set (e.g. on a CPU); rerunning the script resumes every stage from its last checkpoint.
 set -euo pipefail
-data=$(cd "$1" && pwd)
-work=$2
-device=${3:-cuda}
+samples=$(cd "$1" && pwd)
+pool=$(cd "$2" && pwd)
+work=$3
+device=${4:-cuda}
 here=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$work/training" "$work/validation"
+mkdir -p "$work"
 
-# The fixed split: symbolic links to the subject folders named in split.json.
-python3 - "$here/split.json" "$data" "$work" <<'PY'
+# The fixed split: symbolic links to the subject folders named in split.json, one folder per part.
+python3 - "$here/split.json" "$samples" "$pool" "$work" <<'PY'
 import json, os, sys
-split, data, work = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+split, roots, work = json.load(open(sys.argv[1])), sys.argv[2:4], sys.argv[4]
 for part, cases in split.items():
+    os.makedirs(os.path.join(work, part), exist_ok=True)
     for case in cases:
+        found = [os.path.join(r, case) for r in roots if os.path.isdir(os.path.join(r, case))]
+        if not found:
+            sys.exit(f"subject {case} of split.json ({part}) is in neither {roots[0]} nor {roots[1]}")
         link = os.path.join(work, part, case)
         if not os.path.lexists(link):
-            os.symlink(os.path.join(data, case), link)
+            os.symlink(found[0], link)
 PY
 
-stage() {  # stage NAME [extra args...]: train (or resume) one stage
-    local name=$1; shift
+stage() {  # stage NAME DATA [extra args...]: train (or resume) one stage
+    local name=$1 data=$2; shift 2
     local limit=()
     local var="MINUTES_${name^^}"
     if [ -n "${!var:-}" ]; then limit=(--max-minutes "${!var}"); fi
     if [ -f "$work/runs/$name/run.json" ]; then
         mrtranslate train "$name" --run "$work/runs/$name" --resume --device "$device" "${limit[@]}"
     else
-        mrtranslate train "$name" --data "$work/training" --run "$work/runs/$name" \
+        mrtranslate train "$name" --data "$data" --run "$work/runs/$name" \
             --config "$here/$name.json" --device "$device" "${limit[@]}" "$@"
     fi
 }
 
-stage autoencoder
-stage spade --first-stage "$work/runs/autoencoder"
-stage diffusion --first-stage "$work/runs/spade"
+# The first stage (VQ-GAN and MS-SPADE) as first released, on the 11 subjects of first_stage_training.
+stage autoencoder "$work/first_stage_training"
+stage spade "$work/first_stage_training" --first-stage "$work/runs/autoencoder"
+# The residual UNet on the 42 training subjects, encoded once by that first stage into a latent pack.
+if [ ! -f "$work/training.safetensors" ]; then
+    mrtranslate train encode --data "$work/training" --first-stage "$work/runs/spade" \
+        --out "$work/training.safetensors" --device "$device"
+fi
+stage diffusion "$work/training.safetensors" --first-stage "$work/runs/spade"
 mrtranslate export "$work/runs/diffusion" --out "$work/brats-2mm" --name brats-2mm --overwrite \
     --default-solver "${DEFAULT_SOLVER:-unipc}" --default-steps "${DEFAULT_STEPS:-15}" --default-eta "${DEFAULT_ETA:-0}" \
     --default-samples "${DEFAULT_SAMPLES:-3}" \
