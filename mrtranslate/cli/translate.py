@@ -105,7 +105,7 @@ def translate_command(
     if source_name in targets:
         raise UsageError(f"target {source_name!r} is the source modality (--source {source}): choose another target")
     from ..provenance import as_output_dtype, check_output_dtype, input_provenance, output_record, per_target
-    from ..provenance import write_json_atomic
+    from ..provenance import check_writable, write_json_atomic
     from .complete import load_translator, report, set_threads
 
     check_output_dtype(output_dtype)
@@ -131,12 +131,32 @@ def translate_command(
             hint = "" if inp.suffix else f"; if {inp.name!r} was meant as a --to target, it is not a modality name"
             raise UsageError(f"input {inp} does not exist: check the path{hint}")
     plan = plan_outputs(inputs, targets, out_dir)
+    for folder in sorted({p.parent for outs in plan.values() for p in outs.values()}):
+        check_writable(folder, "choose another --out-dir" if out_dir is not None else "pass --out-dir")
+    # what an earlier run of this same command wrote (its records say so) is already done
+    request = {"model": model, "revision": revision, "source": source_name, "precision": precision,
+               "output_dtype": output_dtype, **sampling.as_record()}
+    done = {inp: [] if overwrite else [t for t, p in plan[inp].items() if _already_done(p, inp, t, request)]
+            for inp in inputs}
+    if not (overwrite or skip_existing or continue_on_error):
+        for inp in inputs:
+            other = [p for t, p in plan[inp].items() if p.exists() and t not in done[inp]]
+            if other:
+                raise OutputExistsError(f"{other[0]} exists: pass --overwrite to replace it or --skip-existing to resume")
+    n_done = sum(len(d) for d in done.values())
+    if n_done and not quiet:
+        typer.echo(f"{n_done} output{'s' if n_done != 1 else ''} already done by an earlier run of this command "
+                   f"(kept; --overwrite redoes them): {', '.join(str(plan[i][t]) for i in inputs for t in done[i])}",
+                   err=True)
+    todo = [inp for inp in inputs if len(done[inp]) < len(plan[inp])]
+    if not todo:
+        return EXIT_OK
     loaded = load_translator(model, revision, token, offline, device, precision, max_memory, sampling, allow_skull,
                              compile_unet, progress=not quiet)
     failures: list[tuple[Path, str]] = []
-    bar = tqdm(inputs, desc="volumes", unit="vol", disable=quiet or len(inputs) == 1)
+    bar = tqdm(todo, desc="volumes", unit="vol", disable=quiet or len(todo) == 1)
     for inp in bar:
-        outs = plan[inp]
+        outs = {t: p for t, p in plan[inp].items() if t not in done[inp]}
         try:
             existing = [p for p in outs.values() if p.exists()]
             if existing and skip_existing and len(existing) == len(outs):
@@ -149,7 +169,7 @@ def translate_command(
             result = bound.to(*wanted)
             images = result if isinstance(result, dict) else {wanted[0]: result}
             record = {**bound.run_record(wanted), "input": str(inp), **input_provenance(inp),
-                      **output_record(output_dtype)}
+                      **output_record(output_dtype), "request": request}
             for t, own in per_target(record, wanted).items():
                 path = save_image(as_output_dtype(images[t], output_dtype), outs[t], overwrite=overwrite, inputs=inputs)
                 write_json_atomic(path.with_name(path.name[: -len(".nii.gz")] + ".json"), own)
@@ -163,11 +183,27 @@ def translate_command(
             failures.append((inp, what + " ".join(str(exc).split())))
             tqdm.write(f"error: {inp}: {failures[-1][1]}", file=sys.stderr)
     if failures:
-        typer.echo(f"{len(failures)} of {len(inputs)} inputs failed:", err=True)
+        typer.echo(f"{len(failures)} of {len(todo)} input{'s' if len(todo) != 1 else ''} failed:", err=True)
         for inp, msg in failures:
             typer.echo(f"  {inp}: {msg}", err=True)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _already_done(out: Path, inp: Path, target: str, request: dict[str, Any]) -> bool:
+    """``out`` exists and its record says this same command wrote it: same input bytes, target, model and
+    settings (the ``request`` of the command line, before a model's defaults fill it in)."""
+    from ..provenance import sha256_file
+
+    side = out.with_name(out.name[: -len(".nii.gz")] + ".json")
+    if not (out.is_file() and side.is_file()):
+        return False
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (isinstance(record, dict) and record.get("request") == request and record.get("target") == target
+            and record.get("input_sha256") == sha256_file(inp))
 
 
 def _best_sources(pipe: Any) -> dict[str, str]:
@@ -219,4 +255,5 @@ def info_command(
         typer.echo(json.dumps(info))
         return
     for k, v in info.items():
-        typer.echo(f"{k:>18}: {v}")
+        if v is not None:  # e.g. the revision of a model that is not from the Hub
+            typer.echo(f"{k:>18}: {v}")

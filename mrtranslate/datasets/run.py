@@ -32,7 +32,7 @@ from .names import (
     flat_name,
     split_suffix,
 )
-from ..errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError
+from ..errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError, option
 from ..imaging.layout import _subjects_in as subjects_in
 from ..imaging.layout import find_subjects
 from ..modalities import canonical, canonical_list, guess_from_filename
@@ -124,7 +124,7 @@ def default_out_root(root: Path, layout: str) -> Path | None:
         return (bids_subject_root(root) or root) / "derivatives" / "mrtranslate"
     if layout == "flat":
         return None
-    raise UsageError(f"{root} is a BraTS-style dataset: pass --out-dir (out_dir=) for the folder of translated "
+    raise UsageError(f"{root} is a BraTS-style dataset: pass {option('out_dir')} for the folder of translated "
                      "subjects (its subject folders mirror the input's)")
 
 
@@ -160,7 +160,7 @@ def _subject_jobs(subject: Any, root: Path, layout: str, out_root: Path, targets
         if source is not None:
             if source not in subject.files:
                 raise DatasetLayoutError(f"subject {subject.case!r} has no {source} image (it has "
-                                         f"{', '.join(subject.files)}): pass another --source or leave it out")
+                                         f"{', '.join(subject.files)}): pass another {option('source')} or leave it out")
             src = source
         else:
             src = choose_source(t, [m for m in have if m != t], modalities, best, subject.case)
@@ -168,7 +168,9 @@ def _subject_jobs(subject: Any, root: Path, layout: str, out_root: Path, targets
     jobs = []
     for src, outs in by_source.items():
         path = subject.files[src]
-        folder = out_root / path.parent.relative_to(root)
+        rel = path.parent.relative_to(root)
+        # one subject folder given as the dataset: its outputs still go in OUT/<case>/, as for a dataset
+        folder = out_root / (subject.case if rel == Path(".") and layout == "brats" else rel)
         if layout == "bids":
             names = {t: folder / bids_name(path, t) for t in outs}
             sources = [bids_uri(root, path)]
@@ -219,10 +221,10 @@ def check_dataset(root: Path | str, out_dir: Path | str | None, completing: bool
 
 def check_part(part: int, num_parts: int) -> None:
     if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
-        raise UsageError(f"--num-parts {num_parts!r}: use a whole number >= 1")
+        raise UsageError(f"{option('num_parts', repr(num_parts))}: use a whole number >= 1")
     if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < num_parts:
-        raise UsageError(f"--part {part!r}: use 0 .. {num_parts - 1} (--num-parts {num_parts}), "
-                         "e.g. --part $SLURM_ARRAY_TASK_ID")
+        raise UsageError(f"{option('part', repr(part))}: use 0 .. {num_parts - 1} ({option('num_parts', num_parts)}), "
+                         f"e.g. {option('part', '$SLURM_ARRAY_TASK_ID')}")
 
 
 # -- running ------------------------------------------------------------------------------------------
@@ -266,7 +268,7 @@ def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | Non
             foreign = [p for j in jobs for p in j.outputs.values() if p.exists() and not _written_by_us(p)]
             if foreign:  # e.g. --out-dir is the dataset itself and the subject has the target: never touch it
                 raise OutputExistsError(f"{foreign[0]} exists and has no mrtranslate record beside it (it may be "
-                                        "an input): choose an --out-dir outside the dataset, or move the file")
+                                        f"an input): choose an {option('out_dir')} outside the dataset, or move the file")
             pending = [(j, [t for t, p in j.outputs.items() if overwrite or not p.exists()]) for j in jobs]
             n_skip = sum(len(j.outputs) - len(w) for j, w in pending)
             summary.images_skipped += n_skip
@@ -313,7 +315,7 @@ def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, outp
     for t, own in per_target(record, wanted).items():
         path = job.outputs[t]
         if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
+            raise OutputExistsError(f"{path} exists: pass {option('overwrite', True)} to replace it")
         side = {"Sources": job.sources, "Synthetic": True,
                 "Description": f"Synthetic {t} translated from {bound.source} by mrtranslate", **own}
         save_image(as_output_dtype(images[t], output_dtype), path, overwrite=overwrite, inputs=[job.path])

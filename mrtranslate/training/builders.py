@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelFormatError, UsageError
+from ..errors import ModelFormatError, UsageError, option
 from ..models import VQGAN, VQGANConfig
 from ..imaging.model_space import Preprocessing
 from .autoencoder import AutoencoderStage
@@ -86,7 +86,7 @@ def build_stage(
     if record is None:
         if not cfg.first_stage:
             raise UsageError(
-                f"the {cfg.stage} stage needs first_stage (--first-stage): an autoencoder/spade run or a model folder"
+                f"the {cfg.stage} stage needs {option('first_stage')}: an autoencoder/spade run or a model folder"
             )
         first = load_first_stage(cfg.first_stage)
         extras = {"first_stage": first.source, "provenance": first.provenance}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import MemoryBudgetError
+from ..errors import MemoryBudgetError, option
 from ..pipeline.runtime import _size, available_memory, parse_memory
 
 #: a small configuration to start from when the published one does not fit
@@ -140,10 +140,11 @@ def check_training_memory(estimate: TrainingMemory, device: torch.device, max_me
     if estimate.peak <= budget:
         return
     where = "GPU memory" if device.type == "cuda" else "memory"
+    capped = f" ({option('max_memory').rstrip('=')})" if limit is not None and limit < free else ""
+    config = "--config" if option("config").startswith("--") else "the config"
     raise MemoryBudgetError(
         f"one {stage} training step needs about {_size(estimate.peak)} of {where} but only {_size(budget)} is "
-        f"available{' (--max-memory)' if limit is not None and limit < free else ''}: lower {lower} in --config, "
-        f"or start from the small configs in {SMALL_RECIPE}"
+        f"available{capped}: lower {lower} in {config}, or start from the small configs in {SMALL_RECIPE}"
     )
 
 
