@@ -140,8 +140,8 @@ class Translator:
             src = named
         else:
             raise ModalityError(
-                f"cannot tell the modality of {vol.label} from its name: pass {option('source')}"
-                f"{'' if option('source').endswith('=') else ' '}one of {', '.join(self.modalities)}"
+                f"cannot tell the modality of {vol.label} from its name: pass {option('source', 'MODALITY')}, "
+                f"one of {', '.join(self.modalities)}"
             )
         if src not in self.modalities:
             raise ModalityError(f"source {src!r} is not a modality of this model ({', '.join(self.modalities)})")

@@ -92,7 +92,7 @@ def test_bids_dataset_goes_to_derivatives_with_sidecars_and_resumes(small_model:
     (deriv / "sub-02/ses-1/anat/sub-02_ses-1_run-1_desc-synth_T2w.nii.gz").unlink()
     code, out, _ = run(capsys, root, "--to", "flair", "t2", "--source", "t1", "--model", small_model, *FAST)
     assert code == 0
-    assert out.strip().splitlines()[-1] == ("2 subjects: 1 translated (1 images written), 1 already done, 0 failed; "
+    assert out.strip().splitlines()[-1] == ("2 subjects: 1 translated (1 image written), 1 already done, 0 failed; "
                                             "3 existing outputs kept")
     assert (deriv / "sub-01/anat/sub-01_desc-synth_T2w.nii.gz").read_bytes() == stamp
 

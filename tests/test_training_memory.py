@@ -53,7 +53,7 @@ def test_a_step_over_max_memory_is_refused_in_one_line_before_training(phantoms:
 
 def test_spade_and_diffusion_are_planned_too(phantoms: Path, tmp_path: Path) -> None:
     model = save_tiny(tmp_path / "model", grid=tuple(PHANTOM_PREP["grid"]), spacing=(PHANTOM_SPACING,) * 3)
-    with pytest.raises(MemoryBudgetError, match="one spade training step.*lower batch_size in --config"):
+    with pytest.raises(MemoryBudgetError, match="one spade training step.*lower batch_size in the config"):
         train("spade", tmp_path / "s", phantoms, spade_config(), first_stage=str(model), max_memory="64KB",
               progress=False)
     with pytest.raises(MemoryBudgetError, match="one diffusion training step.*lower batch_size or crop"):

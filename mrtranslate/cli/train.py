@@ -105,6 +105,6 @@ def train_diffusion(
     steps: Optional[int] = STEPS, threads: Optional[int] = THREADS, max_memory: Optional[str] = MAX_MEMORY,
     quiet: bool = QUIET, debug: bool = DEBUG,
 ) -> int:
-    """Stage 3: the latent diffusion UNet (noise-prediction MSE by default, EMA weights)."""
+    """Stage 3: the latent diffusion UNet (MSE on its prediction target: the noise as published, or x0 or v; EMA weights)."""
     return _train("diffusion", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet,
                   init, max_memory)

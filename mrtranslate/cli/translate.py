@@ -59,7 +59,7 @@ def translate_command(
     model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled brats-2mm."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Folder for outputs (default: beside each input)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's, e.g. 200 for the published model)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's, e.g. 15 for brats-2mm; the authors sample with 200 DDIM steps)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta: 0 deterministic, 1 as the authors sample (default: the model's)."),
     strength: Optional[float] = typer.Option(None, "--strength", help="1: sample from pure noise, as the authors do; below 1: start from the MS-SPADE latent noised to that fraction of the schedule (fewer steps; default: the model's)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Diffusion samples averaged per target: more give a smoother, less noisy estimate (k times the UNet's time and memory; 1 as the authors sample; default: the model's)."),
@@ -85,8 +85,10 @@ def translate_command(
 ) -> int:
     """Translate each INPUT into the --to modalities; writes <input>_<target>.nii.gz and a .json record beside it.
 
-    Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are >= 0, with 0 and 1 the
-    target's 0.5th and 99.5th percentiles (not clipped above), and 0 outside the input's brain (voxels > 0).
+    Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are >= 0 on the model's scale
+    of the target contrast (the training scans' 0.5th and 99.5th brain percentiles at 0 and 1; not clipped
+    above), and 0 outside the input's brain (voxels > 0). An output that an earlier run of the same command
+    wrote (its .json record says so) is already done and kept.
 
     A dataset folder: every subject's --source (else, per target, the best contrast it has) is translated and
     written in the dataset's convention (BIDS: PATH/derivatives/mrtranslate with desc-synth; BraTS: --out-dir

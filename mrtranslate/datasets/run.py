@@ -36,7 +36,7 @@ from ..errors import DatasetLayoutError, ModalityError, MRTranslateError, Output
 from ..imaging.layout import _subjects_in as subjects_in
 from ..imaging.layout import find_subjects
 from ..modalities import canonical, canonical_list, guess_from_filename
-from ..provenance import as_output_dtype, input_provenance, output_record, per_target, write_json_atomic
+from ..provenance import as_output_dtype, check_writable, input_provenance, output_record, per_target, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,14 @@ class DatasetSummary:
 
     def line(self) -> str:
         part = f" (part {self.part[0]} of {self.part[1]})" if self.part[1] > 1 else ""
-        return (f"{self.subjects} subjects{part}: {self.done} translated ({self.images_written} images written), "
-                f"{self.skipped} already done, {len(self.failed)} failed; {self.images_skipped} existing outputs kept")
+        return (f"{_count(self.subjects, 'subject')}{part}: {self.done} translated "
+                f"({_count(self.images_written, 'image')} written), {self.skipped} already done, "
+                f"{len(self.failed)} failed; {_count(self.images_skipped, 'existing output')} kept")
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 subject``, ``2 subjects``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # -- finding the layout and the jobs ------------------------------------------------------------------
@@ -210,12 +216,14 @@ def plan_dataset(root: Path | str, targets: Sequence[str] | None, *, source: str
 
 def check_dataset(root: Path | str, out_dir: Path | str | None, completing: bool) -> str:
     """The layout of ``root``, after the checks that need no model (a folder of images or subjects; an output
-    folder where the layout has no default one): a CLI runs them before loading a model."""
+    folder where the layout has no default one, and one that can be written): a CLI runs them before loading
+    a model."""
     layout = detect_layout(Path(root))
     if layout == "flat" and completing:
         layout = "brats"  # complete: a folder of image files is one subject
-    if out_dir is None:
-        default_out_root(Path(root), layout)
+    out_root = Path(out_dir) if out_dir is not None else default_out_root(Path(root), layout)
+    if out_root is not None:  # refused here, before a model loads, rather than after the first subject
+        check_writable(out_root, f"choose another {option('out_dir').rstrip('=')}")
     return layout
 
 
