@@ -17,15 +17,22 @@ _COMMAND_LINE = contextvars.ContextVar("mrtranslate_command_line", default=False
 _OPTION_NAMES = {"dtype": "--precision", "compile": "--compile", "local_files_only": "--offline"}
 
 
+def on_command_line() -> bool:
+    """True while the command line runs (messages name options), False for Python callers (keywords)."""
+    return _COMMAND_LINE.get()
+
+
 def option(name: str, value: object = None) -> str:
     """How a user names the setting ``name`` where the error is raised: ``--out-dir DIR`` on the command
     line, ``out_dir=DIR`` in Python (``value``: an example value; booleans as ``--flag`` / ``flag=True``)."""
     if _COMMAND_LINE.get():
         flag = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
         return flag if value is None or value is True else f"{flag} {value}"
+    if isinstance(value, str) and value.isupper():  # a placeholder such as DIR
+        return f"{name}={value}"
     if value is None:
         return f"{name}="
-    return f"{name}={value!r}" if isinstance(value, str) and not value.isupper() else f"{name}={value}"
+    return f"{name}={value!r}"
 
 
 @contextlib.contextmanager

@@ -32,7 +32,15 @@ from .names import (
     flat_name,
     split_suffix,
 )
-from ..errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError, option
+from ..errors import (
+    DatasetLayoutError,
+    ModalityError,
+    MRTranslateError,
+    OutputExistsError,
+    UsageError,
+    on_command_line,
+    option,
+)
 from ..imaging.layout import _subjects_in as subjects_in
 from ..imaging.layout import find_subjects
 from ..modalities import canonical, canonical_list, guess_from_filename
@@ -229,10 +237,10 @@ def check_dataset(root: Path | str, out_dir: Path | str | None, completing: bool
 
 def check_part(part: int, num_parts: int) -> None:
     if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
-        raise UsageError(f"{option('num_parts', repr(num_parts))}: use a whole number >= 1")
+        raise UsageError(f"{option('num_parts', num_parts)}: use a whole number >= 1")
     if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < num_parts:
-        raise UsageError(f"{option('part', repr(part))}: use 0 .. {num_parts - 1} ({option('num_parts', num_parts)}), "
-                         f"e.g. {option('part', '$SLURM_ARRAY_TASK_ID')}")
+        slurm = ", e.g. --part $SLURM_ARRAY_TASK_ID" if on_command_line() else ""
+        raise UsageError(f"{option('part', part)}: use 0 .. {num_parts - 1} ({option('num_parts', num_parts)}){slurm}")
 
 
 # -- running ------------------------------------------------------------------------------------------
