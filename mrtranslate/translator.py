@@ -267,7 +267,8 @@ class Translator:
             **self.resolve(targets, sampling).as_record(),
             "device": str(pipe.device),
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),
-            "intensity": "0 and 1 = the target's 0.5th and 99.5th percentiles, not clipped above; 0 outside the source foreground",
+            "intensity": ("the model's scale of the target contrast: the training scans' 0.5th and 99.5th brain "
+                          "percentiles at 0 and 1, not clipped above; 0 outside the source foreground"),
         }
 
     # -- sharing ------------------------------------------------------------------------------------
