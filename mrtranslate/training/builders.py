@@ -165,8 +165,11 @@ def _check_memory(cfg: TrainConfig, ctx: DistContext, max_memory: int | str | No
         if isinstance(cfg, DiffusionConfig):
             if cfg.cache_spade:
                 data += share * 16 * vq.embed_dim * 4 * int(torch.Size(latent).numel())
-            crop = latent_shape(cfg.crop, vq.downsampling_factor) if cfg.crop else latent
-            estimate = diffusion_memory(cfg.model, vq.to_dict(), cfg.batch_size, crop, half, data if on_cpu else 0)
+            # the stage's own check of the crop (its one-line error) before any estimate
+            unet_factor = cfg.unet_config().downsampling_factor
+            crop = DiffusionStage._latent_crop(cfg.crop, vq.downsampling_factor, unet_factor, torch.Size(latent))
+            estimate = diffusion_memory(cfg.model, vq.to_dict(), cfg.batch_size, crop or latent, half,
+                                        data if on_cpu else 0)
             lower = "batch_size or crop"
         else:
             estimate = spade_memory(vq.to_dict(), cfg.batch_size, latent, half, data if on_cpu else 0)
