@@ -18,7 +18,7 @@ import nibabel as nib
 import torch
 
 from . import __version__
-from .errors import ModalityError, UsageError
+from .errors import ModalityError, UsageError, option
 from .hub import ResolvedModel, push_to_hub, resolve_model
 from .modalities import canonical, canonical_list, guess_from_filename
 from .imaging.model_space import ModelSpaceInverse, Preprocessing, to_model_space
@@ -140,8 +140,8 @@ class Translator:
             src = named
         else:
             raise ModalityError(
-                f"cannot tell the modality of {vol.label} from its name: pass source= "
-                f"(--source), one of {', '.join(self.modalities)}"
+                f"cannot tell the modality of {vol.label} from its name: pass {option('source', 'MODALITY')}, "
+                f"one of {', '.join(self.modalities)}"
             )
         if src not in self.modalities:
             raise ModalityError(f"source {src!r} is not a modality of this model ({', '.join(self.modalities)})")
@@ -267,7 +267,8 @@ class Translator:
             **self.resolve(targets, sampling).as_record(),
             "device": str(pipe.device),
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),
-            "intensity": "0 and 1 = the target's 0.5th and 99.5th percentiles, not clipped above; 0 outside the source foreground",
+            "intensity": ("the model's scale of the target contrast: the training scans' 0.5th and 99.5th brain "
+                          "percentiles at 0 and 1, not clipped above; 0 outside the source foreground"),
         }
 
     # -- sharing ------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ def report(summary: Any, quiet: bool) -> int:
     if not quiet or summary.failed:
         typer.echo(summary.line())
     if summary.failed:
-        typer.echo(f"{len(summary.failed)} of {summary.subjects} subjects failed:", err=True)
+        typer.echo(f"{len(summary.failed)} of {summary.subjects} subject{'' if summary.subjects == 1 else 's'} failed:",
+                   err=True)
         for case, msg in summary.failed:
             typer.echo(f"  {case}: {msg}", err=True)
         return EXIT_ERROR

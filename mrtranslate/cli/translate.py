@@ -59,7 +59,7 @@ def translate_command(
     model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled brats-2mm."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Folder for outputs (default: beside each input)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's, e.g. 200 for the published model)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's, e.g. 15 for brats-2mm; the authors sample with 200 DDIM steps)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta: 0 deterministic, 1 as the authors sample (default: the model's)."),
     strength: Optional[float] = typer.Option(None, "--strength", help="1: sample from pure noise, as the authors do; below 1: start from the MS-SPADE latent noised to that fraction of the schedule (fewer steps; default: the model's)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Diffusion samples averaged per target: more give a smoother, less noisy estimate (k times the UNet's time and memory; 1 as the authors sample; default: the model's)."),
@@ -85,8 +85,10 @@ def translate_command(
 ) -> int:
     """Translate each INPUT into the --to modalities; writes <input>_<target>.nii.gz and a .json record beside it.
 
-    Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are >= 0, with 0 and 1 the
-    target's 0.5th and 99.5th percentiles (not clipped above), and 0 outside the input's brain (voxels > 0).
+    Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are >= 0 on the model's scale
+    of the target contrast (the training scans' 0.5th and 99.5th brain percentiles at 0 and 1; not clipped
+    above), and 0 outside the input's brain (voxels > 0). An output that an earlier run of the same command
+    wrote (its .json record says so) is already done and kept.
 
     A dataset folder: every subject's --source (else, per target, the best contrast it has) is translated and
     written in the dataset's convention (BIDS: PATH/derivatives/mrtranslate with desc-synth; BraTS: --out-dir
@@ -105,7 +107,7 @@ def translate_command(
     if source_name in targets:
         raise UsageError(f"target {source_name!r} is the source modality (--source {source}): choose another target")
     from ..provenance import as_output_dtype, check_output_dtype, input_provenance, output_record, per_target
-    from ..provenance import write_json_atomic
+    from ..provenance import check_writable, write_json_atomic
     from .complete import load_translator, report, set_threads
 
     check_output_dtype(output_dtype)
@@ -131,12 +133,32 @@ def translate_command(
             hint = "" if inp.suffix else f"; if {inp.name!r} was meant as a --to target, it is not a modality name"
             raise UsageError(f"input {inp} does not exist: check the path{hint}")
     plan = plan_outputs(inputs, targets, out_dir)
+    for folder in sorted({p.parent for outs in plan.values() for p in outs.values()}):
+        check_writable(folder, "choose another --out-dir" if out_dir is not None else "pass --out-dir")
+    # what an earlier run of this same command wrote (its records say so) is already done
+    request = {"model": model, "revision": revision, "source": source_name, "precision": precision,
+               "output_dtype": output_dtype, **sampling.as_record()}
+    done = {inp: [] if overwrite else [t for t, p in plan[inp].items() if _already_done(p, inp, t, request)]
+            for inp in inputs}
+    if not (overwrite or skip_existing or continue_on_error):
+        for inp in inputs:
+            other = [p for t, p in plan[inp].items() if p.exists() and t not in done[inp]]
+            if other:
+                raise OutputExistsError(f"{other[0]} exists: pass --overwrite to replace it or --skip-existing to resume")
+    n_done = sum(len(d) for d in done.values())
+    if n_done and not quiet:
+        typer.echo(f"{n_done} output{'s' if n_done != 1 else ''} already done by an earlier run of this command "
+                   f"(kept; --overwrite redoes them): {', '.join(str(plan[i][t]) for i in inputs for t in done[i])}",
+                   err=True)
+    todo = [inp for inp in inputs if len(done[inp]) < len(plan[inp])]
+    if not todo:
+        return EXIT_OK
     loaded = load_translator(model, revision, token, offline, device, precision, max_memory, sampling, allow_skull,
                              compile_unet, progress=not quiet)
     failures: list[tuple[Path, str]] = []
-    bar = tqdm(inputs, desc="volumes", unit="vol", disable=quiet or len(inputs) == 1)
+    bar = tqdm(todo, desc="volumes", unit="vol", disable=quiet or len(todo) == 1)
     for inp in bar:
-        outs = plan[inp]
+        outs = {t: p for t, p in plan[inp].items() if t not in done[inp]}
         try:
             existing = [p for p in outs.values() if p.exists()]
             if existing and skip_existing and len(existing) == len(outs):
@@ -149,7 +171,7 @@ def translate_command(
             result = bound.to(*wanted)
             images = result if isinstance(result, dict) else {wanted[0]: result}
             record = {**bound.run_record(wanted), "input": str(inp), **input_provenance(inp),
-                      **output_record(output_dtype)}
+                      **output_record(output_dtype), "request": request}
             for t, own in per_target(record, wanted).items():
                 path = save_image(as_output_dtype(images[t], output_dtype), outs[t], overwrite=overwrite, inputs=inputs)
                 write_json_atomic(path.with_name(path.name[: -len(".nii.gz")] + ".json"), own)
@@ -163,11 +185,27 @@ def translate_command(
             failures.append((inp, what + " ".join(str(exc).split())))
             tqdm.write(f"error: {inp}: {failures[-1][1]}", file=sys.stderr)
     if failures:
-        typer.echo(f"{len(failures)} of {len(inputs)} inputs failed:", err=True)
+        typer.echo(f"{len(failures)} of {len(todo)} input{'s' if len(todo) != 1 else ''} failed:", err=True)
         for inp, msg in failures:
             typer.echo(f"  {inp}: {msg}", err=True)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _already_done(out: Path, inp: Path, target: str, request: dict[str, Any]) -> bool:
+    """``out`` exists and its record says this same command wrote it: same input bytes, target, model and
+    settings (the ``request`` of the command line, before a model's defaults fill it in)."""
+    from ..provenance import sha256_file
+
+    side = out.with_name(out.name[: -len(".nii.gz")] + ".json")
+    if not (out.is_file() and side.is_file()):
+        return False
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (isinstance(record, dict) and record.get("request") == request and record.get("target") == target
+            and record.get("input_sha256") == sha256_file(inp))
 
 
 def _best_sources(pipe: Any) -> dict[str, str]:
@@ -219,4 +257,5 @@ def info_command(
         typer.echo(json.dumps(info))
         return
     for k, v in info.items():
-        typer.echo(f"{k:>18}: {v}")
+        if v is not None:  # e.g. the revision of a model that is not from the Hub
+            typer.echo(f"{k:>18}: {v}")

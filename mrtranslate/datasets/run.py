@@ -32,11 +32,19 @@ from .names import (
     flat_name,
     split_suffix,
 )
-from ..errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError
+from ..errors import (
+    DatasetLayoutError,
+    ModalityError,
+    MRTranslateError,
+    OutputExistsError,
+    UsageError,
+    on_command_line,
+    option,
+)
 from ..imaging.layout import _subjects_in as subjects_in
 from ..imaging.layout import find_subjects
 from ..modalities import canonical, canonical_list, guess_from_filename
-from ..provenance import as_output_dtype, input_provenance, output_record, per_target, write_json_atomic
+from ..provenance import as_output_dtype, check_writable, input_provenance, output_record, per_target, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +81,14 @@ class DatasetSummary:
 
     def line(self) -> str:
         part = f" (part {self.part[0]} of {self.part[1]})" if self.part[1] > 1 else ""
-        return (f"{self.subjects} subjects{part}: {self.done} translated ({self.images_written} images written), "
-                f"{self.skipped} already done, {len(self.failed)} failed; {self.images_skipped} existing outputs kept")
+        return (f"{_count(self.subjects, 'subject')}{part}: {self.done} translated "
+                f"({_count(self.images_written, 'image')} written), {self.skipped} already done, "
+                f"{len(self.failed)} failed; {_count(self.images_skipped, 'existing output')} kept")
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 subject``, ``2 subjects``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # -- finding the layout and the jobs ------------------------------------------------------------------
@@ -124,7 +138,7 @@ def default_out_root(root: Path, layout: str) -> Path | None:
         return (bids_subject_root(root) or root) / "derivatives" / "mrtranslate"
     if layout == "flat":
         return None
-    raise UsageError(f"{root} is a BraTS-style dataset: pass --out-dir (out_dir=) for the folder of translated "
+    raise UsageError(f"{root} is a BraTS-style dataset: pass {option('out_dir')} for the folder of translated "
                      "subjects (its subject folders mirror the input's)")
 
 
@@ -160,7 +174,7 @@ def _subject_jobs(subject: Any, root: Path, layout: str, out_root: Path, targets
         if source is not None:
             if source not in subject.files:
                 raise DatasetLayoutError(f"subject {subject.case!r} has no {source} image (it has "
-                                         f"{', '.join(subject.files)}): pass another --source or leave it out")
+                                         f"{', '.join(subject.files)}): pass another {option('source')} or leave it out")
             src = source
         else:
             src = choose_source(t, [m for m in have if m != t], modalities, best, subject.case)
@@ -168,7 +182,9 @@ def _subject_jobs(subject: Any, root: Path, layout: str, out_root: Path, targets
     jobs = []
     for src, outs in by_source.items():
         path = subject.files[src]
-        folder = out_root / path.parent.relative_to(root)
+        rel = path.parent.relative_to(root)
+        # one subject folder given as the dataset: its outputs still go in OUT/<case>/, as for a dataset
+        folder = out_root / (subject.case if rel == Path(".") and layout == "brats" else rel)
         if layout == "bids":
             names = {t: folder / bids_name(path, t) for t in outs}
             sources = [bids_uri(root, path)]
@@ -208,21 +224,23 @@ def plan_dataset(root: Path | str, targets: Sequence[str] | None, *, source: str
 
 def check_dataset(root: Path | str, out_dir: Path | str | None, completing: bool) -> str:
     """The layout of ``root``, after the checks that need no model (a folder of images or subjects; an output
-    folder where the layout has no default one): a CLI runs them before loading a model."""
+    folder where the layout has no default one, and one that can be written): a CLI runs them before loading
+    a model."""
     layout = detect_layout(Path(root))
     if layout == "flat" and completing:
         layout = "brats"  # complete: a folder of image files is one subject
-    if out_dir is None:
-        default_out_root(Path(root), layout)
+    out_root = Path(out_dir) if out_dir is not None else default_out_root(Path(root), layout)
+    if out_root is not None:  # refused here, before a model loads, rather than after the first subject
+        check_writable(out_root, f"choose another {option('out_dir').rstrip('=')}")
     return layout
 
 
 def check_part(part: int, num_parts: int) -> None:
     if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
-        raise UsageError(f"--num-parts {num_parts!r}: use a whole number >= 1")
+        raise UsageError(f"{option('num_parts', num_parts)}: use a whole number >= 1")
     if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < num_parts:
-        raise UsageError(f"--part {part!r}: use 0 .. {num_parts - 1} (--num-parts {num_parts}), "
-                         "e.g. --part $SLURM_ARRAY_TASK_ID")
+        slurm = ", e.g. --part $SLURM_ARRAY_TASK_ID" if on_command_line() else ""
+        raise UsageError(f"{option('part', part)}: use 0 .. {num_parts - 1} ({option('num_parts', num_parts)}){slurm}")
 
 
 # -- running ------------------------------------------------------------------------------------------
@@ -266,7 +284,7 @@ def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | Non
             foreign = [p for j in jobs for p in j.outputs.values() if p.exists() and not _written_by_us(p)]
             if foreign:  # e.g. --out-dir is the dataset itself and the subject has the target: never touch it
                 raise OutputExistsError(f"{foreign[0]} exists and has no mrtranslate record beside it (it may be "
-                                        "an input): choose an --out-dir outside the dataset, or move the file")
+                                        f"an input): choose an {option('out_dir')} outside the dataset, or move the file")
             pending = [(j, [t for t, p in j.outputs.items() if overwrite or not p.exists()]) for j in jobs]
             n_skip = sum(len(j.outputs) - len(w) for j, w in pending)
             summary.images_skipped += n_skip
@@ -313,7 +331,7 @@ def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, outp
     for t, own in per_target(record, wanted).items():
         path = job.outputs[t]
         if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
+            raise OutputExistsError(f"{path} exists: pass {option('overwrite', True)} to replace it")
         side = {"Sources": job.sources, "Synthetic": True,
                 "Description": f"Synthetic {t} translated from {bound.source} by mrtranslate", **own}
         save_image(as_output_dtype(images[t], output_dtype), path, overwrite=overwrite, inputs=[job.path])

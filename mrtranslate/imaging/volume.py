@@ -32,7 +32,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError, SpatialImage
 
-from ..errors import InputImageError, MemoryBudgetError, OutputExistsError, OutputWriteError, UsageError
+from ..errors import InputImageError, MemoryBudgetError, OutputExistsError, OutputWriteError, UsageError, option
 
 logger = logging.getLogger("mrtranslate.volumes")
 
@@ -367,7 +367,7 @@ def save_image(
         if _same_file(target, Path(src)) or target.resolve() == Path(src).resolve():
             raise OutputExistsError(f"output {target} would replace the input {src}: choose another output name")
     if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} exists: pass --overwrite (overwrite=True) or choose another name")
+        raise OutputExistsError(f"{target} exists: pass {option('overwrite', True)} or choose another name")
     if isinstance(img, Volume):
         img = img.to_image()
     suffix = ".nii.gz" if target.name.lower().endswith(".nii.gz") else ".nii"
@@ -391,8 +391,8 @@ def _move_no_replace(tmp: Path, target: Path) -> None:
     try:
         os.link(tmp, target)
     except FileExistsError:
-        raise OutputExistsError(f"{target} exists: pass --overwrite (overwrite=True) or choose another name") from None
+        raise OutputExistsError(f"{target} exists: pass {option('overwrite', True)} or choose another name") from None
     except OSError:  # file systems without hard links
         if target.exists():
-            raise OutputExistsError(f"{target} exists: pass --overwrite (overwrite=True) or choose another name") from None
+            raise OutputExistsError(f"{target} exists: pass {option('overwrite', True)} or choose another name") from None
         os.replace(tmp, target)
