@@ -109,7 +109,8 @@ def build_stage(
         subjects = dataset_subjects(root, 2)
         data_info = describe_dataset(root, subjects)
 
-    _check_memory(cfg, ctx, max_memory, len(subjects) if subjects is not None else 0,
+    n_subjects = len(subjects) if subjects is not None else len(pack["cases"]) if pack is not None else 0
+    _check_memory(cfg, ctx, max_memory, n_subjects,
                   list(first.preprocessing["grid"]), first.vqgan.config)
     init_unet = None
     if isinstance(cfg, DiffusionConfig) and cfg.init is not None and record is None:
