@@ -17,12 +17,14 @@ as in the BraTS synthesis challenge) and over the whole volume. The report folde
 
     pred/<method>/<case>/<case>_<target>_from_<source>.nii.gz   model predictions, on the source's grid
     pred/<method>/<case>/<case>_from_<source>.json              what made them (reuse record)
+    pred/aldm/<case>/<case>_<target>_from_<source>_sd.nii.gz    with ``uncertainty``: SD across samples
     cases.csv        one line per case, task and method
     summary.md       one row per task and method: mean ± std of PSNR, NMSE, SSIM (brain), Δ to the LUT;
                      per method, the tasks where it beats the LUT in both PSNR and SSIM
     summary.json     settings, per-task statistics, those wins (vs_lut_wins), the fitted lookup tables,
                      figure panel boxes
     figures/<source>_to_<target>.png
+    figures/uncertainty_calibration.png                         with ``uncertainty``: error by SD decile
 
 Resumable: model predictions are reused when their record says they were made from the same source file
 (SHA-256) by the same model weights (SHA-256 of the model folder's files), solver, steps, eta, strength, samples and seed, in a batch
@@ -61,7 +63,13 @@ from .report import (
 )
 from ..imaging.layout import Subject, find_subjects
 from .metrics import LABEL_REGIONS, METRICS, REGIONS, compute_metrics
-from .uncertainty import calibration, calibration_markdown, summarise_calibration, write_calibration_figure
+from .uncertainty import (
+    calibration,
+    calibration_markdown,
+    require_scipy,
+    summarise_calibration,
+    write_calibration_figure,
+)
 from ..modalities import MODALITIES, canonical_list
 from ..pipeline.options import SamplingOptions
 from ..provenance import hash_file, sha256_file
@@ -334,6 +342,8 @@ def evaluate(
         raise UsageError("uncertainty is the spread of ALDM's samples: add --method aldm, or leave out --uncertainty")
     if uncertainty and sampling.samples == 1:
         raise UsageError("uncertainty needs 2 or more samples per target: pass --samples 3 or leave out --uncertainty")
+    if uncertainty:
+        require_scipy()
     if cases is not None and (isinstance(cases, bool) or int(cases) < 1):
         raise UsageError(f"--cases must be a positive number of subjects, got {cases}")
     task_pairs(sources, targets)  # names checked before any work; again below with the model's modalities

@@ -24,7 +24,6 @@ from .figures import MODALITY_LABELS
 from .metrics import LABEL_REGIONS, METRICS, REGIONS
 
 METRIC_COLUMNS: tuple[str, ...] = tuple(f"{m}_{r}" for m in METRICS for r in REGIONS + LABEL_REGIONS)
-REGION_COLUMNS: tuple[str, ...] = ("psnr_tumour", "psnr_healthy", "ssim_tumour", "ssim_healthy")
 CSV_COLUMNS: tuple[str, ...] = ("case", "method", "source", "target", *METRIC_COLUMNS, "seconds", "reused")
 TABLE_METRICS: tuple[str, ...] = ("psnr_brain", "nmse_brain", "ssim_brain")
 METHOD_LABELS: dict[str, str] = {"aldm": "ALDM", "spade": "MS-SPADE only", "lut": "LUT (1-D)"}

@@ -28,7 +28,17 @@ from .metrics import PERCENTILES, normalize
 
 N_BINS = 10
 
-__all__ = ["N_BINS", "calibration", "summarise_calibration", "calibration_markdown", "write_calibration_figure"]
+__all__ = ["N_BINS", "require_scipy", "calibration", "summarise_calibration", "calibration_markdown", "write_calibration_figure"]
+
+
+def require_scipy() -> None:
+    """Refuse, before any work, a calibration run without SciPy (the ``eval`` extra)."""
+    from ..errors import UsageError
+
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError:
+        raise UsageError('--uncertainty measures with SciPy: pip install "mrtranslate[eval]"') from None
 
 
 def calibration(pred: np.ndarray, target: np.ndarray, sd: np.ndarray, brain: np.ndarray) -> dict[str, Any]:
@@ -41,7 +51,7 @@ def calibration(pred: np.ndarray, target: np.ndarray, sd: np.ndarray, brain: np.
     scale = float(hi - lo) if hi > lo else 1.0
     err = np.abs(normalize(p_raw, brain) - normalize(target, brain))[brain]
     s = np.asarray(sd, dtype=np.float64)[brain] / scale
-    rho = spearmanr(s, err).statistic if np.ptp(s) > 0 and np.ptp(err) > 0 else math.nan
+    rho = spearmanr(s, err)[0] if np.ptp(s) > 0 and np.ptp(err) > 0 else math.nan
     parts = np.array_split(np.argsort(s, kind="stable"), N_BINS)
     rms_sd = float(np.sqrt(np.mean(s**2)))
     return {
