@@ -30,6 +30,13 @@ def output_path(inp: Path, target: str, out_dir: Path | None) -> Path:
     return (out_dir or inp.parent) / f"{name}_{target}.nii.gz"
 
 
+def sd_path(output: Path) -> Path:
+    """Where the SD map of ``output`` goes: ``<output stem>_sd.nii.gz`` beside it."""
+    name = output.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
+    return output.with_name(f"{stem}_sd.nii.gz")
+
+
 def plan_outputs(inputs: Sequence[Path], targets: Sequence[str], out_dir: Path | None) -> dict[Path, dict[str, Path]]:
     """The output path of every input and target; refuses, before any work, a run that would write over one of
     its inputs or write one file for two inputs (e.g. same names in different folders with --out-dir)."""
@@ -75,6 +82,7 @@ def translate_command(
     part: int = typer.Option(0, "--part", help="Dataset folders: this job's share of the subjects, 0 .. --num-parts - 1 (e.g. $SLURM_ARRAY_TASK_ID)."),
     num_parts: int = typer.Option(1, "--num-parts", help="Dataset folders: split the subjects into this many parts (every N-th subject), one per job."),
     allow_skull: bool = typer.Option(False, "--allow-skull", help="Translate inputs that do not look skull-stripped (the model knows brains only: expect nonsense outside the brain)."),
+    uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write the per-voxel standard deviation across the diffusion samples (needs 2 or more; in the output's units, on the input's grid) as <input>_<target>_sd.nii.gz: where the samples disagree, trust the output less."),
     output_dtype: str = typer.Option("float32", "--output-dtype", help="float32 (1 = the target's 99.5th percentile) or int16 (1000 x that, for viewers and integer tools)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads PyTorch uses (default: all cores)."),
     token: Optional[str] = typer.Option(None, "--token", help="Hugging Face token for private models (default: the HF_TOKEN environment variable or `hf auth login`)."),
@@ -113,7 +121,11 @@ def translate_command(
     check_output_dtype(output_dtype)
     set_threads(threads)
     sampling = SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver)
+    if uncertainty and samples == 1:
+        raise UsageError("--uncertainty needs 2 or more samples per target: pass --samples 3 or leave out --uncertainty")
     if any(inp.is_dir() for inp in inputs):
+        if uncertainty:
+            raise UsageError("--uncertainty works on image files, not dataset folders: pass the images")
         if len(inputs) > 1:
             raise UsageError("pass one dataset folder, or image files: not a folder among other inputs")
         from ..datasets.run import check_dataset, check_part, run_dataset
@@ -155,12 +167,14 @@ def translate_command(
         return EXIT_OK
     loaded = load_translator(model, revision, token, offline, device, precision, max_memory, sampling, allow_skull,
                              compile_unet, progress=not quiet)
+    if uncertainty:
+        loaded.check_uncertainty()  # the model's default samples, before any input is read
     failures: list[tuple[Path, str]] = []
     bar = tqdm(todo, desc="volumes", unit="vol", disable=quiet or len(todo) == 1)
     for inp in bar:
         outs = {t: p for t, p in plan[inp].items() if t not in done[inp]}
         try:
-            existing = [p for p in outs.values() if p.exists()]
+            existing = [p for p in outs.values() if p.exists() or (uncertainty and sd_path(p).exists())]
             if existing and skip_existing and len(existing) == len(outs):
                 logger.info("skipping %s: outputs exist", inp)
                 continue
@@ -168,11 +182,16 @@ def translate_command(
                 raise OutputExistsError(f"{existing[0]} exists: pass --overwrite to replace it or --skip-existing to resume")
             bound = loaded(inp, source=source)
             wanted = [t for t, p in outs.items() if overwrite or not p.exists()]
-            result = bound.to(*wanted)
+            result = bound.to(*wanted, uncertainty=uncertainty)
+            result, spread = result if uncertainty else (result, None)
             images = result if isinstance(result, dict) else {wanted[0]: result}
-            record = {**bound.run_record(wanted), "input": str(inp), **input_provenance(inp),
+            sds = {} if spread is None else spread if isinstance(spread, dict) else {wanted[0]: spread}
+            record = {**bound.run_record(wanted, uncertainty=uncertainty), "input": str(inp), **input_provenance(inp),
                       **output_record(output_dtype), "request": request}
             for t, own in per_target(record, wanted).items():
+                if t in sds:
+                    own["sd_file"] = str(save_image(as_output_dtype(sds[t], output_dtype), sd_path(outs[t]),
+                                                    overwrite=overwrite, inputs=inputs))
                 path = save_image(as_output_dtype(images[t], output_dtype), outs[t], overwrite=overwrite, inputs=inputs)
                 write_json_atomic(path.with_name(path.name[: -len(".nii.gz")] + ".json"), own)
                 if not quiet:
