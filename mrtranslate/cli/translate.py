@@ -53,7 +53,7 @@ def plan_outputs(inputs: Sequence[Path], targets: Sequence[str], out_dir: Path |
 
 @app.command("translate")
 def translate_command(
-    inputs: List[Path] = typer.Argument(..., help="Input volumes (.nii, .nii.gz, .mgz), one or more; or one dataset folder (BraTS 2018-2023, BIDS, or a folder of image files).", show_default=False),
+    inputs: List[Path] = typer.Argument(..., help="Input volumes (.nii, .nii.gz, .mgz, or a folder of one DICOM series), one or more; or one dataset folder (BraTS 2018-2023, BIDS, or a folder of image files).", show_default=False),
     to: List[str] = typer.Option(..., "--to", help="Target modalities: t1, t1ce, t2, flair (aliases: t1n t1c t2w t2f, T1w T2w FLAIR)."),
     source: Optional[str] = typer.Option(None, "--source", help="Source modality; guessed from the file name (e.g. _T1w, _t1n) when omitted."),
     model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled brats-2mm."),
@@ -75,6 +75,7 @@ def translate_command(
     part: int = typer.Option(0, "--part", help="Dataset folders: this job's share of the subjects, 0 .. --num-parts - 1 (e.g. $SLURM_ARRAY_TASK_ID)."),
     num_parts: int = typer.Option(1, "--num-parts", help="Dataset folders: split the subjects into this many parts (every N-th subject), one per job."),
     allow_skull: bool = typer.Option(False, "--allow-skull", help="Translate inputs that do not look skull-stripped (the model knows brains only: expect nonsense outside the brain)."),
+    skull_strip: bool = typer.Option(False, "--skull-strip", help="Extract the brain first (HD-BET; pip install \"mrtranslate[preprocess]\"), write it as <input>_brainmask.nii.gz and translate inside it (0 outside)."),
     output_dtype: str = typer.Option("float32", "--output-dtype", help="float32 (1 = the target's 99.5th percentile) or int16 (1000 x that, for viewers and integer tools)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads PyTorch uses (default: all cores)."),
     token: Optional[str] = typer.Option(None, "--token", help="Hugging Face token for private models (default: the HF_TOKEN environment variable or `hf auth login`)."),
@@ -111,7 +112,9 @@ def translate_command(
     check_output_dtype(output_dtype)
     set_threads(threads)
     sampling = SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver)
-    if any(inp.is_dir() for inp in inputs):
+    from ..imaging.dicom import is_dicom_folder
+
+    if any(inp.is_dir() and not is_dicom_folder(inp) for inp in inputs):
         if len(inputs) > 1:
             raise UsageError("pass one dataset folder, or image files: not a folder among other inputs")
         from ..datasets.run import check_dataset, check_part, run_dataset
@@ -119,7 +122,7 @@ def translate_command(
         check_part(part, num_parts)
         check_dataset(inputs[0], out_dir, completing=False)
         translator = load_translator(model, revision, token, offline, device, precision, max_memory, sampling,
-                                     allow_skull, compile_unet)
+                                     allow_skull, compile_unet, skull_strip=skull_strip)
         summary = run_dataset(translator, inputs[0], targets, source=source_name, out_dir=out_dir,
                               overwrite=overwrite, continue_on_error=continue_on_error, part=part,
                               num_parts=num_parts, progress=not quiet, output_dtype=output_dtype)
@@ -132,7 +135,7 @@ def translate_command(
             raise UsageError(f"input {inp} does not exist: check the path{hint}")
     plan = plan_outputs(inputs, targets, out_dir)
     loaded = load_translator(model, revision, token, offline, device, precision, max_memory, sampling, allow_skull,
-                             compile_unet, progress=not quiet)
+                             compile_unet, progress=not quiet, skull_strip=skull_strip)
     failures: list[tuple[Path, str]] = []
     bar = tqdm(inputs, desc="volumes", unit="vol", disable=quiet or len(inputs) == 1)
     for inp in bar:
@@ -150,6 +153,10 @@ def translate_command(
             images = result if isinstance(result, dict) else {wanted[0]: result}
             record = {**bound.run_record(wanted), "input": str(inp), **input_provenance(inp),
                       **output_record(output_dtype)}
+            if bound.brain_mask is not None:  # the same input always gives the same mask: rewritten freely
+                mask = save_image(bound.brain_mask, output_path(inp, "brainmask", out_dir), overwrite=True,
+                                  inputs=inputs)
+                record["brain_mask"] = str(mask)
             for t, own in per_target(record, wanted).items():
                 path = save_image(as_output_dtype(images[t], output_dtype), outs[t], overwrite=overwrite, inputs=inputs)
                 write_json_atomic(path.with_name(path.name[: -len(".nii.gz")] + ".json"), own)
