@@ -2,7 +2,7 @@
 
 Needs the preprocess extra (SimpleITK, whose GDCM reader sorts the slices by position, applies the rescale
 slope and intercept, and builds the orientation from Image Orientation / Position (Patient)). A folder is
-a DICOM folder when GDCM finds at least one series directly in it (subfolders are not searched). A folder
+a DICOM folder when files directly in it are DICOM files (subfolders are not searched). A folder
 with several series is refused with a one-line list of them (series UID, description, slice count): pass
 the folder of one series, as a scanner export or ``dcm2niix`` would separate them.
 
@@ -22,7 +22,6 @@ from .sitk_bridge import affine_of, array_of, sitk
 logger = logging.getLogger("mrtranslate.volumes")
 
 _DESCRIPTION = "0008|103e"  # Series Description
-_MODALITY = "0008|0060"
 
 
 def _series_ids(folder: Path) -> list[str]:

@@ -289,7 +289,6 @@ def _resampled_forward(vol: Volume, fg: np.ndarray, prep: Preprocessing) -> tupl
     _warn_cropped(vol.label, np.stack([cut, cut], axis=1), wmax - wmin + spacing, prep)
 
     zooms = np.asarray(vol.spacing)
-    warn_thick_slices(vol.label, zooms)
     directions = np.abs(vol.affine[:3, :3] / zooms)  # unit input axes in world (RAS) coordinates
     model_along_input = np.sqrt(((directions * spacing[:, None]) ** 2).sum(axis=0))
     input_along_model = np.sqrt(((directions * zooms[None, :]) ** 2).sum(axis=1))

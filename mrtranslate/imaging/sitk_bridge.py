@@ -49,11 +49,6 @@ def to_sitk(data: np.ndarray, affine: np.ndarray, feature: str = "this feature")
     return img
 
 
-def volume_to_sitk(vol: Any, feature: str = "this feature") -> Any:
-    """A float32 SimpleITK image of the :class:`Volume` ``vol``."""
-    return to_sitk(vol.data, vol.affine, feature)
-
-
 def affine_of(img: Any) -> np.ndarray:
     """The RAS voxel-to-world affine of a SimpleITK image."""
     spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
