@@ -89,7 +89,7 @@ def test_the_core_and_the_cli_import_none_of_the_extra() -> None:
 
 # -- with the extra --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("zooms,rot", [((4.0, 4.0, 4.0), (0, 0, 0)), ((-2.0, -2.0, 3.0), (10, 5, -7))])
-def test_simpleitk_bridge_keeps_voxels_and_world_positions(zooms: tuple, rot: tuple) -> None:
+def test_simpleitk_bridge_keeps_voxels_and_world_positions(zooms: tuple, rot: tuple, tmp_path: Path) -> None:
     require_extra()
     import SimpleITK as sitk
 
@@ -100,12 +100,8 @@ def test_simpleitk_bridge_keeps_voxels_and_world_positions(zooms: tuple, rot: tu
     s = to_sitk(data, img.affine)
     assert np.allclose(affine_of(s), img.affine, atol=1e-9) and np.array_equal(array_of(s), data)
     # SimpleITK's own reading of the NIfTI agrees: voxel (i, j, k) at the same (LPS) world point
-    path = Path(__file__).parent / "_bridge_check.nii.gz"
-    try:
-        nib.save(img, str(path))
-        read = sitk.ReadImage(str(path))
-    finally:
-        path.unlink(missing_ok=True)
+    nib.save(img, str(tmp_path / "head.nii.gz"))
+    read = sitk.ReadImage(str(tmp_path / "head.nii.gz"))
     point = read.TransformIndexToPhysicalPoint((3, 5, 7))
     ras = img.affine @ np.array([3, 5, 7, 1.0])
     assert np.allclose(point, [-ras[0], -ras[1], ras[2]], atol=1e-4)
