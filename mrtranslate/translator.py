@@ -68,10 +68,15 @@ class Translator:
         local_files_only: bool = False,
         token: str | None = None,
         allow_skull: bool = False,
+        skull_strip: bool = False,
         _pipeline: ALDMPipeline | None = None,
         _resolved: ResolvedModel | None = None,
         **sampling_fields: Any,
     ):
+        if skull_strip:  # a missing extra fails here, before a model is loaded
+            from .preprocess.brain import check_available
+
+            check_available()
         if _pipeline is None:
             _resolved = resolve_model(
                 model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, progress=progress,
@@ -84,6 +89,8 @@ class Translator:
         self.sampling = SamplingOptions.build(sampling or SamplingOptions(seed=DEFAULT_SEED), **sampling_fields)
         self.progress = progress
         self.allow_skull = allow_skull
+        self.skull_strip = skull_strip
+        self._brain_mask: Any = None
         self._source: str | None = None
         self._volume: Volume | None = None
         self._tensor: torch.Tensor | None = None
@@ -110,6 +117,7 @@ class Translator:
         progress: bool = True,
         token: str | None = None,
         allow_skull: bool = False,
+        skull_strip: bool = False,
         **sampling_fields: Any,
     ) -> Translator:
         """Load a model: a Hub repo id (``org/name``, optional ``@revision``), a local model folder, or the name
@@ -118,11 +126,14 @@ class Translator:
         (opt-in; the first volume pays the compilation, tens of seconds, later ones run faster). Sampling:
         as for ``Translator``. ``token``: a Hugging Face token for private Hub models (None: ``HF_TOKEN`` or
         the saved login). ``allow_skull``: translate inputs that do not look skull-stripped (refused by
-        default: the model knows brains only; see :mod:`mrtranslate.imaging.skullstrip_check`)."""
+        default: the model knows brains only; see :mod:`mrtranslate.imaging.skullstrip_check`). ``skull_strip``:
+        extract the brain of each input first (HD-BET, :mod:`mrtranslate.preprocess.brain`; needs
+        ``pip install "mrtranslate[preprocess]"``) and translate inside it: outputs are 0 outside the brain,
+        and ``brain_mask`` holds the mask."""
         return cls(
             model=model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device,
             dtype=dtype, max_memory=max_memory, compile=compile, sampling=sampling, progress=progress,
-            token=token, allow_skull=allow_skull, **sampling_fields,
+            token=token, allow_skull=allow_skull, skull_strip=skull_strip, **sampling_fields,
         )
 
     def __call__(self, image: Any, source: str | None = None) -> Translator:
@@ -149,7 +160,13 @@ class Translator:
         if src not in self.modalities:
             raise ModalityError(f"source {src!r} is not a modality of this model ({', '.join(self.modalities)})")
         self._check_divisible()
-        if not self.allow_skull:
+        self._brain_mask = None
+        if self.skull_strip:
+            from .preprocess.brain import extract_brain
+
+            self._brain_mask = extract_brain(vol, device=self.pipeline.device)
+            vol = self._brain_mask.apply(vol)
+        elif not self.allow_skull:
             check_skull_stripped(vol)
         prep = Preprocessing.from_dict(self.pipeline.config.preprocessing)
         self._tensor, self._inverse = to_model_space(vol, prep)
@@ -167,6 +184,13 @@ class Translator:
     @property
     def volume(self) -> Volume | None:
         return self._volume
+
+    @property
+    def brain_mask(self) -> nib.Nifti1Image | None:
+        """With ``skull_strip=True``: the bound input's brain mask (uint8, on its grid); else None."""
+        if self._brain_mask is None or self._volume is None:
+            return None
+        return self._brain_mask.to_image(self._volume.header)
 
     def __repr__(self) -> str:
         where = self.resolved.path if self.resolved else "in-memory"
@@ -314,6 +338,7 @@ class Translator:
             "intensity": ("the model's scale of the target contrast: the training scans' 0.5th and 99.5th brain "
                           "percentiles at 0 and 1, not clipped above; 0 outside the source foreground"),
             **extra,
+            **({"skull_strip": True, **self._brain_mask.record} if self._brain_mask is not None else {}),
         }
 
     # -- sharing ------------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ def plan_outputs(inputs: Sequence[Path], targets: Sequence[str], out_dir: Path |
 
 @app.command("translate")
 def translate_command(
-    inputs: List[Path] = typer.Argument(..., help="Input volumes (.nii, .nii.gz, .mgz), one or more; or one dataset folder (BraTS 2018-2023, BIDS, or a folder of image files).", show_default=False),
+    inputs: List[Path] = typer.Argument(..., help="Input volumes (.nii, .nii.gz, .mgz, or a folder of one DICOM series), one or more; or one dataset folder (BraTS 2018-2023, BIDS, or a folder of image files).", show_default=False),
     to: List[str] = typer.Option(..., "--to", help="Target modalities: t1, t1ce, t2, flair (aliases: t1n t1c t2w t2f, T1w T2w FLAIR)."),
     source: Optional[str] = typer.Option(None, "--source", help="Source modality; guessed from the file name (e.g. _T1w, _t1n) when omitted."),
     model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled brats-2mm."),
@@ -83,6 +83,7 @@ def translate_command(
     num_parts: int = typer.Option(1, "--num-parts", help="Dataset folders: split the subjects into this many parts (every N-th subject), one per job."),
     allow_skull: bool = typer.Option(False, "--allow-skull", help="Translate inputs that do not look skull-stripped (the model knows brains only: expect nonsense outside the brain)."),
     uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write the per-voxel standard deviation across the diffusion samples (needs 2 or more; in the output's units, on the input's grid) as <input>_<target>_sd.nii.gz: where the samples disagree, trust the output less."),
+    skull_strip: bool = typer.Option(False, "--skull-strip", help="Extract the brain first (HD-BET; pip install \"mrtranslate[preprocess]\"), write it as <input>_brainmask.nii.gz and translate inside it (0 outside)."),
     output_dtype: str = typer.Option("float32", "--output-dtype", help="float32 (1 = the target's 99.5th percentile) or int16 (1000 x that, for viewers and integer tools)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads PyTorch uses (default: all cores)."),
     token: Optional[str] = typer.Option(None, "--token", help="Hugging Face token for private models (default: the HF_TOKEN environment variable or `hf auth login`)."),
@@ -123,7 +124,9 @@ def translate_command(
     sampling = SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver)
     if uncertainty and samples == 1:
         raise UsageError("--uncertainty needs 2 or more samples per target: pass --samples 3 or leave out --uncertainty")
-    if any(inp.is_dir() for inp in inputs):
+    from ..imaging.dicom import is_dicom_folder
+
+    if any(inp.is_dir() and not is_dicom_folder(inp) for inp in inputs):
         if uncertainty:
             raise UsageError("--uncertainty works on image files, not dataset folders: pass the images")
         if len(inputs) > 1:
@@ -133,7 +136,7 @@ def translate_command(
         check_part(part, num_parts)
         check_dataset(inputs[0], out_dir, completing=False)
         translator = load_translator(model, revision, token, offline, device, precision, max_memory, sampling,
-                                     allow_skull, compile_unet)
+                                     allow_skull, compile_unet, skull_strip=skull_strip)
         summary = run_dataset(translator, inputs[0], targets, source=source_name, out_dir=out_dir,
                               overwrite=overwrite, continue_on_error=continue_on_error, part=part,
                               num_parts=num_parts, progress=not quiet, output_dtype=output_dtype)
@@ -166,7 +169,7 @@ def translate_command(
     if not todo:
         return EXIT_OK
     loaded = load_translator(model, revision, token, offline, device, precision, max_memory, sampling, allow_skull,
-                             compile_unet, progress=not quiet)
+                             compile_unet, progress=not quiet, skull_strip=skull_strip)
     if uncertainty:
         loaded.check_uncertainty()  # the model's default samples, before any input is read
     failures: list[tuple[Path, str]] = []
@@ -188,6 +191,10 @@ def translate_command(
             sds = {} if spread is None else spread if isinstance(spread, dict) else {wanted[0]: spread}
             record = {**bound.run_record(wanted, uncertainty=uncertainty), "input": str(inp), **input_provenance(inp),
                       **output_record(output_dtype), "request": request}
+            if bound.brain_mask is not None:  # the same input always gives the same mask: rewritten freely
+                mask = save_image(bound.brain_mask, output_path(inp, "brainmask", out_dir), overwrite=True,
+                                  inputs=inputs)
+                record["brain_mask"] = str(mask)
             for t, own in per_target(record, wanted).items():
                 if t in sds:
                     own["sd_file"] = str(save_image(as_output_dtype(sds[t], output_dtype), sd_path(outs[t]),

@@ -60,6 +60,7 @@ class Job:
     path: Path
     outputs: dict[str, Path]
     sources: list[str]  # what the sidecars name as Sources
+    subject_files: dict[str, Path] = field(default_factory=dict)  # every scan of the subject (for --preprocess)
 
 
 @dataclass
@@ -191,7 +192,8 @@ def _subject_jobs(subject: Any, root: Path, layout: str, out_root: Path, targets
         else:
             names = {t: folder / brats_name(subject.case, path, t) for t in outs}
             sources = [path.relative_to(root).as_posix()]
-        jobs.append(Job(case=subject.case, source=src, path=path, outputs=names, sources=sources))
+        jobs.append(Job(case=subject.case, source=src, path=path, outputs=names, sources=sources,
+                        subject_files=dict(subject.files)))
     return jobs
 
 
@@ -248,15 +250,23 @@ def run_dataset(translator: Any, root: Path | str, targets: Sequence[str] | None
                 source: str | None = None, out_dir: Path | str | None = None,
                 best_source: Mapping[str, str] | None = None, overwrite: bool = False,
                 continue_on_error: bool = False, part: int = 0, num_parts: int = 1, progress: bool = True,
-                output_dtype: str = "float32") -> DatasetSummary:
+                output_dtype: str = "float32", preprocess: bool = False) -> DatasetSummary:
     """Translate every subject of ``root`` with a loaded :class:`~mrtranslate.translator.Translator`.
 
     ``targets`` None completes each subject (every contrast of the model it lacks); otherwise each subject is
     translated into ``targets`` from ``source`` (None: per target the best contrast the subject has).
     ``best_source`` ``{target: source}`` overrides the model's ``best_source``. Without ``continue_on_error``
-    the first failing subject raises; with it, failures are collected in the summary.
+    the first failing subject raises; with it, failures are collected in the summary. ``preprocess``
+    (completion only; the preprocess extra): each subject's scans as acquired are co-registered to one
+    reference, brain-extracted and translated on the reference grid (:mod:`mrtranslate.preprocess.subject`).
     """
     root = Path(root)
+    if preprocess:
+        if targets is not None:
+            raise UsageError("preprocess= works when completing subjects (mrtranslate complete --preprocess)")
+        from ..preprocess.brain import check_available
+
+        check_available()
     src = canonical(source) if source is not None else None
     names = canonical_list(targets) if targets is not None else None
     modalities = translator.modalities
@@ -269,13 +279,13 @@ def run_dataset(translator: Any, root: Path | str, targets: Sequence[str] | None
     summary = DatasetSummary(subjects=len(per), out_root=out_root, part=(part, num_parts))
     with logging_redirect_tqdm() if progress else contextlib.nullcontext():  # warnings above the bar, not in it
         _run_subjects(translator, root, layout, out_root, per, summary, overwrite, continue_on_error, progress,
-                      output_dtype)
+                      output_dtype, preprocess)
     return summary
 
 
 def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | None,
                   per: list[tuple[str, list[Job] | str]], summary: DatasetSummary, overwrite: bool,
-                  continue_on_error: bool, progress: bool, output_dtype: str) -> None:
+                  continue_on_error: bool, progress: bool, output_dtype: str, preprocess: bool = False) -> None:
     described = False
     for case, jobs in tqdm(per, desc="subjects", unit="subject", disable=not progress):
         try:
@@ -295,9 +305,10 @@ def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | Non
             if layout == "bids" and not described:
                 _describe(root, out_root, translator)
                 described = True
+            prepared = _prepare(translator, jobs) if preprocess else None
             for job, wanted in pending:
                 if wanted:
-                    summary.images_written += _run_job(translator, job, wanted, overwrite, output_dtype)
+                    summary.images_written += _run_job(translator, job, wanted, overwrite, output_dtype, prepared)
             summary.done += 1
         except Exception as exc:  # noqa: BLE001 - with continue_on_error one subject's failure never stops the run
             if not continue_on_error:
@@ -319,15 +330,29 @@ def _describe(root: Path, out_root: Path | None, translator: Any) -> None:
         write_json_atomic(path, derivative_description(root, out_root, model, r.revision if r is not None else None))
 
 
-def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, output_dtype: str) -> int:
+def _prepare(translator: Any, jobs: list[Job]) -> Any:
+    """A subject's scans registered to its reference and brain-extracted; mask and transforms beside its outputs."""
+    from ..preprocess.subject import prepare_subject
+
+    folder = next(iter(jobs[0].outputs.values())).parent
+    return prepare_subject(jobs[0].subject_files, jobs[0].case, folder, device=translator.pipeline.device)
+
+
+def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, output_dtype: str,
+             prepared: Any = None) -> int:
     from ..imaging.volume import save_image
 
-    bound = translator(job.path, source=job.source)
+    bound = translator(job.path if prepared is None else prepared.volumes[job.source], source=job.source)
     logger.info("%s: %s -> %s (from %s)", job.case, bound.source, ", ".join(wanted), job.path.name)
     result = bound.to(*wanted, progress=False)
     images = result if isinstance(result, dict) else {wanted[0]: result}
     record = {**bound.run_record(wanted), "input": str(job.path), **input_provenance(job.path),
-              **output_record(output_dtype)}
+              **output_record(output_dtype), **(prepared.record() if prepared is not None else {})}
+    if bound.brain_mask is not None:  # skull_strip=True: the mask beside the outputs (same input, same mask)
+        folder = next(iter(job.outputs.values())).parent
+        mask = save_image(bound.brain_mask, folder / f"{split_suffix(job.path.name)[0]}_brainmask.nii.gz",
+                          overwrite=True, inputs=[job.path])
+        record["brain_mask"] = mask.name
     for t, own in per_target(record, wanted).items():
         path = job.outputs[t]
         if path.exists() and not overwrite:
@@ -367,14 +392,17 @@ def translate_dataset(root: Path | str, to: Sequence[str], *, source: str | None
 def complete_dataset(root: Path | str, *, out_dir: Path | str | None = None, model: Any = None,
                      translator: Any = None, best_source: Mapping[str, str] | None = None, overwrite: bool = False,
                      continue_on_error: bool = False, part: int = 0, num_parts: int = 1, progress: bool = True,
-                     output_dtype: str = "float32", **translator_kwargs: Any) -> DatasetSummary:
+                     output_dtype: str = "float32", preprocess: bool = False,
+                     **translator_kwargs: Any) -> DatasetSummary:
     """Synthesise, for every subject of ``root`` (a dataset or one subject folder), each contrast of the
     model it lacks, from the contrast that predicts it best (the model's ``best_source``, overridden by
-    ``best_source``, else :data:`mrtranslate.pipeline.best_source.DEFAULT_ORDER`)."""
+    ``best_source``, else :data:`mrtranslate.pipeline.best_source.DEFAULT_ORDER`). ``preprocess``: scans as
+    acquired (skull on, each on its own grid) are co-registered, brain-extracted and completed on the grid of
+    the reference scan (T1ce, else T1); see :mod:`mrtranslate.preprocess.subject`."""
     tr = _load(translator, model, dict(translator_kwargs))
     return run_dataset(tr, root, None, out_dir=out_dir, best_source=best_source, overwrite=overwrite,
                        continue_on_error=continue_on_error, part=part, num_parts=num_parts, progress=progress,
-                       output_dtype=output_dtype)
+                       output_dtype=output_dtype, preprocess=preprocess)
 
 
 __all__ = ["LAYOUTS", "DatasetSummary", "Job", "detect_layout", "plan_dataset", "run_dataset", "translate_dataset",

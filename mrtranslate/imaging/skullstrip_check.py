@@ -57,6 +57,7 @@ def check_skull_stripped(vol: object) -> None:
     if signs:
         raise NotSkullStrippedError(
             f"{vol.label} does not look skull-stripped ({'; '.join(signs)}): the model works on brains only; "  # type: ignore[attr-defined]
-            f"skull-strip it first (e.g. with HD-BET or SynthStrip), or pass {option('allow_skull', True)} "
-            "to translate it anyway"
+            f"pass {option('skull_strip', True)} to extract the brain with HD-BET first "
+            "(pip install \"mrtranslate[preprocess]\"), skull-strip it yourself (e.g. with SynthStrip), "
+            f"or pass {option('allow_skull', True)} to translate it anyway"
         )

@@ -163,10 +163,16 @@ def _from_file(path: Path, name: str | None) -> Volume:
     if not path.exists():
         raise InputImageError(f"{shown} does not exist: check the path (current folder: {Path.cwd()})")
     if path.is_dir():
+        from .dicom import is_dicom_folder, read_dicom_series  # DICOM needs the preprocess extra: lazily
+
+        if is_dicom_folder(path):
+            data, affine, series_name = read_dicom_series(path, name)
+            return _from_array(data, affine, series_name)
         found = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(_NIFTI_SUFFIXES))
         hint = f" (it holds {len(found)} NIfTI files, e.g. {found[0]})" if found else ""
         raise InputImageError(
-            f"{shown} is a folder{hint}: pass one .nii, .nii.gz or .mgz file; convert DICOM folders with dcm2niix first"
+            f"{shown} is a folder{hint}: pass one .nii, .nii.gz or .mgz file, or a folder holding one DICOM series "
+            "(convert other DICOM folders with dcm2niix first)"
         )
     if path.stat().st_size == 0:
         raise InputImageError(f"{shown} is empty (0 bytes): re-export or re-copy the image")
