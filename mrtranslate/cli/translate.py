@@ -152,7 +152,8 @@ def translate_command(
         check_writable(folder, "choose another --out-dir" if out_dir is not None else "pass --out-dir")
     # what an earlier run of this same command wrote (its records say so) is already done
     request = {"model": model, "revision": revision, "source": source_name, "precision": precision,
-               "output_dtype": output_dtype, **sampling.as_record()}
+               "output_dtype": output_dtype, **sampling.as_record(),
+               **({"skull_strip": True} if skull_strip else {}), **({"uncertainty": True} if uncertainty else {})}
     done = {inp: [] if overwrite else [t for t, p in plan[inp].items() if _already_done(p, inp, t, request)]
             for inp in inputs}
     if not (overwrite or skip_existing or continue_on_error):
@@ -224,7 +225,7 @@ def _already_done(out: Path, inp: Path, target: str, request: dict[str, Any]) ->
     from ..provenance import sha256_file
 
     side = out.with_name(out.name[: -len(".nii.gz")] + ".json")
-    if not (out.is_file() and side.is_file()):
+    if not (out.is_file() and side.is_file() and inp.is_file()):  # a DICOM folder has no one hash: made again
         return False
     try:
         record = json.loads(side.read_text(encoding="utf-8"))
