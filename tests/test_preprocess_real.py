@@ -58,7 +58,7 @@ def completed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(native(ending), subject)
     out = subject.parent / "completed"
     cli("complete", subject, "--preprocess", "-o", out, "--samples", "1", "-q")
-    return out
+    return out / CASE  # one subject folder completes into OUT/<case>/, as a dataset does
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def stripped(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_complete_preprocess_writes_the_missing_t2_on_the_reference_grid(completed: Path) -> None:
     ref = nib.load(str(native("t1c")))  # T1ce is the reference when present
-    t2 = nib.load(str(completed / f"{CASE}_t2.nii.gz"))
+    t2 = nib.load(str(completed / f"{CASE}_t2_synth.nii.gz"))
     assert t2.shape == ref.shape and np.allclose(t2.affine, ref.affine, atol=1e-5)
     mask = nib.load(str(completed / f"{CASE}_brainmask.nii.gz"))
     assert mask.shape == ref.shape and np.allclose(mask.affine, ref.affine, atol=1e-5)
@@ -80,7 +80,7 @@ def test_complete_preprocess_writes_the_missing_t2_on_the_reference_grid(complet
     data = np.asarray(t2.dataobj)
     assert not data[~m].any() and (data[m] > 0).mean() > 0.9  # zero outside the brain, a T2 inside it
     assert sorted(p.name for p in completed.glob("*.tfm")) == [f"{CASE}_flair_to_t1ce.tfm", f"{CASE}_t1_to_t1ce.tfm"]
-    record = json.loads((completed / f"{CASE}_t2.json").read_text())
+    record = json.loads((completed / f"{CASE}_t2_synth.json").read_text())
     assert record["preprocess"]["reference"] == "t1ce"
     assert record["preprocess"]["brain_extractor"] == "HD-BET" and record["preprocess"]["brain_extractor_version"]
 
