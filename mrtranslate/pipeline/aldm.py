@@ -210,6 +210,19 @@ class ALDMPipeline:
             out = self.vqgan.spade(self._layout(z_q.to(device=self.device, dtype=self.dtype)), t, s)
         return out.float().contiguous()
 
+    def _target_like_once(
+        self, z_q: torch.Tensor, z_src: torch.Tensor, t: torch.Tensor, source: int | None
+    ) -> torch.Tensor:
+        """``target_like(z_src, t)`` for a batch; with one source latent (``z_q`` of batch 1), MS-SPADE runs once per
+        distinct target and its outputs are repeated: the draws of a target share it (``samples`` k costs k times
+        the UNet, not k times MS-SPADE)."""
+        if z_q.shape[0] != 1 or t.numel() == 1:
+            return self.target_like(z_src, t, source)
+        distinct, index = torch.unique(t, sorted=False, return_inverse=True)
+        if distinct.numel() == t.numel():
+            return self.target_like(z_src, t, source)
+        return self.target_like(z_q, distinct, source)[index.to(self.device)].contiguous()
+
     @torch.inference_mode()
     def sample(
         self,
@@ -259,7 +272,7 @@ class ALDMPipeline:
             raise UsageError(f"latent sides {tuple(z_src.shape[2:])} must be multiples of {f} for this UNet")
         multistep = None if check_solver(solver) == "ddim" else multistep_solver(solver, self.scheduler)
         plan = self.scheduler.steps(steps, eta, strength) if multistep is None else multistep.steps(steps, strength)
-        spade = self.target_like(z_src, t, source)
+        spade = self._target_like_once(z_q, z_src, t, source)
         cond = self._layout(torch.cat([z_src, spade.to(z_src.dtype)], dim=1))
         shape = (n, self.unet.config.out_channels, *z_src.shape[2:])
         x = (x_T if x_T is not None else _randn(shape, generator)).to(self.device, torch.float32)
@@ -325,8 +338,8 @@ class ALDMPipeline:
             if len(generator) != n:
                 raise UsageError(f"got {len(generator)} generators for {n} targets")
             generator = [g for g in generator for _ in range(k)]
-        z_all = z_q.expand(n, *z_q.shape[1:]) if z_q.shape[0] == 1 else z_q
-        x = self.sample(z_all.repeat_interleave(k, 0), t.repeat_interleave(k), x_T=x_T, generator=generator, **kwargs)
+        z_all = z_q if z_q.shape[0] == 1 else z_q.repeat_interleave(k, 0)  # batch 1 is broadcast by sample
+        x = self.sample(z_all, t.repeat_interleave(k), x_T=x_T, generator=generator, **kwargs)
         return x.view(n, k, *x.shape[1:])
 
     def sample_by_strength(
