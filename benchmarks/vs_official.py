@@ -18,7 +18,13 @@ sampling pass, slab-wise VQ-GAN. Both run the published architecture (VQ-GAN ch 
 with the authors' own random initialisation (seed 0), converted for mrtranslate by
 ``mrtranslate.convert.convert_checkpoints``; DDIM with eta 0 from the same starting noise (seed 1000 + target
 class), so the outputs of the two can be compared. Each implementation runs in its own process (peak RSS is
-per process), ``--repeats`` times in a row; medians are reported.
+per process), ``--repeats`` times in a row; medians are reported: the WARM figure, after the first call of
+every layer shape has been paid in the same process.
+
+``--cold N`` (default 3) also starts N fresh processes per implementation that translate once: the COLD figure,
+as a user's single run meets it. Its translation time includes the first call of every layer shape (and
+whatever a library sets up on first use); its process time adds the interpreter, the imports and loading the
+weights. Both are reported beside the warm median, named as such.
 
 ``--solver``/``--solver-steps`` add a row for mrtranslate with a multistep solver at its own step count.
 ``--extrapolate-steps N`` adds, for each size, the authors' time at N DDIM steps extrapolated from the
@@ -216,15 +222,22 @@ def worker(impl: str, src: Path, weights: tuple[Path, Path], size: tuple[int, in
     return results
 
 
-def _run_worker(args, impl: str, size: str, steps: int, solver: str, weights, save: Path) -> dict | None:
+def _run_worker(args, impl: str, size: str, steps: int, solver: str, weights, save: Path | None,
+                repeats: int | None = None) -> dict | None:
     cmd = [sys.executable, __file__, "--official-src", str(args.official_src), "--worker", impl, size, str(steps),
-           solver, str(weights[0]), str(weights[1]), "--targets", str(args.targets), "--repeats", str(args.repeats),
-           "--save", str(save)]
+           solver, str(weights[0]), str(weights[1]), "--targets", str(args.targets), "--repeats",
+           str(repeats or args.repeats)] + (["--save", str(save)] if save is not None else [])
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
+    process_s = time.perf_counter() - t0
     if proc.returncode != 0:
         print(f"{size} {impl} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
         return None
     runs = [json.loads(ln[7:]) for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if repeats == 1:  # a cold run: one translation in a fresh process
+        print(f"{size} {impl} {solver} {steps} steps, cold: {runs[0]['wall_s']:.2f} s, process {process_s:.2f} s",
+              flush=True)
+        return {**runs[0], "process_s": process_s}
     for i, r in enumerate(runs):
         print(f"{size} {impl} {solver} {steps} steps, run {i + 1}: {r['wall_s']:.2f} s, "
               f"peak {r['peak_bytes'] / 2**30:.2f} GB", flush=True)
@@ -235,13 +248,40 @@ def _run_worker(args, impl: str, size: str, steps: int, solver: str, weights, sa
     return med
 
 
+class _Rows(list):
+    record: list[dict]
+
+
+def _cold_rows(size: str, rows, colds: dict) -> _Rows:
+    """The cold table's rows of one size, and their records."""
+    out = _Rows()
+    out.record = []
+    base = colds.get(("authors", "ddim"))
+    base_med = statistics.median(r["wall_s"] for r in base) if base else None
+    for impl, steps, solver in rows:
+        runs = colds.get((impl, solver))
+        if not runs:
+            continue
+        med = statistics.median(r["wall_s"] for r in runs)
+        proc = statistics.median(r["process_s"] for r in runs)
+        ratio = f"**{med / base_med:.2f}**" if base_med and impl != "authors" else ""
+        each = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
+        out.append(f"| {size} | {impl} | {solver} {steps} | {each} | {med:.1f} | {proc:.1f} | {ratio} |")
+        out.record.append({"impl": impl, "size": size, "solver": solver, "steps": steps, "kind": "cold",
+                           "wall_s_all": [r["wall_s"] for r in runs], "wall_s": med,
+                           "process_s_all": [r["process_s"] for r in runs], "process_s": proc,
+                           "peak_bytes": max(r["peak_bytes"] for r in runs)})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official-src", type=Path, required=True, help="a checkout of github.com/jongdory/ALDM")
     ap.add_argument("--sizes", nargs="+", default=["64x96x64"])
     ap.add_argument("--steps", type=int, default=4, help="DDIM steps of both implementations")
     ap.add_argument("--targets", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="translations in one process (warm: their median)")
+    ap.add_argument("--cold", type=int, default=3, help="fresh processes per implementation that translate once")
     ap.add_argument("--solver", default=None, choices=["dpm++2m", "unipc"], help="add a row: mrtranslate with it")
     ap.add_argument("--solver-steps", type=int, default=None)
     ap.add_argument("--extrapolate-steps", type=int, default=None, help="the authors' time at N steps, extrapolated")
@@ -265,16 +305,22 @@ def main() -> None:
     lines = [f"## {header}", "", f"`python benchmarks/vs_official.py {' '.join(argv)}`", "",
              "| size | code | sampler | wall s | encode s | UNet s/step/target | decode s/target | peak GB | "
              "wall / authors | peak / authors |", "| --- | --- | --- | --: | --: | --: | --: | --: | --: | --: |"]
-    notes, record, agreement = [], [], {}
+    lines[0] += ", warm" if args.cold else ""
+    notes, record, agreement, cold_lines = [], [], {}, []
     for size in args.sizes:
         flops = count_flops(tuple(int(s) for s in size.split("x")))
         rows = [("authors", args.steps, "ddim"), ("mrtranslate", args.steps, "ddim")]
         if args.solver:
             rows.append(("mrtranslate", args.solver_steps or args.steps, args.solver))
-        meds = {}
+        meds, colds = {}, {}
         for impl, steps, solver in rows:
             save = tmp / f"{size}-{impl}-{solver}.npy"
             meds[(impl, solver)] = (_run_worker(args, impl, size, steps, solver, weights, save), steps, save)
+        for _ in range(args.cold):  # alternate the implementations, so that a drift of the machine hits both
+            for impl, steps, solver in rows:
+                r = _run_worker(args, impl, size, steps, solver, weights, None, repeats=1)
+                if r is not None:
+                    colds.setdefault((impl, solver), []).append(r)
         base = meds[("authors", "ddim")][0]
         for (impl, solver), (m, steps, _) in meds.items():
             if m is None:
@@ -284,7 +330,9 @@ def main() -> None:
             lines.append(f"| {size} | {impl} | {solver} {steps} | {m['wall_s']:.1f} | {m['encode_s']:.1f} | "
                          f"{m['unet_s_per_step_per_target']:.3g} | {m['decode_s_per_target']:.2f} | "
                          f"{m['peak_bytes'] / 2**30:.2f} | {ratio} |")
-            record.append({**m, "size": size})
+            record.append({**m, "size": size, "kind": "warm"})
+        if colds:
+            cold_lines.append(_cold_rows(size, rows, colds))
         a, b = meds[("authors", "ddim")][2], meds[("mrtranslate", "ddim")][2]
         if a.exists() and b.exists():
             agr = agreement[size] = compare_outputs(a, b)
@@ -304,6 +352,15 @@ def main() -> None:
                     notes.append(f"{size}: mrtranslate, {solver} {steps} steps, measured {m['wall_s']:.0f} s = "
                                  f"{m['wall_s'] / est:.3f} of that.")
     tmp_dir.cleanup()
+    if cold_lines:
+        lines += ["", f"Cold: {args.cold} fresh process(es) per implementation, each translating once; the "
+                  "translation includes the first call of every layer shape, the process adds the interpreter, "
+                  "imports and weight loading.", "",
+                  "| size | code | sampler | cold translation s, each run | median | process s, median | "
+                  "cold / authors |", "| --- | --- | --- | --- | --: | --: | --: |"]
+        lines += [row for block in cold_lines for row in block]
+        for block in cold_lines:
+            record.extend(block.record)  # type: ignore[attr-defined]
     md = "\n".join(lines + [""] + notes) + "\n"
     print(md)
     path = args.markdown

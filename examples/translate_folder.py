@@ -16,7 +16,7 @@ parser.add_argument("folder", type=Path, help="a folder of subjects (BraTS 2021/
 parser.add_argument("--source", default="t1")
 parser.add_argument("--to", nargs="+", default=["t2", "flair"])
 parser.add_argument("--out-dir", type=Path, default=Path("synth"))
-parser.add_argument("--model", default=None, help="Hub id, model folder or bundled name (default: the demo model)")
+parser.add_argument("--model", default=None, help="Hub id, model folder or bundled name (default: the bundled default model, brats-2mm)")
 args = parser.parse_args()
 
 translator = Translator.from_pretrained(args.model)

@@ -12,7 +12,7 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.R
 parser.add_argument("image", type=Path)
 parser.add_argument("--to", nargs="+", default=["t2", "flair"], help="target modalities")
 parser.add_argument("--source", default=None, help="source modality (default: from the file name)")
-parser.add_argument("--model", default=None, help="Hub id, model folder or bundled name (default: the demo model)")
+parser.add_argument("--model", default=None, help="Hub id, model folder or bundled name (default: the bundled default model, brats-2mm)")
 parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's)")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()

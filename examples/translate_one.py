@@ -1,4 +1,4 @@
-"""Translate one T1 scan into FLAIR with the bundled demo model (or --model ID).
+"""Translate one T1 scan into FLAIR with the bundled default model (or --model ID).
 
     python examples/translate_one.py examples/data/Phantom_0_00000/Phantom_0_00000_t1.nii.gz
 """
@@ -10,7 +10,7 @@ from mrtranslate import Translator
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("image", type=Path, help="a T1-weighted NIfTI volume")
-parser.add_argument("--model", default=None, help="Hub id, model folder or bundled name (default: the demo model)")
+parser.add_argument("--model", default=None, help="Hub id, model folder or bundled name (default: the bundled default model, brats-2mm)")
 parser.add_argument("--out", type=Path, default=None, help="output file (default: <image>_flair.nii.gz beside it)")
 args = parser.parse_args()
 

@@ -5,6 +5,45 @@ The CLI prints ``str(error)`` on one line and exits with ``error.exit_code``.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
+
+#: True while the command line runs: messages then name settings as options (``--out-dir``), else as
+#: keyword arguments (``out_dir=``).
+_COMMAND_LINE = contextvars.ContextVar("mrtranslate_command_line", default=False)
+
+#: keyword arguments whose option is not simply ``--`` + the name with dashes
+_OPTION_NAMES = {"dtype": "--precision", "compile": "--compile", "local_files_only": "--offline"}
+
+
+def on_command_line() -> bool:
+    """True while the command line runs (messages name options), False for Python callers (keywords)."""
+    return _COMMAND_LINE.get()
+
+
+def option(name: str, value: object = None) -> str:
+    """How a user names the setting ``name`` where the error is raised: ``--out-dir DIR`` on the command
+    line, ``out_dir=DIR`` in Python (``value``: an example value; booleans as ``--flag`` / ``flag=True``)."""
+    if _COMMAND_LINE.get():
+        flag = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+        return flag if value is None or value is True else f"{flag} {value}"
+    if isinstance(value, str) and value.isupper():  # a placeholder such as DIR
+        return f"{name}={value}"
+    if value is None:
+        return f"{name}="
+    return f"{name}={value!r}"
+
+
+@contextlib.contextmanager
+def command_line_words() -> Iterator[None]:
+    """Within this block, :func:`option` names settings as command-line options."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
 
 class MRTranslateError(Exception):
     """Base class of every error mrtranslate raises for a user's input or environment."""

@@ -28,7 +28,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .errors import HubError, ModelFormatError, ModelNotFoundError, MRTranslateError, UsageError
+from .errors import HubError, ModelFormatError, ModelNotFoundError, MRTranslateError, UsageError, option
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,15 @@ def resolve_model(
                     raise UsageError(f"two revisions given for {repo_id}: '@{at_revision}' and revision={revision!r}")
                 return _from_hub(repo_id, at_revision or revision or None, cache_dir, local_files_only, progress,
                                  token)
-        raise ModelNotFoundError(f"no model folder at {local}; a model is {_ACCEPTED_FORMS}")
+        raise ModelNotFoundError(f"no model folder at {local}; a model is {_ACCEPTED_FORMS} "
+                                 f"({', '.join(bundled_names())})")
     raise ModelNotFoundError(f"model must be {_ACCEPTED_FORMS}, not {model!r}")
+
+
+def bundled_names() -> list[str]:
+    """The names of the models bundled with this copy of mrtranslate, the default first."""
+    names = sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / INDEX_NAME).is_file()) if BUNDLED_DIR.is_dir() else []
+    return sorted(names, key=lambda n: n != DEFAULT_MODEL)
 
 
 def _no_revision(revision: str | None, model: str) -> None:
@@ -190,7 +197,7 @@ def _bundled(name: str, revision: str | None) -> ResolvedModel:
         if name == DEFAULT_MODEL:
             raise ModelNotFoundError(
                 f"the bundled default model {DEFAULT_MODEL!r} is not installed in this copy of mrtranslate: "
-                "pass --model (model=) with a Hub id 'org/name' or a model folder"
+                f"pass {option('model')} with a Hub id 'org/name' or a model folder"
             )
         raise ModelNotFoundError(f"the bundled model {name!r} is not installed in this copy of mrtranslate")
     validate_model_folder(folder)

@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,6 +51,26 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise OutputWriteError(f"could not write {path} ({exc}): check free space and permissions") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(folder: Path | str, hint: str = "choose another output folder") -> None:
+    """Refuse, before any work, an output ``folder`` that cannot be made or written: an existing file where it
+    or one of its parents should be a folder, or a folder without write permission (OutputWriteError)."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputWriteError(f"cannot write to {folder}: {probe} is a file, not a folder: {hint}")
+    if probe.is_dir():
+        try:  # os.access misleads for root and on some network file systems: try a file instead
+            fd, tmp = tempfile.mkstemp(prefix=".mrtranslate-", suffix=".tmp", dir=probe)
+        except OSError as exc:
+            raise OutputWriteError(f"cannot write to {folder} ({exc.strerror or exc}): {hint}") from None
+        os.close(fd)
+        os.unlink(tmp)
 
 
 def per_target(record: dict[str, Any], targets: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+import numpy as np
 import torch
 
 from . import __version__
-from .errors import ModalityError, UsageError
+from .errors import ModalityError, UsageError, option
 from .hub import ResolvedModel, push_to_hub, resolve_model
 from .modalities import canonical, canonical_list, guess_from_filename
 from .imaging.model_space import ModelSpaceInverse, Preprocessing, to_model_space
@@ -30,6 +31,8 @@ from .imaging.skullstrip_check import check_skull_stripped
 logger = logging.getLogger(__name__)
 
 DEFAULT_SEED = 0
+UNCERTAINTY_RECORD = ("per-voxel sample standard deviation (n - 1) across the decoded samples of this target, "
+                      "in the output's intensity units; the output is the decoded mean latent of the same samples")
 
 
 class Translator:
@@ -65,10 +68,15 @@ class Translator:
         local_files_only: bool = False,
         token: str | None = None,
         allow_skull: bool = False,
+        skull_strip: bool = False,
         _pipeline: ALDMPipeline | None = None,
         _resolved: ResolvedModel | None = None,
         **sampling_fields: Any,
     ):
+        if skull_strip:  # a missing extra fails here, before a model is loaded
+            from .preprocess.brain import check_available
+
+            check_available()
         if _pipeline is None:
             _resolved = resolve_model(
                 model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, progress=progress,
@@ -81,6 +89,8 @@ class Translator:
         self.sampling = SamplingOptions.build(sampling or SamplingOptions(seed=DEFAULT_SEED), **sampling_fields)
         self.progress = progress
         self.allow_skull = allow_skull
+        self.skull_strip = skull_strip
+        self._brain_mask: Any = None
         self._source: str | None = None
         self._volume: Volume | None = None
         self._tensor: torch.Tensor | None = None
@@ -107,6 +117,7 @@ class Translator:
         progress: bool = True,
         token: str | None = None,
         allow_skull: bool = False,
+        skull_strip: bool = False,
         **sampling_fields: Any,
     ) -> Translator:
         """Load a model: a Hub repo id (``org/name``, optional ``@revision``), a local model folder, or the name
@@ -115,11 +126,14 @@ class Translator:
         (opt-in; the first volume pays the compilation, tens of seconds, later ones run faster). Sampling:
         as for ``Translator``. ``token``: a Hugging Face token for private Hub models (None: ``HF_TOKEN`` or
         the saved login). ``allow_skull``: translate inputs that do not look skull-stripped (refused by
-        default: the model knows brains only; see :mod:`mrtranslate.imaging.skullstrip_check`)."""
+        default: the model knows brains only; see :mod:`mrtranslate.imaging.skullstrip_check`). ``skull_strip``:
+        extract the brain of each input first (HD-BET, :mod:`mrtranslate.preprocess.brain`; needs
+        ``pip install "mrtranslate[preprocess]"``) and translate inside it: outputs are 0 outside the brain,
+        and ``brain_mask`` holds the mask."""
         return cls(
             model=model, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, device=device,
             dtype=dtype, max_memory=max_memory, compile=compile, sampling=sampling, progress=progress,
-            token=token, allow_skull=allow_skull, **sampling_fields,
+            token=token, allow_skull=allow_skull, skull_strip=skull_strip, **sampling_fields,
         )
 
     def __call__(self, image: Any, source: str | None = None) -> Translator:
@@ -140,13 +154,19 @@ class Translator:
             src = named
         else:
             raise ModalityError(
-                f"cannot tell the modality of {vol.label} from its name: pass source= "
-                f"(--source), one of {', '.join(self.modalities)}"
+                f"cannot tell the modality of {vol.label} from its name: pass {option('source', 'MODALITY')}, "
+                f"one of {', '.join(self.modalities)}"
             )
         if src not in self.modalities:
             raise ModalityError(f"source {src!r} is not a modality of this model ({', '.join(self.modalities)})")
         self._check_divisible()
-        if not self.allow_skull:
+        self._brain_mask = None
+        if self.skull_strip:
+            from .preprocess.brain import extract_brain
+
+            self._brain_mask = extract_brain(vol, device=self.pipeline.device)
+            vol = self._brain_mask.apply(vol)
+        elif not self.allow_skull:
             check_skull_stripped(vol)
         prep = Preprocessing.from_dict(self.pipeline.config.preprocessing)
         self._tensor, self._inverse = to_model_space(vol, prep)
@@ -165,6 +185,13 @@ class Translator:
     def volume(self) -> Volume | None:
         return self._volume
 
+    @property
+    def brain_mask(self) -> nib.Nifti1Image | None:
+        """With ``skull_strip=True``: the bound input's brain mask (uint8, on its grid); else None."""
+        if self._brain_mask is None or self._volume is None:
+            return None
+        return self._brain_mask.to_image(self._volume.header)
+
     def __repr__(self) -> str:
         where = self.resolved.path if self.resolved else "in-memory"
         bound = f", source={self._source!r}, image={self._volume!r}" if self._volume is not None else ""
@@ -182,16 +209,53 @@ class Translator:
         *targets: str,
         sampling: SamplingOptions | None = None,
         progress: bool | None = None,
+        uncertainty: bool = False,
         **sampling_fields: Any,
-    ) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
+    ) -> Any:
         """Translate the bound source into ``targets`` (modality names or aliases) in one batched pass.
 
         One target returns a ``nibabel.Nifti1Image``; several return a dict keyed by canonical name.
         ``sampling`` or its fields as keywords: this call's, over the translator's (None: theirs).
+
+        ``uncertainty=True`` (2 or more samples per target) returns a pair ``(outputs, sd)``: the outputs as
+        above, unchanged, and in the same shape (one image or a dict) the per-voxel standard deviation across
+        the samples, on the input's grid in the output's intensity units (see ``spread``).
         """
         names = self._bound_targets(targets)
-        latents = self.translate_tensor(names, SamplingOptions.build(sampling, **sampling_fields), progress=progress)
-        return self._images(names, latents, "")
+        options = SamplingOptions.build(sampling, **sampling_fields)
+        if not uncertainty:
+            latents = self.translate_tensor(names, options, progress=progress)
+            return self._images(names, latents, "")
+        self.check_uncertainty(names, options)
+        draws = self.translate_tensor(names, options, progress=progress, draws=True)
+        # the output is the decoded mean latent, exactly as without uncertainty (sample_mean's mean)
+        images = self._images(names, draws.mean(1).contiguous(), "")
+        return images, self.spread(names, draws)
+
+    def check_uncertainty(self, targets: Sequence[str] = (), sampling: SamplingOptions | None = None) -> int:
+        """The number of samples per target of a run asked for uncertainty; UsageError when it is 1 (a spread
+        needs two or more samples). Cheap: call it before any work."""
+        k = self.resolve(list(targets), sampling).samples
+        if k < 2:
+            raise UsageError(f"uncertainty needs 2 or more samples per target, this run draws {k}: "
+                             "pass samples=3 (--samples 3) or leave out uncertainty")
+        return k
+
+    def spread(self, names: Sequence[str], draws: torch.Tensor) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
+        """Per target, the sample standard deviation (n - 1) across the decoded draws ``[T, k, C, ...]``, voxel by
+        voxel, on the source's grid in the output's intensity units: each draw is decoded and mapped back to the
+        input grid on its own (as an output would be), then the spread is taken. 0 outside the source's
+        foreground, where every draw is 0. Costs k decodes per target (the output itself decodes the mean latent
+        once)."""
+        maps = {}
+        for name, lat in zip(names, draws):
+            images = [self._inverse(self.pipeline.decode(d[None])[0, 0].cpu()) for d in lat]
+            values = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images])
+            sd = np.std(values, axis=0, ddof=1).astype(np.float32)
+            out = nib.Nifti1Image(sd, images[0].affine, images[0].header.copy())
+            out.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name} SD of {len(values)}".encode()[:79]
+            maps[name] = out
+        return maps[names[0]] if len(names) == 1 else maps
 
     def to_spade_only(self, *targets: str) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
         """The first stage alone: MS-SPADE's target-like latent of each target, decoded without diffusion.
@@ -222,9 +286,11 @@ class Translator:
         return images[names[0]] if len(names) == 1 else images
 
     def translate_tensor(
-        self, targets: Sequence[str], sampling: SamplingOptions | None = None, *, progress: bool | None = None
+        self, targets: Sequence[str], sampling: SamplingOptions | None = None, *, progress: bool | None = None,
+        draws: bool = False,
     ) -> torch.Tensor:
-        """Target latents ``[T, C, ...]`` for the bound source (encode once, sample every target in one batch)."""
+        """Target latents ``[T, C, ...]`` for the bound source (encode once, sample every target in one batch);
+        ``draws``: every sample's latent, ``[T, k, C, ...]``, instead of their mean."""
         pipe = self.pipeline
         ids = [self.modalities.index(t) for t in targets]
         o = self.resolve(targets, sampling)
@@ -234,7 +300,7 @@ class Translator:
         gen = [torch.Generator().manual_seed(int(o.seed) * 1009 + i) for i in ids] if o.seed is not None else None
         z = pipe.encode(self._tensor)
         return pipe.generate(z, ids, o, generator=gen, progress=self.progress if progress is None else progress,
-                             source=self._source_id())
+                             source=self._source_id(), draws=draws)
 
     def _source_id(self) -> int:
         self._require_bound()
@@ -254,9 +320,11 @@ class Translator:
         ids = [self.modalities.index(t) for t in targets]
         return self.pipeline.resolve(o, ids, self._source_id() if self._source is not None else None)
 
-    def run_record(self, targets: Sequence[str], sampling: SamplingOptions | None = None) -> dict[str, Any]:
-        """What produced an output: for a sidecar JSON written beside it."""
+    def run_record(self, targets: Sequence[str], sampling: SamplingOptions | None = None,
+                   uncertainty: bool = False) -> dict[str, Any]:
+        """What produced an output: for a sidecar JSON written beside it (with ``uncertainty``, what the SD map is)."""
         pipe = self.pipeline
+        extra = {"uncertainty": UNCERTAINTY_RECORD} if uncertainty else {}
         return {
             "mrtranslate_version": __version__,
             "model": str(self.resolved.repo_id or self.resolved.path) if self.resolved else None,
@@ -267,7 +335,10 @@ class Translator:
             **self.resolve(targets, sampling).as_record(),
             "device": str(pipe.device),
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),
-            "intensity": "0 and 1 = the target's 0.5th and 99.5th percentiles, not clipped above; 0 outside the source foreground",
+            "intensity": ("the model's scale of the target contrast: the training scans' 0.5th and 99.5th brain "
+                          "percentiles at 0 and 1, not clipped above; 0 outside the source foreground"),
+            **extra,
+            **({"skull_strip": True, **self._brain_mask.record} if self._brain_mask is not None else {}),
         }
 
     # -- sharing ------------------------------------------------------------------------------------

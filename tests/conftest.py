@@ -22,7 +22,9 @@ def require_reference(path: Path = REFERENCE) -> Path:
     if not path.exists():
         if IN_CI:
             pytest.fail(f"reference data {path} is missing: CI must have ../shared beside the clone")
-        pytest.skip(f"reference data {path} not present")
+        where = path.relative_to(SHARED).as_posix() if path.is_relative_to(SHARED) else str(path)
+        pytest.skip(f"needs ../shared beside the clone (the authors' code, reference outputs and sample scans): "
+                    f"../shared/{where} is not present")
     return path
 
 

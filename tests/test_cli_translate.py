@@ -148,7 +148,8 @@ def test_skip_existing_resumes_and_overwrite_replaces(small_model: Path, tmp_pat
     assert run(capsys, inp, "--to", "t2", *common)[0] == 0
     t2_bytes, t2_stat = t2.read_bytes(), t2.stat()
 
-    code, _, err = run(capsys, inp, "--to", "t2", "flair", *common)  # t2 exists: refused, nothing written
+    # t2 exists, written with another seed: refused, nothing written
+    code, _, err = run(capsys, inp, "--to", "t2", "flair", "--seed", "1", *common)
     assert code == 2
     assert lines(err) == [f"error: {t2} exists: pass --overwrite to replace it or --skip-existing to resume"]
     assert not flair.exists() and counter.calls == [("t2",)]
@@ -325,7 +326,9 @@ def test_click_usage_errors_exit_2_without_traceback(args: list[str], tmp_path: 
     monkeypatch.chdir(tmp_path)
     code, out, err = run(capsys, *args)
     assert code == 2
-    assert "Error" in err and "Traceback" not in out + err
+    # one line, as every error: what is wrong and where the options are listed
+    assert lines(err) == [err.strip()] and err.startswith("error: ") and "--help" in err
+    assert "Traceback" not in out + err and out == ""
     assert files_under(tmp_path) == set()
 
 
@@ -417,12 +420,14 @@ def test_info_text_and_json(small_model: Path, capsys: pytest.CaptureFixture) ->
     assert code == 0
     text = dict(ln.split(": ", 1) for ln in lines(out))
     assert {k.strip(): v for k, v in text.items()}["grid"] == "[16, 24, 16]"
-    assert len(text) == len(info)
+    assert len(text) == len(info) - 1 and "revision" not in {k.strip() for k in text}  # no "revision: None"
 
 
 def test_info_of_a_missing_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     code, out, err = run(capsys, "info", tmp_path / "nope")
     assert code == 1 and out == "" and len(lines(err)) == 1 and "no model folder" in err
+    code, out, err = run(capsys, "info", "nosuchname")  # a mistyped bundled name: the message lists them
+    assert code == 1 and len(lines(err)) == 1 and "(brats-2mm, phantom-demo)" in err
 
 
 def test_version(capsys: pytest.CaptureFixture) -> None:

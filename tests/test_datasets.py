@@ -92,7 +92,7 @@ def test_bids_dataset_goes_to_derivatives_with_sidecars_and_resumes(small_model:
     (deriv / "sub-02/ses-1/anat/sub-02_ses-1_run-1_desc-synth_T2w.nii.gz").unlink()
     code, out, _ = run(capsys, root, "--to", "flair", "t2", "--source", "t1", "--model", small_model, *FAST)
     assert code == 0
-    assert out.strip().splitlines()[-1] == ("2 subjects: 1 translated (1 images written), 1 already done, 0 failed; "
+    assert out.strip().splitlines()[-1] == ("2 subjects: 1 translated (1 image written), 1 already done, 0 failed; "
                                             "3 existing outputs kept")
     assert (deriv / "sub-01/anat/sub-01_desc-synth_T2w.nii.gz").read_bytes() == stamp
 
@@ -104,10 +104,10 @@ def test_bids_names_keep_the_source_entities_and_mark_the_target() -> None:
 
 
 def test_brats_names_follow_the_subjects_own_style() -> None:
-    assert brats_name("Brats18_2013_11_1", Path("Brats18_2013_11_1_t1.nii.gz"), "flair") == "Brats18_2013_11_1_flair.nii.gz"
-    assert brats_name("BraTS-MET-00110-000", Path("BraTS-MET-00110-000-t1c.nii.gz"), "t2") == "BraTS-MET-00110-000-t2w.nii.gz"
-    assert brats_name("TCGA-FG-6692", Path("TCGA-FG-6692_t1_bet.nii.gz"), "flair") == "TCGA-FG-6692_fla_bet.nii.gz"
-    assert brats_name("case", Path("other.nii.gz"), "t1ce") == "case_t1ce.nii.gz"
+    assert brats_name("Brats18_2013_11_1", Path("Brats18_2013_11_1_t1.nii.gz"), "flair") == "Brats18_2013_11_1_flair_synth.nii.gz"
+    assert brats_name("BraTS-MET-00110-000", Path("BraTS-MET-00110-000-t1c.nii.gz"), "t2") == "BraTS-MET-00110-000-t2w-synth.nii.gz"
+    assert brats_name("TCGA-FG-6692", Path("TCGA-FG-6692_t1_bet.nii.gz"), "flair") == "TCGA-FG-6692_fla_bet_synth.nii.gz"
+    assert brats_name("case", Path("other.nii.gz"), "t1ce") == "case_t1ce_synth.nii.gz"
 
 
 # -- BraTS and complete --------------------------------------------------------------------------------
@@ -132,23 +132,24 @@ def test_complete_fills_exactly_the_missing_contrasts_from_the_models_best_sourc
     assert code == 0, err
     assert files_under(root) == before
     assert files_under(tmp_path / "out") == {
-        "A_2021/A_2021_t1ce.nii.gz", "A_2021/A_2021_t1ce.json", "A_2021/A_2021_flair.nii.gz", "A_2021/A_2021_flair.json",
-        "B-2023/B-2023-t1n.nii.gz", "B-2023/B-2023-t1n.json", "B-2023/B-2023-t2w.nii.gz", "B-2023/B-2023-t2w.json",
-        "B-2023/B-2023-t2f.nii.gz", "B-2023/B-2023-t2f.json",
+        f"{case}{name}{sep}synth.{e}" for e in ("nii.gz", "json") for case, names, sep in (
+            ("A_2021/A_2021", ("_t1ce", "_flair"), "_"), ("B-2023/B-2023", ("-t1n", "-t2w", "-t2f"), "-"))
+        for name in names
     }
     assert out.strip().splitlines()[-1] == ("3 subjects: 2 translated (5 images written), 1 already done, 0 failed; "
                                             "0 existing outputs kept")
     sources = {p.name: sidecar(p)["source_modality"] for p in (tmp_path / "out").rglob("*.nii.gz")}
     # flair from t1 as the model says (the default order would take t2); t1ce from t1 by the default order;
     # B-2023 has only t1ce, the source of everything
-    assert sources == {"A_2021_t1ce.nii.gz": "t1", "A_2021_flair.nii.gz": "t1", "B-2023-t1n.nii.gz": "t1ce",
-                       "B-2023-t2w.nii.gz": "t1ce", "B-2023-t2f.nii.gz": "t1ce"}
-    assert sidecar(tmp_path / "out/A_2021/A_2021_flair.nii.gz")["Sources"] == ["A_2021/A_2021_t1.nii.gz"]
+    assert sources == {"A_2021_t1ce_synth.nii.gz": "t1", "A_2021_flair_synth.nii.gz": "t1",
+                       "B-2023-t1n-synth.nii.gz": "t1ce", "B-2023-t2w-synth.nii.gz": "t1ce",
+                       "B-2023-t2f-synth.nii.gz": "t1ce"}
+    assert sidecar(tmp_path / "out/A_2021/A_2021_flair_synth.nii.gz")["Sources"] == ["A_2021/A_2021_t1.nii.gz"]
     # the user overrides the model's choice
     code, _, err = run(capsys, "complete", root, "-o", tmp_path / "out2", "--model", best_model, "--best-source",
                        "FLAIR=t2w", *FAST, "-q")
     assert code == 0, err
-    assert sidecar(tmp_path / "out2/A_2021/A_2021_flair.nii.gz")["source_modality"] == "t2"
+    assert sidecar(tmp_path / "out2/A_2021/A_2021_flair_synth.nii.gz")["source_modality"] == "t2"
 
 
 def test_complete_of_one_subject_folder_and_in_python(small_model: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -156,8 +157,10 @@ def test_complete_of_one_subject_folder_and_in_python(small_model: Path, tmp_pat
     write_head(subject / "case-t2w.nii.gz")
     summary = complete_dataset(subject, out_dir=tmp_path / "out", model=small_model, steps=1, progress=False)
     assert summary.ok and (summary.done, summary.images_written) == (1, 3)
-    assert files_under(tmp_path / "out") == {f"case-{s}.{e}" for s in ("t1n", "t1c", "t2f") for e in ("nii.gz", "json")}
-    assert {sidecar(p)["source_modality"] for p in (tmp_path / "out").glob("*.nii.gz")} == {"t2"}
+    # in OUT/<case>/, as for a dataset of subjects
+    assert files_under(tmp_path / "out") == {f"case/case-{s}-synth.{e}" for s in ("t1n", "t1c", "t2f")
+                                             for e in ("nii.gz", "json")}
+    assert {sidecar(p)["source_modality"] for p in (tmp_path / "out").rglob("*.nii.gz")} == {"t2"}
     again = complete_dataset(subject, out_dir=tmp_path / "out", translator=Translator.from_pretrained(
         small_model, steps=1, progress=False), progress=False)
     assert (again.done, again.skipped, again.images_skipped) == (0, 1, 3)
@@ -181,7 +184,7 @@ def test_continue_on_error_reports_each_failed_subject_and_exits_1(small_model: 
     assert out.strip() == "3 subjects: 2 translated (2 images written), 0 already done, 1 failed; 0 existing outputs kept"
     failed = [ln for ln in err.splitlines() if ln.startswith("  ")]
     assert len(failed) == 1 and failed[0].startswith("  B-2023: ") and "B-2023-t1c.nii.gz" in failed[0]
-    assert sorted(p.name for p in (tmp_path / "out").rglob("*.nii.gz")) == ["A_2021_flair.nii.gz", "C_tk_fla_bet.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.nii.gz")) == ["A_2021_flair_synth.nii.gz", "C_tk_fla_bet_synth.nii.gz"]
     # without --continue-on-error the first failure stops the run with one line
     code, out, err = run(capsys, root, "--to", "t2", "--source", "t1ce", "-o", tmp_path / "out", "--model",
                          small_model, *FAST, "-q")
@@ -289,11 +292,13 @@ def test_a_file_mrtranslate_did_not_write_is_never_replaced(small_model: Path, t
                                                             capsys: pytest.CaptureFixture) -> None:
     root = brats_tree(tmp_path / "brats")
     real = (root / "C_tk" / "C_tk_fla_bet.nii.gz").read_bytes()
+    theirs = root / "C_tk" / "C_tk_fla_bet_synth.nii.gz"  # named as an output, but not written by mrtranslate
+    theirs.write_bytes(real)
     code, out, err = run(capsys, root, "--to", "flair", "--source", "t1", "-o", root, "--model", small_model, *FAST,
                          "--overwrite", "--continue-on-error", "-q")
     assert code == 1 and "C_tk: " in err and "no mrtranslate record" in err
-    assert (root / "C_tk" / "C_tk_fla_bet.nii.gz").read_bytes() == real
-    assert sidecar(root / "A_2021" / "A_2021_flair.nii.gz")["Synthetic"] is True  # A had no flair: written
+    assert (root / "C_tk" / "C_tk_fla_bet.nii.gz").read_bytes() == real and theirs.read_bytes() == real
+    assert sidecar(root / "A_2021" / "A_2021_flair_synth.nii.gz")["Synthetic"] is True  # A had no flair: written
 
 
 def test_complete_of_one_bids_subject_writes_into_its_datasets_derivatives(small_model: Path,  # noqa: F811

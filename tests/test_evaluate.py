@@ -32,7 +32,7 @@ METHODS = ("aldm", "spade", "lut")
 TASKS = (("t1", "t2"), ("t1", "flair"))
 EXPECTED_COLUMNS = [
     "case", "method", "source", "target",
-    "psnr_brain", "psnr_volume", "nmse_brain", "nmse_volume", "mae_brain", "mae_volume", "ssim_brain", "ssim_volume",
+    *(f"{m}_{r}" for m in ("psnr", "nmse", "mae", "ssim") for r in ("brain", "volume", "tumour", "healthy")),
     "seconds", "reused",
 ]
 
@@ -81,7 +81,7 @@ def test_csv_has_one_row_per_case_task_and_method_with_the_metrics_of_the_saved_
     keys = sorted((r["case"], r["method"], r["source"], r["target"]) for r in rows)
     assert keys == sorted((c, m, s, t) for c in cases for m in METHODS for s, t in TASKS)
     for r in rows:
-        assert all(math.isfinite(float(r[c])) for c in EXPECTED_COLUMNS[4:])
+        assert all(math.isfinite(float(r[c])) for c in EXPECTED_COLUMNS[4:] if not c.endswith(("tumour", "healthy")))
         assert -1.0 <= float(r["ssim_brain"]) <= 1.0 and float(r["nmse_brain"]) > 0
     # The aldm row of case 0, t1 -> flair, is what compute_metrics gives for the saved prediction and the target.
     subject = find_subjects(root / "test")[0]
@@ -98,7 +98,8 @@ def test_markdown_table_has_one_row_per_task_and_method_with_mean_std_and_differ
     _, _, out = report
     _, rows = _rows(out)
     text = (out / "summary.md").read_text(encoding="utf-8")
-    table = [line for line in text.splitlines() if re.match(r"\| (T1|T1ce|T2|FLAIR) → ", line)]
+    main_table = text.split("\n## ")[0]  # the tumour / healthy-brain table follows where subjects have label maps
+    table = [line for line in main_table.splitlines() if re.match(r"\| (T1|T1ce|T2|FLAIR) → ", line)]
     assert len(table) == len(TASKS) * len(METHODS)
     labels = {"aldm": "ALDM", "spade": "MS-SPADE only", "lut": "LUT (1-D)"}
     names = {"t1": "T1", "t2": "T2", "flair": "FLAIR"}
@@ -352,3 +353,47 @@ def test_a_models_pair_strength_is_used_said_and_part_of_the_reuse_key(setup, tm
     evaluate(root / "test", pairs, "t1", ["t2", "flair"], ["aldm"], out, sampling=SamplingOptions(strength=0.6), **run)  # every pair at 0.6
     _, rows = _rows(out)
     assert [r["reused"] for r in rows] == ["0", "0"]  # a different key: not the pair-strength predictions
+
+
+def test_uncertainty_writes_sd_maps_and_reports_calibration_and_tumour_scores(setup, tmp_path):
+    import shutil
+
+    root, model = setup
+    data = tmp_path / "data"
+    shutil.copytree(root / "test", data)
+    subject = find_subjects(data)[0]
+    target_img = nib.load(subject.files["t2"])
+    seg = np.zeros(target_img.shape, dtype=np.int16)  # a known tumour block in the middle of the brain
+    centre = [n // 2 for n in seg.shape]
+    seg[tuple(slice(c - 3, c + 3) for c in centre)] = 2
+    nib.save(nib.Nifti1Image(seg, target_img.affine), str(subject.seg))
+    out = tmp_path / "r"
+    with pytest.raises(UsageError, match="2 or more samples"):  # the tiny model samples once by default
+        evaluate(data, model, "t1", ["t2"], ["aldm"], out, progress=False, uncertainty=True)
+    assert not out.exists()
+    summary = evaluate(data, model, "t1", ["t2"], ["aldm"], out, cases=1, progress=False,
+                       sampling=SamplingOptions(samples=2), uncertainty=True)
+    pred = out / "pred" / "aldm" / subject.case / f"{subject.case}_t2_from_t1.nii.gz"
+    sd = nib.load(str(pred).replace(".nii.gz", "_sd.nii.gz"))
+    assert sd.shape == nib.load(str(pred)).shape and np.allclose(sd.affine, nib.load(str(pred)).affine)
+    assert np.asarray(sd.dataobj).max() > 0
+    (cal,) = summary["calibration"]
+    assert cal["task"] == "t1->t2" and cal["n"] == 1 and len(cal["decile_error"]) == 10
+    assert -1 <= cal["spearman"] <= 1
+    assert (out / "figures" / "uncertainty_calibration.png").is_file()
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    assert "## Uncertainty" in text and "## Tumour and healthy brain" in text
+    # the tumour score is that of compute_metrics with the subject's label map
+    _, rows = _rows(out)
+    target = nib.load(subject.files["t2"]).get_fdata()
+    labels = nib.load(subject.seg).get_fdata()
+    expected = compute_metrics(nib.load(str(pred)).get_fdata(), target, mask=target > 0, labels=labels)
+    assert float(rows[0]["ssim_tumour"]) == pytest.approx(expected["ssim"]["tumour"], rel=1e-9)
+    assert float(rows[0]["psnr_healthy"]) == pytest.approx(expected["psnr"]["healthy"], rel=1e-9)
+    assert math.isfinite(float(rows[0]["ssim_tumour"]))
+    assert summary["settings"]["label_cases"] == [subject.case]
+    # a second run reuses the predictions and their SD maps
+    again = evaluate(data, model, "t1", ["t2"], ["aldm"], out, cases=1, progress=False,
+                     sampling=SamplingOptions(samples=2), uncertainty=True)
+    assert again["calibration"][0]["spearman"] == cal["spearman"]
+    assert [r["reused"] for r in _rows(out)[1]] == ["1"]

@@ -42,7 +42,7 @@ def resolve_gets(server) -> set[str]:
 # -- local folders, bundled models, forms -------------------------------------------------------------
 def test_missing_default_model_says_what_to_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
-    with pytest.raises(ModelNotFoundError, match="brats-2mm.*not installed.*--model"):
+    with pytest.raises(ModelNotFoundError, match="brats-2mm.*not installed.*pass model="):
         resolve_model()
     with pytest.raises(ModelNotFoundError, match="not installed"):
         resolve_model("brats-2mm")

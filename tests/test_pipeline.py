@@ -266,6 +266,23 @@ def test_samples_average_the_latents_of_that_many_samples() -> None:
             SamplingOptions(samples=bad)
 
 
+def test_samples_of_a_target_share_one_ms_spade_pass() -> None:
+    """k samples of T targets from one source run MS-SPADE on T latents, not T * k, with the same result as
+    when every draw runs it (a source latent repeated per draw)."""
+    pipe = tiny_pipeline()
+    z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    batches: list[int] = []
+    hook = pipe.vqgan.spade.register_forward_hook(lambda mod, args, out: batches.append(out.shape[0]))
+    kw = dict(steps=3, eta=0.0, progress=False)
+    noise = torch.randn(6, 4, 16, 16, 16, generator=torch.Generator().manual_seed(3))
+    shared = pipe.sample(z, [1, 1, 1, 3, 3, 3], x_T=noise, **kw)
+    assert batches == [2]
+    every = pipe.sample(z.repeat(6, 1, 1, 1, 1), [1, 1, 1, 3, 3, 3], x_T=noise, **kw)
+    assert batches == [2, 6]
+    hook.remove()
+    assert float((shared - every).norm() / every.norm()) < 1e-5
+
+
 def test_translate_takes_the_models_default_samples() -> None:
     """translate(), like Translator, averages the model's default_samples unless samples= is given."""
     pipe = tiny_pipeline()

@@ -819,3 +819,28 @@ def test_spade_and_diffusion_train_from_a_latent_pack_exactly_as_from_the_images
     with pytest.raises(UsageError, match="not a latent pack"):
         train("spade", tmp_path / "y", str(chain["spade"] / "latents-0-of-1.safetensors"), spade_config(),
               first_stage=str(chain["autoencoder"]), progress=False)
+
+
+def test_pairs_whose_ms_spade_output_diverged_are_never_drawn_for_the_unet() -> None:
+    from mrtranslate.training.data import sample_pairs
+    from mrtranslate.training.diffusion import diverged_pairs_excluded
+
+    n, m = 3, 4
+    available = torch.ones(n, m, dtype=torch.bool)
+    available[2, 3] = False
+    translated = torch.rand(n, m, m, 2, 3, 3, 3)
+    translated[1, 2, 1, :, 0, 0, 0] = 5e4  # subject 1, T2 -> T1ce diverged in one voxel
+    allowed = diverged_pairs_excluded(translated, available)
+    assert (~allowed).nonzero().tolist() == [[1, 2, 1]]
+    drawn = set()
+    for step in range(200):
+        subjects, src, tgt = sample_pairs(available, 8, step_generator(0, step), allowed=allowed)
+        drawn |= set(zip(subjects.tolist(), src.tolist(), tgt.tolist()))
+    assert (1, 2, 1) not in drawn and all(s != t and available[i, s] and available[i, t] for i, s, t in drawn)
+    assert len(drawn) == 3 * 12 - 1 - 6  # every other pair of the subjects' scans is drawn
+    # nothing diverged: the draws are exactly those without the argument (a run resumes as it trained)
+    fine = torch.ones(n, m, m, dtype=torch.bool)
+    for step in range(5):
+        a = sample_pairs(available, 8, step_generator(0, step), allowed=fine)
+        b = sample_pairs(available, 8, step_generator(0, step))
+        assert all(torch.equal(x, y) for x, y in zip(a, b))

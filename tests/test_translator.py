@@ -297,7 +297,7 @@ def test_bare_form_uses_the_bundled_default_or_says_to_pass_a_model(tmp_path: Pa
         out = Translator(path, progress=False).to("t2", steps=1)
         assert_same_geometry(out, nib.load(str(path)))
     else:
-        with pytest.raises(ModelNotFoundError, match=r"bundled default model.*not installed.*--model"):
+        with pytest.raises(ModelNotFoundError, match=r"bundled default model.*not installed.*model="):
             Translator(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sub-01_T1w.nii.gz"]
 
@@ -305,9 +305,9 @@ def test_bare_form_uses_the_bundled_default_or_says_to_pass_a_model(tmp_path: Pa
 def test_missing_bundled_default_is_an_error_never_random_weights(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(hub, "BUNDLED_DIR", tmp_path / "bundled")
-    with pytest.raises(ModelNotFoundError, match="--model"):
+    with pytest.raises(ModelNotFoundError, match="pass model="):  # Python: the keyword
         Translator(write_head(tmp_path / "sub-01_T1w.nii.gz"))
-    with pytest.raises(ModelNotFoundError, match="--model"):
+    with pytest.raises(ModelNotFoundError, match="pass model="):
         Translator.from_pretrained()
 
 

@@ -68,6 +68,8 @@ def test_wheel_holds_every_module_and_the_bundled_model_files(built: dict[str, P
             f"{model}/scheduler/config.json"} <= bundled  # the copy holds the model ...
     assert bundled <= names, sorted(bundled - names)  # ... and so does the wheel (the demo model too, once it lands)
     assert not [n for n in names if n.startswith(("tests/", "examples/", "benchmarks/"))]
+    # the example subject the README's main job reads, inside the package
+    assert {f"mrtranslate/examples/phantom_{m}.nii.gz" for m in ("t1", "t1ce", "t2", "flair")} <= names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     with zipfile.ZipFile(built["wheel"]) as zf:
         assert "mrtranslate = mrtranslate.cli:main" in zf.read(entry_points).decode()
@@ -98,3 +100,14 @@ def test_wheel_installs_in_a_fresh_venv_and_its_cli_works(built: dict[str, Path]
     _run([str(cli), str(inp), "--to", "t2", "--model", BUNDLED_NAME, "--steps", "1", "-q"], cwd=work)
     out = nib.load(str(work / "data" / "sub-01_T1w_t2.nii.gz"))
     assert out.shape == nib.load(str(inp)).shape
+
+    # the README's main job, with no clone, twice (here with the tiny model and one step)
+    example = _run([str(cli), "example", "t1"], cwd=work).stdout.strip()
+    assert Path(example).is_relative_to(venv) and Path(example).is_file()
+    job = [str(cli), example, "--to", "t2", "flair", "--out-dir", "mrtranslate-example", "--model", BUNDLED_NAME,
+           "--steps", "1"]
+    first = _run(job, cwd=work)
+    again = _run(job, cwd=work)
+    assert "already done" not in first.stderr and "2 outputs already done" in again.stderr
+    assert sorted(p.name for p in (work / "mrtranslate-example").iterdir()) == [
+        "phantom_t1_flair.json", "phantom_t1_flair.nii.gz", "phantom_t1_t2.json", "phantom_t1_t2.nii.gz"]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import typer
 
 from .. import __version__
-from ..errors import MRTranslateError
+from ..errors import MRTranslateError, command_line_words
 
 # Recent typer runs on its own copy of click (typer._click) and no longer installs the click package; older
 # typer runs on click. Take click's exception classes from typer's public BadParameter so that both work.
@@ -115,17 +115,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = typer.main.get_command(app)
     code = EXIT_OK
     try:
-        result = command.main(args=normalise_argv(raw), prog_name="mrtranslate", standalone_mode=False)
+        with command_line_words():  # error messages name settings as options (--out-dir), not keywords
+            result = command.main(args=normalise_argv(raw), prog_name="mrtranslate", standalone_mode=False)
         code = result if isinstance(result, int) else EXIT_OK
     except typer.Exit as exc:
         code = exc.exit_code
     except (KeyboardInterrupt, typer.Abort):  # recent typer turns Ctrl-C into Exit(130) itself
         code = EXIT_INTERRUPTED
-    except ClickUsageError as exc:
-        exc.show()
+    except ClickUsageError as exc:  # one line, as every error: what is wrong, and where the options are
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "mrtranslate"
+        message = _one_line(exc.format_message()).rstrip(".")
+        typer.echo(f"error: {message[:1].lower()}{message[1:]}; see {where} --help", err=True)
         code = EXIT_USAGE
     except ClickException as exc:
-        exc.show()
+        if debug:
+            raise
+        typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
         code = exc.exit_code
     except MRTranslateError as exc:
         if debug:

@@ -10,3 +10,4 @@ from . import train  # noqa: F401
 from . import export  # noqa: F401
 from . import evaluate  # noqa: F401
 from . import complete  # noqa: F401
+from . import example  # noqa: F401

@@ -62,7 +62,8 @@ def _cell(value: float) -> str:
 @app.command(
     "compare",
     help=(
-        "Print PSNR, NMSE, MAE and SSIM of PRED against TARGET, in the brain mask and the whole volume.\n\n"
+        "Print PSNR, NMSE, MAE and SSIM of PRED against TARGET, in the brain mask and the whole volume (and, with "
+        "--labels, in the tumour and the healthy brain, as the BraTS synthesis challenge scores them).\n\n"
         "Both images are normalised the same way first: clipped to their own 0.5th and 99.5th percentiles "
         "over the brain-mask voxels and rescaled to [0, 1] (BraTS synthesis convention). SSIM is 3D with a "
         "Gaussian window (sigma 1.5). The images (and mask) must share shape and affine. "
@@ -78,9 +79,16 @@ def compare(
         metavar="MASK",
         help="Brain mask (NIfTI, voxels > 0) on the same grid. Default: target voxels > 0.",
     ),
+    labels: Path | None = typer.Option(
+        None,
+        "--labels",
+        metavar="LABELS",
+        help="Tumour label map (NIfTI, e.g. BraTS <case>_seg) on the same grid: also score the tumour (labels > 0) "
+        "and the healthy brain (brain and not tumour).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    from ..evaluation.metrics import METRICS, REGIONS, compute_metrics, foreground_mask, jsonable
+    from ..evaluation.metrics import LABEL_REGIONS, METRICS, REGIONS, compute_metrics, foreground_mask, jsonable
 
     pred_data, pred_affine = _load(pred, "prediction")
     target_data, target_affine = _load(target, "target")
@@ -89,15 +97,22 @@ def compare(
     if mask is not None:
         mask_data, mask_affine = _load(mask, "mask")
         _check_same_grid((mask, mask_data, mask_affine), (target, target_data, target_affine))
-    metrics = compute_metrics(pred_data, target_data, mask_data)
+    label_data = None
+    if labels is not None:
+        label_data, label_affine = _load(labels, "label map")
+        _check_same_grid((labels, label_data, label_affine), (target, target_data, target_affine))
+    metrics = compute_metrics(pred_data, target_data, mask_data, label_data)
+    regions = REGIONS + (LABEL_REGIONS if labels is not None else ())
 
     if as_json:
         typer.echo(json.dumps(jsonable(metrics), allow_nan=False))
         return
     brain = foreground_mask(target_data) if mask_data is None else mask_data > 0
     source = "target > 0" if mask is None else str(mask)
-    labels = {"psnr": "PSNR (dB)", "nmse": "NMSE", "mae": "MAE", "ssim": "SSIM"}
+    names = {"psnr": "PSNR (dB)", "nmse": "NMSE", "mae": "MAE", "ssim": "SSIM"}
     typer.echo(f"brain mask: {source} ({int(brain.sum())} voxels)")
-    typer.echo(f"{'metric':<10}" + "".join(f"{region:>12}" for region in REGIONS))
+    if label_data is not None:
+        typer.echo(f"tumour: {labels} > 0 ({int((label_data > 0).sum())} voxels); healthy: brain and not tumour")
+    typer.echo(f"{'metric':<10}" + "".join(f"{region:>12}" for region in regions))
     for name in METRICS:
-        typer.echo(f"{labels[name]:<10}" + "".join(f"{_cell(metrics[name][r]):>12}" for r in REGIONS))
+        typer.echo(f"{names[name]:<10}" + "".join(f"{_cell(metrics[name][r]):>12}" for r in regions))

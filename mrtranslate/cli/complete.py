@@ -28,7 +28,8 @@ def report(summary: Any, quiet: bool) -> int:
     if not quiet or summary.failed:
         typer.echo(summary.line())
     if summary.failed:
-        typer.echo(f"{len(summary.failed)} of {summary.subjects} subjects failed:", err=True)
+        typer.echo(f"{len(summary.failed)} of {summary.subjects} subject{'' if summary.subjects == 1 else 's'} failed:",
+                   err=True)
         for case, msg in summary.failed:
             typer.echo(f"  {case}: {msg}", err=True)
         return EXIT_ERROR
@@ -59,6 +60,7 @@ def complete_command(
     part: int = typer.Option(0, "--part", help="This job's share of the subjects: 0 .. --num-parts - 1 (e.g. $SLURM_ARRAY_TASK_ID)."),
     num_parts: int = typer.Option(1, "--num-parts", help="Split the subjects into this many parts (every N-th subject), one per job."),
     allow_skull: bool = typer.Option(False, "--allow-skull", help="Translate inputs that do not look skull-stripped (the model knows brains only: expect nonsense outside the brain)."),
+    preprocess: bool = typer.Option(False, "--preprocess", help="Scans as acquired (skull on, own grids): co-register each subject's scans rigidly to its T1ce (else T1), extract the brain there (HD-BET) and complete on that grid; writes the brain mask and the transforms beside the outputs (pip install \"mrtranslate[preprocess]\")."),
     offline: bool = typer.Option(False, "--offline", help="Use only cached Hub files (like HF_HUB_OFFLINE=1)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary on success."),
     verbose: bool = typer.Option(False, "--verbose", help="Also log what is done (skipped subjects, resampling)."),
@@ -79,23 +81,28 @@ def complete_command(
     check_part(part, num_parts)
     check_dataset(path, out_dir, completing=True)
     check_output_dtype(output_dtype)
+    if preprocess:
+        from ..preprocess.brain import check_available
+
+        check_available()
     set_threads(threads)
     sampling = SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver)
     translator = load_translator(model, revision, token, offline, device, precision, max_memory, sampling,
                                  allow_skull)
     summary = run_dataset(translator, path, None, out_dir=out_dir, best_source=best, overwrite=overwrite,
                           continue_on_error=continue_on_error, part=part, num_parts=num_parts, progress=not quiet,
-                          output_dtype=output_dtype)
+                          output_dtype=output_dtype, preprocess=preprocess)
     return report(summary, quiet)
 
 
 def load_translator(model: Optional[str], revision: Optional[str], token: Optional[str], offline: bool, device: str,
                     precision: str, max_memory: Optional[str], sampling: Any, allow_skull: bool,
-                    compile_unet: bool = False, progress: bool = False) -> Any:
+                    compile_unet: bool = False, progress: bool = False, skull_strip: bool = False) -> Any:
     """The Translator the translate and complete commands run with (``sampling``: a SamplingOptions)."""
     from ..translator import Translator
 
     return Translator.from_pretrained(
         model, revision=revision, local_files_only=offline, device=device, dtype=precision, max_memory=max_memory,
         compile=compile_unet, progress=progress, token=token, allow_skull=allow_skull, sampling=sampling,
+        skull_strip=skull_strip,
     )

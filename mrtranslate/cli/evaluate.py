@@ -37,7 +37,8 @@ def _method_list(given: List[str], extra: List[str]) -> list[str]:
         "Methods: aldm (the full model), spade (MS-SPADE only, decoded without diffusion). --baseline lut adds the "
         "1-D intensity lookup table (the mean target intensity of each of 64 source-intensity bins) fitted on the "
         "subjects of --fit-data. "
-        "Brain = target voxels > 0. Resumable: predictions made with the same model, solver, steps, eta, strength, samples and seed "
+        "Brain = target voxels > 0; subjects with a label map (<case>_seg) are also scored in the tumour (labels > 0) "
+        "and the healthy brain. Resumable: predictions made with the same model, solver, steps, eta, strength, samples and seed "
         "are reused."
     ),
 )
@@ -61,6 +62,7 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Random seed of the sampler (the same for every subject)."),
     figure_case: Optional[str] = typer.Option(None, "--figure-case", help="Subject shown in the figures (default: the first)."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Write no PNG figures (matplotlib not needed)."),
+    uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write ALDM's per-voxel SD across samples (2 or more) beside each prediction and report how it tracks the real error: Spearman correlation and mean error by SD decile per task, with a figure."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
     offline: bool = typer.Option(False, "--offline", help="Use only cached Hub files."),
@@ -75,6 +77,7 @@ def evaluate_command(
         baseline=baseline, fit_data=fit_data, progress=not quiet,
         sampling=SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver), device=device, dtype=precision,
         revision=revision, local_files_only=offline, figures=not no_figures, figure_case=figure_case,
+        uncertainty=uncertainty,
     )
     if not quiet:
         typer.echo(Path(summary["files"]["summary_md"]).read_text(encoding="utf-8"))

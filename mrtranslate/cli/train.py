@@ -31,6 +31,7 @@ RESUME = typer.Option(False, "--resume", help="Continue the run in --run from it
 MAX_MINUTES = typer.Option(None, "--max-minutes", help="Checkpoint and stop before this many minutes have passed.")
 DEVICE = typer.Option(None, "--device", help="auto (default), cpu, cuda or cuda:N.")
 STEPS = typer.Option(None, "--steps", help="Total steps (overrides the config; on --resume: to train longer).")
+MAX_MEMORY = typer.Option(None, "--max-memory", help="Memory budget, e.g. 8GB (default: what is free); a step estimated to need more is refused before the data load.")
 THREADS = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's choice, one per core).")
 QUIET = typer.Option(False, "--quiet", "-q", help="No progress bar, no summary.")
 DEBUG = typer.Option(False, "--debug", help="Show tracebacks of errors.")
@@ -48,13 +49,15 @@ def _argv(stage: str, **opts: object) -> list[str]:
 
 def _train(stage: str, data: Optional[Path], run: Path, config: Optional[Path], resume: bool,
            max_minutes: Optional[float], device: Optional[str], steps: Optional[int],
-           first_stage: Optional[str], threads: Optional[int], quiet: bool, init: Optional[str] = None) -> int:
+           first_stage: Optional[str], threads: Optional[int], quiet: bool, init: Optional[str] = None,
+           max_memory: Optional[str] = None) -> int:
     from ..training.trainer import train
 
     argv = _argv(stage, data=data, run=run, config=config, first_stage=first_stage, init=init, resume=resume,
-                 steps=steps, max_minutes=max_minutes, device=device, threads=threads)
+                 steps=steps, max_minutes=max_minutes, device=device, threads=threads, max_memory=max_memory)
     result = train(stage, run, data, config, resume=resume, max_minutes=max_minutes, device=device, steps=steps,
-                   first_stage=first_stage, init=init, progress=not quiet, command=argv, threads=threads)
+                   first_stage=first_stage, init=init, progress=not quiet, command=argv, threads=threads,
+                   max_memory=max_memory)
     if not quiet and result.main_process:
         losses = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k not in ("step", "elapsed_s", "lr"))
         typer.echo(
@@ -74,10 +77,12 @@ def train_autoencoder(
     ),
     resume: bool = RESUME,
     max_minutes: Optional[float] = MAX_MINUTES, device: Optional[str] = DEVICE, steps: Optional[int] = STEPS,
-    threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
+    threads: Optional[int] = THREADS, max_memory: Optional[str] = MAX_MEMORY, quiet: bool = QUIET,
+    debug: bool = DEBUG,
 ) -> int:
     """Stage 1: the VQ-GAN (L1 + codebook [+ PatchGAN] [+ perceptual]) on random crops."""
-    return _train("autoencoder", data, run, config, resume, max_minutes, device, steps, None, threads, quiet, init)
+    return _train("autoencoder", data, run, config, resume, max_minutes, device, steps, None, threads, quiet, init,
+                  max_memory)
 
 
 @train_app.command("spade")
@@ -85,10 +90,12 @@ def train_spade(
     data: Optional[Path] = LATENT_DATA, run: Path = RUN, config: Optional[Path] = CONFIG,
     first_stage: Optional[str] = typer.Option(None, "--first-stage", help="The autoencoder run folder (or a model folder)."),
     resume: bool = RESUME, max_minutes: Optional[float] = MAX_MINUTES, device: Optional[str] = DEVICE,
-    steps: Optional[int] = STEPS, threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
+    steps: Optional[int] = STEPS, threads: Optional[int] = THREADS, max_memory: Optional[str] = MAX_MEMORY,
+    quiet: bool = QUIET, debug: bool = DEBUG,
 ) -> int:
     """Stage 2: MS-SPADE on the frozen first stage's latents (L1 + latent discriminator [+ cycle])."""
-    return _train("spade", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet)
+    return _train("spade", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet,
+                  max_memory=max_memory)
 
 
 @train_app.command("diffusion")
@@ -99,11 +106,12 @@ def train_diffusion(
         None, "--init", help="Fine-tune: a model folder whose UNet (same architecture) starts the UNet and its EMA."
     ),
     resume: bool = RESUME, max_minutes: Optional[float] = MAX_MINUTES, device: Optional[str] = DEVICE,
-    steps: Optional[int] = STEPS, threads: Optional[int] = THREADS, quiet: bool = QUIET, debug: bool = DEBUG,
+    steps: Optional[int] = STEPS, threads: Optional[int] = THREADS, max_memory: Optional[str] = MAX_MEMORY,
+    quiet: bool = QUIET, debug: bool = DEBUG,
 ) -> int:
-    """Stage 3: the latent diffusion UNet (epsilon MSE, EMA weights)."""
+    """Stage 3: the latent diffusion UNet (MSE on its prediction target: the noise as published, x0, v, or a correction to MS-SPADE's latent; EMA weights)."""
     return _train("diffusion", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet,
-                  init)
+                  init, max_memory)
 
 
 @train_app.command("encode")

@@ -30,6 +30,13 @@ def output_path(inp: Path, target: str, out_dir: Path | None) -> Path:
     return (out_dir or inp.parent) / f"{name}_{target}.nii.gz"
 
 
+def sd_path(output: Path) -> Path:
+    """Where the SD map of ``output`` goes: ``<output stem>_sd.nii.gz`` beside it."""
+    name = output.name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else output.stem
+    return output.with_name(f"{stem}_sd.nii.gz")
+
+
 def plan_outputs(inputs: Sequence[Path], targets: Sequence[str], out_dir: Path | None) -> dict[Path, dict[str, Path]]:
     """The output path of every input and target; refuses, before any work, a run that would write over one of
     its inputs or write one file for two inputs (e.g. same names in different folders with --out-dir)."""
@@ -53,13 +60,13 @@ def plan_outputs(inputs: Sequence[Path], targets: Sequence[str], out_dir: Path |
 
 @app.command("translate")
 def translate_command(
-    inputs: List[Path] = typer.Argument(..., help="Input volumes (.nii, .nii.gz, .mgz), one or more; or one dataset folder (BraTS 2018-2023, BIDS, or a folder of image files).", show_default=False),
+    inputs: List[Path] = typer.Argument(..., help="Input volumes (.nii, .nii.gz, .mgz, or a folder of one DICOM series), one or more; or one dataset folder (BraTS 2018-2023, BIDS, or a folder of image files).", show_default=False),
     to: List[str] = typer.Option(..., "--to", help="Target modalities: t1, t1ce, t2, flair (aliases: t1n t1c t2w t2f, T1w T2w FLAIR)."),
     source: Optional[str] = typer.Option(None, "--source", help="Source modality; guessed from the file name (e.g. _T1w, _t1n) when omitted."),
     model: Optional[str] = typer.Option(None, "--model", help="Hub repo id org/name[@rev], model folder, or bundled name. Default: the bundled brats-2mm."),
     revision: Optional[str] = typer.Option(None, "--revision", help="Hub revision (branch, tag or commit)."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Folder for outputs (default: beside each input)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="DDIM steps (default: the model's, e.g. 200 for the published model)."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's, e.g. 15 for brats-2mm; the authors sample with 200 DDIM steps)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta: 0 deterministic, 1 as the authors sample (default: the model's)."),
     strength: Optional[float] = typer.Option(None, "--strength", help="1: sample from pure noise, as the authors do; below 1: start from the MS-SPADE latent noised to that fraction of the schedule (fewer steps; default: the model's)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Diffusion samples averaged per target: more give a smoother, less noisy estimate (k times the UNet's time and memory; 1 as the authors sample; default: the model's)."),
@@ -75,6 +82,8 @@ def translate_command(
     part: int = typer.Option(0, "--part", help="Dataset folders: this job's share of the subjects, 0 .. --num-parts - 1 (e.g. $SLURM_ARRAY_TASK_ID)."),
     num_parts: int = typer.Option(1, "--num-parts", help="Dataset folders: split the subjects into this many parts (every N-th subject), one per job."),
     allow_skull: bool = typer.Option(False, "--allow-skull", help="Translate inputs that do not look skull-stripped (the model knows brains only: expect nonsense outside the brain)."),
+    uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write the per-voxel standard deviation across the diffusion samples (needs 2 or more; in the output's units, on the input's grid) as <input>_<target>_sd.nii.gz: where the samples disagree, trust the output less."),
+    skull_strip: bool = typer.Option(False, "--skull-strip", help="Extract the brain first (HD-BET; pip install \"mrtranslate[preprocess]\"), write it as <input>_brainmask.nii.gz and translate inside it (0 outside)."),
     output_dtype: str = typer.Option("float32", "--output-dtype", help="float32 (1 = the target's 99.5th percentile) or int16 (1000 x that, for viewers and integer tools)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads PyTorch uses (default: all cores)."),
     token: Optional[str] = typer.Option(None, "--token", help="Hugging Face token for private models (default: the HF_TOKEN environment variable or `hf auth login`)."),
@@ -85,8 +94,10 @@ def translate_command(
 ) -> int:
     """Translate each INPUT into the --to modalities; writes <input>_<target>.nii.gz and a .json record beside it.
 
-    Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are >= 0, with 0 and 1 the
-    target's 0.5th and 99.5th percentiles (not clipped above), and 0 outside the input's brain (voxels > 0).
+    Outputs overlay the input exactly (same grid, affine, qform/sform). Intensities are >= 0 on the model's scale
+    of the target contrast (the training scans' 0.5th and 99.5th brain percentiles at 0 and 1; not clipped
+    above), and 0 outside the input's brain (voxels > 0). An output that an earlier run of the same command
+    wrote (its .json record says so) is already done and kept.
 
     A dataset folder: every subject's --source (else, per target, the best contrast it has) is translated and
     written in the dataset's convention (BIDS: PATH/derivatives/mrtranslate with desc-synth; BraTS: --out-dir
@@ -105,13 +116,19 @@ def translate_command(
     if source_name in targets:
         raise UsageError(f"target {source_name!r} is the source modality (--source {source}): choose another target")
     from ..provenance import as_output_dtype, check_output_dtype, input_provenance, output_record, per_target
-    from ..provenance import write_json_atomic
+    from ..provenance import check_writable, write_json_atomic
     from .complete import load_translator, report, set_threads
 
     check_output_dtype(output_dtype)
     set_threads(threads)
     sampling = SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver)
-    if any(inp.is_dir() for inp in inputs):
+    if uncertainty and samples == 1:
+        raise UsageError("--uncertainty needs 2 or more samples per target: pass --samples 3 or leave out --uncertainty")
+    from ..imaging.dicom import is_dicom_folder
+
+    if any(inp.is_dir() and not is_dicom_folder(inp) for inp in inputs):
+        if uncertainty:
+            raise UsageError("--uncertainty works on image files, not dataset folders: pass the images")
         if len(inputs) > 1:
             raise UsageError("pass one dataset folder, or image files: not a folder among other inputs")
         from ..datasets.run import check_dataset, check_part, run_dataset
@@ -119,7 +136,7 @@ def translate_command(
         check_part(part, num_parts)
         check_dataset(inputs[0], out_dir, completing=False)
         translator = load_translator(model, revision, token, offline, device, precision, max_memory, sampling,
-                                     allow_skull, compile_unet)
+                                     allow_skull, compile_unet, skull_strip=skull_strip)
         summary = run_dataset(translator, inputs[0], targets, source=source_name, out_dir=out_dir,
                               overwrite=overwrite, continue_on_error=continue_on_error, part=part,
                               num_parts=num_parts, progress=not quiet, output_dtype=output_dtype)
@@ -131,14 +148,37 @@ def translate_command(
             hint = "" if inp.suffix else f"; if {inp.name!r} was meant as a --to target, it is not a modality name"
             raise UsageError(f"input {inp} does not exist: check the path{hint}")
     plan = plan_outputs(inputs, targets, out_dir)
+    for folder in sorted({p.parent for outs in plan.values() for p in outs.values()}):
+        check_writable(folder, "choose another --out-dir" if out_dir is not None else "pass --out-dir")
+    # what an earlier run of this same command wrote (its records say so) is already done
+    request = {"model": model, "revision": revision, "source": source_name, "precision": precision,
+               "output_dtype": output_dtype, **sampling.as_record(),
+               **({"skull_strip": True} if skull_strip else {}), **({"uncertainty": True} if uncertainty else {})}
+    done = {inp: [] if overwrite else [t for t, p in plan[inp].items() if _already_done(p, inp, t, request)]
+            for inp in inputs}
+    if not (overwrite or skip_existing or continue_on_error):
+        for inp in inputs:
+            other = [p for t, p in plan[inp].items() if p.exists() and t not in done[inp]]
+            if other:
+                raise OutputExistsError(f"{other[0]} exists: pass --overwrite to replace it or --skip-existing to resume")
+    n_done = sum(len(d) for d in done.values())
+    if n_done and not quiet:
+        typer.echo(f"{n_done} output{'s' if n_done != 1 else ''} already done by an earlier run of this command "
+                   f"(kept; --overwrite redoes them): {', '.join(str(plan[i][t]) for i in inputs for t in done[i])}",
+                   err=True)
+    todo = [inp for inp in inputs if len(done[inp]) < len(plan[inp])]
+    if not todo:
+        return EXIT_OK
     loaded = load_translator(model, revision, token, offline, device, precision, max_memory, sampling, allow_skull,
-                             compile_unet, progress=not quiet)
+                             compile_unet, progress=not quiet, skull_strip=skull_strip)
+    if uncertainty:
+        loaded.check_uncertainty()  # the model's default samples, before any input is read
     failures: list[tuple[Path, str]] = []
-    bar = tqdm(inputs, desc="volumes", unit="vol", disable=quiet or len(inputs) == 1)
+    bar = tqdm(todo, desc="volumes", unit="vol", disable=quiet or len(todo) == 1)
     for inp in bar:
-        outs = plan[inp]
+        outs = {t: p for t, p in plan[inp].items() if t not in done[inp]}
         try:
-            existing = [p for p in outs.values() if p.exists()]
+            existing = [p for p in outs.values() if p.exists() or (uncertainty and sd_path(p).exists())]
             if existing and skip_existing and len(existing) == len(outs):
                 logger.info("skipping %s: outputs exist", inp)
                 continue
@@ -146,11 +186,20 @@ def translate_command(
                 raise OutputExistsError(f"{existing[0]} exists: pass --overwrite to replace it or --skip-existing to resume")
             bound = loaded(inp, source=source)
             wanted = [t for t, p in outs.items() if overwrite or not p.exists()]
-            result = bound.to(*wanted)
+            result = bound.to(*wanted, uncertainty=uncertainty)
+            result, spread = result if uncertainty else (result, None)
             images = result if isinstance(result, dict) else {wanted[0]: result}
-            record = {**bound.run_record(wanted), "input": str(inp), **input_provenance(inp),
-                      **output_record(output_dtype)}
+            sds = {} if spread is None else spread if isinstance(spread, dict) else {wanted[0]: spread}
+            record = {**bound.run_record(wanted, uncertainty=uncertainty), "input": str(inp), **input_provenance(inp),
+                      **output_record(output_dtype), "request": request}
+            if bound.brain_mask is not None:  # the same input always gives the same mask: rewritten freely
+                mask = save_image(bound.brain_mask, output_path(inp, "brainmask", out_dir), overwrite=True,
+                                  inputs=inputs)
+                record["brain_mask"] = str(mask)
             for t, own in per_target(record, wanted).items():
+                if t in sds:
+                    own["sd_file"] = str(save_image(as_output_dtype(sds[t], output_dtype), sd_path(outs[t]),
+                                                    overwrite=overwrite, inputs=inputs))
                 path = save_image(as_output_dtype(images[t], output_dtype), outs[t], overwrite=overwrite, inputs=inputs)
                 write_json_atomic(path.with_name(path.name[: -len(".nii.gz")] + ".json"), own)
                 if not quiet:
@@ -163,11 +212,27 @@ def translate_command(
             failures.append((inp, what + " ".join(str(exc).split())))
             tqdm.write(f"error: {inp}: {failures[-1][1]}", file=sys.stderr)
     if failures:
-        typer.echo(f"{len(failures)} of {len(inputs)} inputs failed:", err=True)
+        typer.echo(f"{len(failures)} of {len(todo)} input{'s' if len(todo) != 1 else ''} failed:", err=True)
         for inp, msg in failures:
             typer.echo(f"  {inp}: {msg}", err=True)
         return EXIT_ERROR
     return EXIT_OK
+
+
+def _already_done(out: Path, inp: Path, target: str, request: dict[str, Any]) -> bool:
+    """``out`` exists and its record says this same command wrote it: same input bytes, target, model and
+    settings (the ``request`` of the command line, before a model's defaults fill it in)."""
+    from ..provenance import sha256_file
+
+    side = out.with_name(out.name[: -len(".nii.gz")] + ".json")
+    if not (out.is_file() and side.is_file() and inp.is_file()):  # a DICOM folder has no one hash: made again
+        return False
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return (isinstance(record, dict) and record.get("request") == request and record.get("target") == target
+            and record.get("input_sha256") == sha256_file(inp))
 
 
 def _best_sources(pipe: Any) -> dict[str, str]:
@@ -219,4 +284,5 @@ def info_command(
         typer.echo(json.dumps(info))
         return
     for k, v in info.items():
-        typer.echo(f"{k:>18}: {v}")
+        if v is not None:  # e.g. the revision of a model that is not from the Hub
+            typer.echo(f"{k:>18}: {v}")

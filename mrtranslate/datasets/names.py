@@ -5,7 +5,8 @@
   synthetic, e.g. ``sub-01_ses-1_run-1_desc-synth_FLAIR.nii.gz``; the derivative dataset gets a
   ``dataset_description.json`` with ``GeneratedBy``.
 * BraTS: the subject's folder and the BraTS ending of the target in the subject's own style (2018-2021
-  ``_flair``, 2023 ``-t2f``, BraTS toolkit ``_fla_bet``).
+  ``_flair``, 2023 ``-t2f``, BraTS toolkit ``_fla_bet``), then ``synth`` (``<case>_flair_synth.nii.gz``,
+  ``<case>-t2f-synth.nii.gz``): a synthetic image is never named like an acquired one.
 * A flat folder: ``<input stem>_<target>.nii.gz``, as for single files.
 """
 
@@ -46,12 +47,14 @@ def flat_name(source: Path, target: str) -> str:
 
 
 def brats_name(case: str, source: Path, target: str) -> str:
-    """The file name of ``target`` in the BraTS style of ``source`` (a file of subject ``case``)."""
+    """The file name of the synthetic ``target`` in the BraTS style of ``source`` (a file of subject ``case``),
+    marked ``synth`` after the contrast (``<case>_flair_synth``, ``<case>-t2f-synth``) so that it is never
+    taken for an acquired scan: BraTS tools and mrtranslate's own dataset reader do not read it as one."""
     stem, _ = split_suffix(source.name)
     rest = stem[len(case):] if stem.lower().startswith(case.lower()) else ""
     m = re.fullmatch(r"([_-])([A-Za-z0-9]+)(.*)", rest)
     if m is None:
-        return f"{case}_{target}.nii.gz"
+        return f"{case}_{target}_{SYNTHETIC_DESC}.nii.gz"
     sep, token, trailing = m.group(1), m.group(2).lower(), m.group(3)
     if sep == "-" and token in _BRATS_STYLES["2023"].values():
         style = "2023"
@@ -59,7 +62,7 @@ def brats_name(case: str, source: Path, target: str) -> str:
         style = "toolkit"
     else:
         style = "2021"
-    return f"{case}{sep}{_BRATS_STYLES[style][target]}{trailing}.nii.gz"
+    return f"{case}{sep}{_BRATS_STYLES[style][target]}{trailing}{sep}{SYNTHETIC_DESC}.nii.gz"
 
 
 def bids_entities(name: str) -> tuple[list[tuple[str, str]], str]:

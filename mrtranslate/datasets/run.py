@@ -32,11 +32,19 @@ from .names import (
     flat_name,
     split_suffix,
 )
-from ..errors import DatasetLayoutError, ModalityError, MRTranslateError, OutputExistsError, UsageError
+from ..errors import (
+    DatasetLayoutError,
+    ModalityError,
+    MRTranslateError,
+    OutputExistsError,
+    UsageError,
+    on_command_line,
+    option,
+)
 from ..imaging.layout import _subjects_in as subjects_in
 from ..imaging.layout import find_subjects
 from ..modalities import canonical, canonical_list, guess_from_filename
-from ..provenance import as_output_dtype, input_provenance, output_record, per_target, write_json_atomic
+from ..provenance import as_output_dtype, check_writable, input_provenance, output_record, per_target, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +60,7 @@ class Job:
     path: Path
     outputs: dict[str, Path]
     sources: list[str]  # what the sidecars name as Sources
+    subject_files: dict[str, Path] = field(default_factory=dict)  # every scan of the subject (for --preprocess)
 
 
 @dataclass
@@ -73,8 +82,14 @@ class DatasetSummary:
 
     def line(self) -> str:
         part = f" (part {self.part[0]} of {self.part[1]})" if self.part[1] > 1 else ""
-        return (f"{self.subjects} subjects{part}: {self.done} translated ({self.images_written} images written), "
-                f"{self.skipped} already done, {len(self.failed)} failed; {self.images_skipped} existing outputs kept")
+        return (f"{_count(self.subjects, 'subject')}{part}: {self.done} translated "
+                f"({_count(self.images_written, 'image')} written), {self.skipped} already done, "
+                f"{len(self.failed)} failed; {_count(self.images_skipped, 'existing output')} kept")
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 subject``, ``2 subjects``."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # -- finding the layout and the jobs ------------------------------------------------------------------
@@ -124,7 +139,7 @@ def default_out_root(root: Path, layout: str) -> Path | None:
         return (bids_subject_root(root) or root) / "derivatives" / "mrtranslate"
     if layout == "flat":
         return None
-    raise UsageError(f"{root} is a BraTS-style dataset: pass --out-dir (out_dir=) for the folder of translated "
+    raise UsageError(f"{root} is a BraTS-style dataset: pass {option('out_dir')} for the folder of translated "
                      "subjects (its subject folders mirror the input's)")
 
 
@@ -160,7 +175,7 @@ def _subject_jobs(subject: Any, root: Path, layout: str, out_root: Path, targets
         if source is not None:
             if source not in subject.files:
                 raise DatasetLayoutError(f"subject {subject.case!r} has no {source} image (it has "
-                                         f"{', '.join(subject.files)}): pass another --source or leave it out")
+                                         f"{', '.join(subject.files)}): pass another {option('source')} or leave it out")
             src = source
         else:
             src = choose_source(t, [m for m in have if m != t], modalities, best, subject.case)
@@ -168,14 +183,17 @@ def _subject_jobs(subject: Any, root: Path, layout: str, out_root: Path, targets
     jobs = []
     for src, outs in by_source.items():
         path = subject.files[src]
-        folder = out_root / path.parent.relative_to(root)
+        rel = path.parent.relative_to(root)
+        # one subject folder given as the dataset: its outputs still go in OUT/<case>/, as for a dataset
+        folder = out_root / (subject.case if rel == Path(".") and layout == "brats" else rel)
         if layout == "bids":
             names = {t: folder / bids_name(path, t) for t in outs}
             sources = [bids_uri(root, path)]
         else:
             names = {t: folder / brats_name(subject.case, path, t) for t in outs}
             sources = [path.relative_to(root).as_posix()]
-        jobs.append(Job(case=subject.case, source=src, path=path, outputs=names, sources=sources))
+        jobs.append(Job(case=subject.case, source=src, path=path, outputs=names, sources=sources,
+                        subject_files=dict(subject.files)))
     return jobs
 
 
@@ -208,21 +226,23 @@ def plan_dataset(root: Path | str, targets: Sequence[str] | None, *, source: str
 
 def check_dataset(root: Path | str, out_dir: Path | str | None, completing: bool) -> str:
     """The layout of ``root``, after the checks that need no model (a folder of images or subjects; an output
-    folder where the layout has no default one): a CLI runs them before loading a model."""
+    folder where the layout has no default one, and one that can be written): a CLI runs them before loading
+    a model."""
     layout = detect_layout(Path(root))
     if layout == "flat" and completing:
         layout = "brats"  # complete: a folder of image files is one subject
-    if out_dir is None:
-        default_out_root(Path(root), layout)
+    out_root = Path(out_dir) if out_dir is not None else default_out_root(Path(root), layout)
+    if out_root is not None:  # refused here, before a model loads, rather than after the first subject
+        check_writable(out_root, f"choose another {option('out_dir').rstrip('=')}")
     return layout
 
 
 def check_part(part: int, num_parts: int) -> None:
     if isinstance(num_parts, bool) or not isinstance(num_parts, int) or num_parts < 1:
-        raise UsageError(f"--num-parts {num_parts!r}: use a whole number >= 1")
+        raise UsageError(f"{option('num_parts', num_parts)}: use a whole number >= 1")
     if isinstance(part, bool) or not isinstance(part, int) or not 0 <= part < num_parts:
-        raise UsageError(f"--part {part!r}: use 0 .. {num_parts - 1} (--num-parts {num_parts}), "
-                         "e.g. --part $SLURM_ARRAY_TASK_ID")
+        slurm = ", e.g. --part $SLURM_ARRAY_TASK_ID" if on_command_line() else ""
+        raise UsageError(f"{option('part', part)}: use 0 .. {num_parts - 1} ({option('num_parts', num_parts)}){slurm}")
 
 
 # -- running ------------------------------------------------------------------------------------------
@@ -230,15 +250,23 @@ def run_dataset(translator: Any, root: Path | str, targets: Sequence[str] | None
                 source: str | None = None, out_dir: Path | str | None = None,
                 best_source: Mapping[str, str] | None = None, overwrite: bool = False,
                 continue_on_error: bool = False, part: int = 0, num_parts: int = 1, progress: bool = True,
-                output_dtype: str = "float32") -> DatasetSummary:
+                output_dtype: str = "float32", preprocess: bool = False) -> DatasetSummary:
     """Translate every subject of ``root`` with a loaded :class:`~mrtranslate.translator.Translator`.
 
     ``targets`` None completes each subject (every contrast of the model it lacks); otherwise each subject is
     translated into ``targets`` from ``source`` (None: per target the best contrast the subject has).
     ``best_source`` ``{target: source}`` overrides the model's ``best_source``. Without ``continue_on_error``
-    the first failing subject raises; with it, failures are collected in the summary.
+    the first failing subject raises; with it, failures are collected in the summary. ``preprocess``
+    (completion only; the preprocess extra): each subject's scans as acquired are co-registered to one
+    reference, brain-extracted and translated on the reference grid (:mod:`mrtranslate.preprocess.subject`).
     """
     root = Path(root)
+    if preprocess:
+        if targets is not None:
+            raise UsageError("preprocess= works when completing subjects (mrtranslate complete --preprocess)")
+        from ..preprocess.brain import check_available
+
+        check_available()
     src = canonical(source) if source is not None else None
     names = canonical_list(targets) if targets is not None else None
     modalities = translator.modalities
@@ -251,13 +279,13 @@ def run_dataset(translator: Any, root: Path | str, targets: Sequence[str] | None
     summary = DatasetSummary(subjects=len(per), out_root=out_root, part=(part, num_parts))
     with logging_redirect_tqdm() if progress else contextlib.nullcontext():  # warnings above the bar, not in it
         _run_subjects(translator, root, layout, out_root, per, summary, overwrite, continue_on_error, progress,
-                      output_dtype)
+                      output_dtype, preprocess)
     return summary
 
 
 def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | None,
                   per: list[tuple[str, list[Job] | str]], summary: DatasetSummary, overwrite: bool,
-                  continue_on_error: bool, progress: bool, output_dtype: str) -> None:
+                  continue_on_error: bool, progress: bool, output_dtype: str, preprocess: bool = False) -> None:
     described = False
     for case, jobs in tqdm(per, desc="subjects", unit="subject", disable=not progress):
         try:
@@ -266,7 +294,7 @@ def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | Non
             foreign = [p for j in jobs for p in j.outputs.values() if p.exists() and not _written_by_us(p)]
             if foreign:  # e.g. --out-dir is the dataset itself and the subject has the target: never touch it
                 raise OutputExistsError(f"{foreign[0]} exists and has no mrtranslate record beside it (it may be "
-                                        "an input): choose an --out-dir outside the dataset, or move the file")
+                                        f"an input): choose an {option('out_dir')} outside the dataset, or move the file")
             pending = [(j, [t for t, p in j.outputs.items() if overwrite or not p.exists()]) for j in jobs]
             n_skip = sum(len(j.outputs) - len(w) for j, w in pending)
             summary.images_skipped += n_skip
@@ -277,9 +305,10 @@ def _run_subjects(translator: Any, root: Path, layout: str, out_root: Path | Non
             if layout == "bids" and not described:
                 _describe(root, out_root, translator)
                 described = True
+            prepared = _prepare(translator, jobs) if preprocess else None
             for job, wanted in pending:
                 if wanted:
-                    summary.images_written += _run_job(translator, job, wanted, overwrite, output_dtype)
+                    summary.images_written += _run_job(translator, job, wanted, overwrite, output_dtype, prepared)
             summary.done += 1
         except Exception as exc:  # noqa: BLE001 - with continue_on_error one subject's failure never stops the run
             if not continue_on_error:
@@ -301,19 +330,33 @@ def _describe(root: Path, out_root: Path | None, translator: Any) -> None:
         write_json_atomic(path, derivative_description(root, out_root, model, r.revision if r is not None else None))
 
 
-def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, output_dtype: str) -> int:
+def _prepare(translator: Any, jobs: list[Job]) -> Any:
+    """A subject's scans registered to its reference and brain-extracted; mask and transforms beside its outputs."""
+    from ..preprocess.subject import prepare_subject
+
+    folder = next(iter(jobs[0].outputs.values())).parent
+    return prepare_subject(jobs[0].subject_files, jobs[0].case, folder, device=translator.pipeline.device)
+
+
+def _run_job(translator: Any, job: Job, wanted: list[str], overwrite: bool, output_dtype: str,
+             prepared: Any = None) -> int:
     from ..imaging.volume import save_image
 
-    bound = translator(job.path, source=job.source)
+    bound = translator(job.path if prepared is None else prepared.volumes[job.source], source=job.source)
     logger.info("%s: %s -> %s (from %s)", job.case, bound.source, ", ".join(wanted), job.path.name)
     result = bound.to(*wanted, progress=False)
     images = result if isinstance(result, dict) else {wanted[0]: result}
     record = {**bound.run_record(wanted), "input": str(job.path), **input_provenance(job.path),
-              **output_record(output_dtype)}
+              **output_record(output_dtype), **(prepared.record() if prepared is not None else {})}
+    if bound.brain_mask is not None:  # skull_strip=True: the mask beside the outputs (same input, same mask)
+        folder = next(iter(job.outputs.values())).parent
+        mask = save_image(bound.brain_mask, folder / f"{split_suffix(job.path.name)[0]}_brainmask.nii.gz",
+                          overwrite=True, inputs=[job.path])
+        record["brain_mask"] = mask.name
     for t, own in per_target(record, wanted).items():
         path = job.outputs[t]
         if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} exists: pass --overwrite to replace it")
+            raise OutputExistsError(f"{path} exists: pass {option('overwrite', True)} to replace it")
         side = {"Sources": job.sources, "Synthetic": True,
                 "Description": f"Synthetic {t} translated from {bound.source} by mrtranslate", **own}
         save_image(as_output_dtype(images[t], output_dtype), path, overwrite=overwrite, inputs=[job.path])
@@ -349,14 +392,17 @@ def translate_dataset(root: Path | str, to: Sequence[str], *, source: str | None
 def complete_dataset(root: Path | str, *, out_dir: Path | str | None = None, model: Any = None,
                      translator: Any = None, best_source: Mapping[str, str] | None = None, overwrite: bool = False,
                      continue_on_error: bool = False, part: int = 0, num_parts: int = 1, progress: bool = True,
-                     output_dtype: str = "float32", **translator_kwargs: Any) -> DatasetSummary:
+                     output_dtype: str = "float32", preprocess: bool = False,
+                     **translator_kwargs: Any) -> DatasetSummary:
     """Synthesise, for every subject of ``root`` (a dataset or one subject folder), each contrast of the
     model it lacks, from the contrast that predicts it best (the model's ``best_source``, overridden by
-    ``best_source``, else :data:`mrtranslate.pipeline.best_source.DEFAULT_ORDER`)."""
+    ``best_source``, else :data:`mrtranslate.pipeline.best_source.DEFAULT_ORDER`). ``preprocess``: scans as
+    acquired (skull on, each on its own grid) are co-registered, brain-extracted and completed on the grid of
+    the reference scan (T1ce, else T1); see :mod:`mrtranslate.preprocess.subject`."""
     tr = _load(translator, model, dict(translator_kwargs))
     return run_dataset(tr, root, None, out_dir=out_dir, best_source=best_source, overwrite=overwrite,
                        continue_on_error=continue_on_error, part=part, num_parts=num_parts, progress=progress,
-                       output_dtype=output_dtype)
+                       output_dtype=output_dtype, preprocess=preprocess)
 
 
 __all__ = ["LAYOUTS", "DatasetSummary", "Job", "detect_layout", "plan_dataset", "run_dataset", "translate_dataset",

@@ -17,12 +17,14 @@ as in the BraTS synthesis challenge) and over the whole volume. The report folde
 
     pred/<method>/<case>/<case>_<target>_from_<source>.nii.gz   model predictions, on the source's grid
     pred/<method>/<case>/<case>_from_<source>.json              what made them (reuse record)
+    pred/aldm/<case>/<case>_<target>_from_<source>_sd.nii.gz    with ``uncertainty``: SD across samples
     cases.csv        one line per case, task and method
     summary.md       one row per task and method: mean ± std of PSNR, NMSE, SSIM (brain), Δ to the LUT;
                      per method, the tasks where it beats the LUT in both PSNR and SSIM
     summary.json     settings, per-task statistics, those wins (vs_lut_wins), the fitted lookup tables,
                      figure panel boxes
     figures/<source>_to_<target>.png
+    figures/uncertainty_calibration.png                         with ``uncertainty``: error by SD decile
 
 Resumable: model predictions are reused when their record says they were made from the same source file
 (SHA-256) by the same model weights (SHA-256 of the model folder's files), solver, steps, eta, strength, samples and seed, in a batch
@@ -60,7 +62,14 @@ from .report import (
     write_markdown,
 )
 from ..imaging.layout import Subject, find_subjects
-from .metrics import METRICS, REGIONS, compute_metrics
+from .metrics import LABEL_REGIONS, METRICS, REGIONS, compute_metrics
+from .uncertainty import (
+    calibration,
+    calibration_markdown,
+    require_scipy,
+    summarise_calibration,
+    write_calibration_figure,
+)
 from ..modalities import MODALITIES, canonical_list
 from ..pipeline.options import SamplingOptions
 from ..provenance import hash_file, sha256_file
@@ -131,17 +140,44 @@ def _same_grid(a: Volume, b: Volume, path_a: Path, path_b: Path) -> None:
         )
 
 
+def _label_map(path: Path, ref: Volume, ref_path: Path) -> np.ndarray:
+    """A subject's label map (read as is: it may hold no tumour), checked to be on the images' grid."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(path))
+        data = np.asarray(img.dataobj)
+    except (OSError, EOFError, ValueError) as exc:
+        raise DatasetLayoutError(f"cannot read the label map {path} ({exc}): replace or remove it") from None
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.shape != ref.shape or not np.allclose(img.affine, ref.affine, atol=AFFINE_ATOL):
+        raise GridMismatchError(
+            f"the label map {path} (shape {data.shape}) is not on the grid of {ref_path} (shape {ref.shape}): "
+            "use the subject's own label map, on its images' grid"
+        )
+    return data
+
+
 class _ModelRunner:
-    """Model predictions of one (case, source) for the model methods: reused from disk or computed and saved."""
+    """Model predictions of one (case, source) for the model methods: reused from disk or computed and saved.
+
+    With ``uncertainty``, ALDM's predictions come with their per-voxel SD across samples (``..._sd.nii.gz``
+    beside each prediction)."""
 
     def __init__(self, translator: Any, methods: Sequence[str], keys: dict[str, dict[str, Any]], out: Path,
-                 inputs: Sequence[Path]):
+                 inputs: Sequence[Path], uncertainty: bool = False):
         self.translator, self.methods, self.keys, self.out, self.inputs = translator, methods, keys, out, inputs
+        self.uncertainty = uncertainty
 
     def paths(self, method: str, case: str, source: str, targets: Sequence[str]) -> tuple[Path, dict[str, Path]]:
         folder = self.out / "pred" / method / case
         files = {t: folder / f"{case}_{t}_from_{source}.nii.gz" for t in targets}
         return folder / f"{case}_from_{source}.json", files
+
+    @staticmethod
+    def sd_paths(files: dict[str, Path]) -> dict[str, Path]:
+        return {t: p.with_name(p.name[: -len(".nii.gz")] + "_sd.nii.gz") for t, p in files.items()}
 
     def _reusable(self, record: Path, files: dict[str, Path], key: dict[str, Any]) -> float | None:
         """The recorded seconds when ``record`` matches ``key`` and every file is there; else None."""
@@ -157,39 +193,49 @@ class _ModelRunner:
         return float(made.get("seconds", float("nan")))
 
     def run(self, subject: Subject, source: str, targets: Sequence[str]
-            ) -> dict[str, tuple[dict[str, np.ndarray], float, bool]]:
-        """method -> (target -> prediction array, seconds per target, reused)."""
-        results: dict[str, tuple[dict[str, np.ndarray], float, bool]] = {}
+            ) -> dict[str, tuple[dict[str, np.ndarray], float, bool, dict[str, np.ndarray]]]:
+        """method -> (target -> prediction array, seconds per target, reused, target -> SD array (ALDM with
+        uncertainty; else empty))."""
+        results: dict[str, tuple[dict[str, np.ndarray], float, bool, dict[str, np.ndarray]]] = {}
         bound = None
         source_sha256 = sha256_file(subject.files[source])
         for method in self.methods:
             record, files = self.paths(method, subject.case, source, targets)
+            spread = self.uncertainty and method == "aldm"
+            sd_files = self.sd_paths(files) if spread else {}
             key = {**self.keys[method], "source_sha256": source_sha256}
             seconds = self._reusable(record, files, key)
-            if seconds is not None:
+            if seconds is not None and all(p.is_file() for p in sd_files.values()):
                 preds = {t: load_volume(p).data for t, p in files.items()}
-                results[method] = (preds, seconds, True)
+                results[method] = (preds, seconds, True, {t: load_volume(p).data for t, p in sd_files.items()})
                 continue
             record.unlink(missing_ok=True)  # until the new predictions are all written
             if bound is None:
                 bound = self.translator(subject.files[source], source=source)
             start = time.perf_counter()
-            out = bound.to(*targets) if method == "aldm" else bound.to_spade_only(*targets)
+            sds: dict[str, Any] = {}
+            if spread:
+                out, sd = bound.to(*targets, uncertainty=True)
+                sds = sd if isinstance(sd, dict) else {targets[0]: sd}
+            else:
+                out = bound.to(*targets) if method == "aldm" else bound.to_spade_only(*targets)
             seconds = (time.perf_counter() - start) / len(targets)
             images = out if isinstance(out, dict) else {targets[0]: out}
+            for t, img in sds.items():
+                save_image(img, sd_files[t], overwrite=True, inputs=self.inputs)
             for t, img in images.items():
                 save_image(img, files[t], overwrite=True, inputs=self.inputs)
             write_json(record, {"key": key, "targets": list(targets), "seconds": seconds,
                                 "mrtranslate_version": __version__, "source_file": str(subject.files[source])})
             results[method] = ({t: np.asarray(img.dataobj, dtype=np.float32) for t, img in images.items()},
-                               seconds, False)
+                               seconds, False, {t: np.asarray(img.dataobj, dtype=np.float32) for t, img in sds.items()})
         return results
 
 
 def _row(case: str, method: str, source: str, target: str, metrics: dict[str, dict[str, float]],
          seconds: float, reused: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"case": case, "method": method, "source": source, "target": target}
-    row.update({f"{m}_{r}": metrics[m][r] for m in METRICS for r in REGIONS})
+    row.update({f"{m}_{r}": metrics[m].get(r, float("nan")) for m in METRICS for r in REGIONS + LABEL_REGIONS})
     row.update({"seconds": seconds, "reused": int(reused)})
     return row
 
@@ -206,6 +252,7 @@ class _Run:
     figures: bool
     figure_case: str | None
     rows: list[dict[str, Any]] = field(default_factory=list)
+    calibration: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     drawn: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -224,28 +271,36 @@ class _Run:
                 volumes[name] = load_volume(subject.files[name])
             return volumes[name]
 
+        labels = None
+        if subject.seg is not None and targets_of:
+            first = next(iter(targets_of))
+            labels = _label_map(subject.seg, volume(first), subject.files[first])
         for source, tgts in targets_of.items():
             for t in tgts:
                 _same_grid(volume(source), volume(t), subject.files[source], subject.files[t])
             model_preds = self.runner.run(subject, source, tgts) if self.runner is not None else {}
             for t in tgts:
                 target = volume(t).data
-                preds = {m: (arrays[t], sec, reused) for m, (arrays, sec, reused) in model_preds.items()}
+                preds = {m: (arrays[t], sec, reused) for m, (arrays, sec, reused, _) in model_preds.items()}
+                sds = model_preds["aldm"][3] if "aldm" in model_preds else {}
+                if t in sds:
+                    cal = calibration(preds["aldm"][0], target, sds[t], target > 0)
+                    self.calibration.append({"case": subject.case, "source": source, "target": t, **cal})
                 if (source, t) in self.luts:
                     start = time.perf_counter()
                     lut_pred = self.luts[(source, t)].predict(volume(source).data)
                     preds["lut"] = (lut_pred, time.perf_counter() - start, False)
                 for method in self.methods:
                     pred, sec, reused = preds[method]
-                    metrics = compute_metrics(pred, target, mask=target > 0)
+                    metrics = compute_metrics(pred, target, mask=target > 0, labels=labels)
                     self.rows.append(_row(subject.case, method, source, t, metrics, sec, reused))
                 task = f"{source}_to_{t}"
                 chosen = subject.case == self.figure_case if self.figure_case else task not in self.drawn
                 if self.figures and chosen:
                     fig = FigureData(source, t, subject.case, volume(source).data, target, volume(source).affine,
                                      {m: preds[m][0] for m in self.methods})
-                    labels = {m: METHOD_LABELS[m] for m in self.methods}
-                    self.drawn[task] = write_figure(fig, labels, self.out / "figures" / f"{task}.png")
+                    names = {m: METHOD_LABELS[m] for m in self.methods}
+                    self.drawn[task] = write_figure(fig, names, self.out / "figures" / f"{task}.png")
 
 
 def evaluate(
@@ -267,6 +322,7 @@ def evaluate(
     local_files_only: bool = False,
     figures: bool = True,
     figure_case: str | None = None,
+    uncertainty: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``methods`` (and the ``baseline``) on the first ``cases`` subjects of ``data``; write the report
     to ``out`` (see the module docstring) and return what ``summary.json`` holds.
@@ -274,11 +330,20 @@ def evaluate(
     ``sources``: a modality, several, or ``"all"`` (every ordered pair of distinct modalities with
     ``targets=None``); ``targets``: None for every other modality. ``figure_case``: the subject drawn in the
     figures (default: the first subject that has the task's images). ``sampling``: over the model's defaults,
-    seed 0 unless it names one.
+    seed 0 unless it names one. ``uncertainty``: also keep ALDM's per-voxel SD across samples (2 or more) and
+    measure how it tracks the error (:mod:`.uncertainty`): a table in summary.md, ``calibration`` in
+    summary.json, ``figures/uncertainty_calibration.png``. Subjects with a label map (``seg``) are also scored
+    in the tumour and the healthy brain.
     """
     sampling = sampling or SamplingOptions()
     seed = 0 if sampling.seed is None else sampling.seed
     chosen = _check_methods(methods, baseline, fit_data)
+    if uncertainty and "aldm" not in chosen:
+        raise UsageError("uncertainty is the spread of ALDM's samples: add --method aldm, or leave out --uncertainty")
+    if uncertainty and sampling.samples == 1:
+        raise UsageError("uncertainty needs 2 or more samples per target: pass --samples 3 or leave out --uncertainty")
+    if uncertainty:
+        require_scipy()
     if cases is not None and (isinstance(cases, bool) or int(cases) < 1):
         raise UsageError(f"--cases must be a positive number of subjects, got {cases}")
     task_pairs(sources, targets)  # names checked before any work; again below with the model's modalities
@@ -304,6 +369,8 @@ def evaluate(
         )
         if "aldm" in chosen and translator.pipeline.unet is None:
             raise UsageError("this model has no diffusion UNet (first stage only): evaluate it with --method spade")
+        if uncertainty:
+            translator.check_uncertainty()
         modalities = translator.modalities
         info = translator.run_record([])
         fingerprint = model_fingerprint(translator.resolved.path) if translator.resolved else None
@@ -339,8 +406,8 @@ def evaluate(
                     mrtranslate_version=__version__, n_cases=len(subjects), cases=[s.case for s in subjects])
 
     inputs = [p for s in subjects for p in s.files.values()]
-    run = _Run(pairs, all_methods, _ModelRunner(translator, chosen, keys, out, inputs) if translator is not None else None, luts,
-               out, figures, figure_case)
+    runner = _ModelRunner(translator, chosen, keys, out, inputs, uncertainty) if translator is not None else None
+    run = _Run(pairs, all_methods, runner, luts, out, figures, figure_case)
     for subject in tqdm(subjects, desc="evaluate", unit="case", disable=not progress):
         run.subject(subject)
     rows, skipped, drawn = run.rows, run.skipped, run.drawn
@@ -348,6 +415,11 @@ def evaluate(
         raise DatasetLayoutError(f"no subject of {data} has the images of any task ({', '.join(settings['tasks'])})")
 
     entries = summarise(rows, pairs, all_methods)
+    settings["uncertainty"] = uncertainty
+    settings["label_cases"] = [s.case for s in subjects if s.seg is not None]
+    calib = summarise_calibration(run.calibration, pairs) if uncertainty else []
+    if calib and figures:
+        drawn["uncertainty_calibration"] = write_calibration_figure(calib, out / "figures" / "uncertainty_calibration.png")
     summary: dict[str, Any] = {
         "settings": settings,
         "tasks": entries,
@@ -355,11 +427,13 @@ def evaluate(
         "luts": {f"{s}->{t}": lut.to_dict() for (s, t), lut in luts.items()},
         "figures": drawn,
         "skipped": skipped,
+        "calibration": calib,
+        "calibration_cases": run.calibration,
         "files": {"cases_csv": str(out / "cases.csv"), "summary_md": str(out / "summary.md"),
                   "summary_json": str(out / "summary.json")},
     }
     write_csv(out / "cases.csv", rows)
-    write_markdown(out / "summary.md", entries, settings)
+    write_markdown(out / "summary.md", entries, settings, calibration_markdown(calib) if calib else None)
     write_json(out / "summary.json", summary)
     logger.info("evaluated %d subjects, %d tasks, methods %s: report in %s", len(subjects), len(pairs),
                 ", ".join(all_methods), out)

@@ -1,7 +1,11 @@
 """Image-quality metrics of a synthesised volume against its target: PSNR, NMSE, MAE and 3D SSIM.
 
 Each metric is reported over two regions: ``"brain"`` (the voxels of a brain mask) and ``"volume"``
-(every voxel of the array).
+(every voxel of the array). Given a tumour label map (BraTS labels: 0 background, 1 necrosis, 2 oedema,
+4 enhancing tumour), two more, as the BraTS missing-MRI synthesis challenge (BraSyn) scores them:
+``"tumour"`` (label voxels > 0) and ``"healthy"`` (brain and not tumour); a region without voxels scores
+NaN. The normalisation and the SSIM map are the same for every region; a region's SSIM is the mean of the
+one map over its voxels.
 
 Intensity convention (that of the BraTS synthesis challenge), applied to prediction and target alike
 before any metric: take the 0.5th and 99.5th percentiles of the image's own voxels inside the brain
@@ -39,6 +43,7 @@ from ..errors import GridMismatchError, InputImageError
 
 METRICS: tuple[str, ...] = ("psnr", "nmse", "mae", "ssim")
 REGIONS: tuple[str, ...] = ("brain", "volume")
+LABEL_REGIONS: tuple[str, ...] = ("tumour", "healthy")
 
 PERCENTILES: tuple[float, float] = (0.5, 99.5)
 SSIM_SIGMA = 1.5
@@ -47,8 +52,10 @@ SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 
 __all__ = [
+    "LABEL_REGIONS",
     "METRICS",
     "REGIONS",
+    "label_regions",
     "compute_metrics",
     "foreground_mask",
     "jsonable",
@@ -250,14 +257,43 @@ def ssim_map(
 # --------------------------------------------------------------------------------------------------
 
 
+def label_regions(labels: np.ndarray, brain: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"tumour": labels > 0, "healthy": brain and not tumour}`` (boolean arrays on the images' grid)."""
+    lab = np.asarray(labels)
+    if lab.shape != brain.shape:
+        raise GridMismatchError(
+            f"the label map has shape {tuple(lab.shape)} but the images have shape {tuple(brain.shape)}; "
+            "use the label map of this subject, on the images' voxel grid."
+        )
+    if not np.all(np.isfinite(lab)):
+        raise InputImageError("the label map contains NaN or infinite values; pass an integer label map.")
+    tumour = lab > 0
+    return {"tumour": tumour, "healthy": brain & ~tumour}
+
+
+def _scores(p: np.ndarray, t: np.ndarray, ssim: np.ndarray, region: np.ndarray | None) -> dict[str, float]:
+    if region is not None and not region.any():
+        return {name: math.nan for name in METRICS}
+    sel_t = _select(t, region)
+    energy = float(np.sum(sel_t**2))
+    return {
+        "psnr": psnr(p, t, region),
+        "nmse": float(np.sum((_select(p, region) - sel_t) ** 2)) / energy if energy > 0 else math.nan,
+        "mae": mae(p, t, region),
+        "ssim": float(ssim.mean() if region is None else ssim[region].mean()),
+    }
+
+
 def compute_metrics(
-    pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None
+    pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, labels: np.ndarray | None = None
 ) -> dict[str, dict[str, float]]:
-    """PSNR, NMSE, MAE and SSIM of ``pred`` against ``target``, in the brain mask and the whole volume.
+    """PSNR, NMSE, MAE and SSIM of ``pred`` against ``target``, in the brain mask and the whole volume, and with
+    ``labels`` (a tumour label map on the same grid) in the tumour and the healthy brain.
 
     ``pred`` and ``target`` are raw 3D intensity arrays on the same grid; both are normalised as the
     module docstring describes. ``mask``: voxels > 0 form the brain; None uses ``target > 0``.
-    Returns ``{"psnr": {"brain": .., "volume": ..}, "nmse": {..}, "mae": {..}, "ssim": {..}}``.
+    Returns ``{"psnr": {"brain": .., "volume": ..}, "nmse": {..}, "mae": {..}, "ssim": {..}}`` (regions
+    ``"tumour"`` and ``"healthy"`` too with ``labels``).
     """
     p_raw = _as_float(pred, "prediction")
     t_raw = _as_float(target, "target")
@@ -269,6 +305,9 @@ def compute_metrics(
             raise InputImageError("the target has no voxel > 0, so there is no brain to measure; pass --mask.")
     else:
         brain = _region(mask, t_raw.shape)
+    regions: dict[str, np.ndarray | None] = {"brain": brain, "volume": None}
+    if labels is not None:
+        regions.update(label_regions(labels, brain))
     p = normalize(p_raw, brain)
     t = normalize(t_raw, brain)
     if not t[brain].any():  # normalize() maps a target without intensity range to zeros
@@ -276,12 +315,8 @@ def compute_metrics(
             "the target is constant inside the brain mask, so it cannot be normalised; check the target and mask."
         )
     ssim = ssim_map(p, t)
-    return {
-        "psnr": {"brain": psnr(p, t, brain), "volume": psnr(p, t)},
-        "nmse": {"brain": nmse(p, t, brain), "volume": nmse(p, t)},
-        "mae": {"brain": mae(p, t, brain), "volume": mae(p, t)},
-        "ssim": {"brain": float(ssim[brain].mean()), "volume": float(ssim.mean())},
-    }
+    scores = {name: _scores(p, t, ssim, region) for name, region in regions.items()}
+    return {m: {name: scores[name][m] for name in regions} for m in METRICS}
 
 
 def jsonable(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float | str]]:

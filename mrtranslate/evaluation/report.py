@@ -21,9 +21,9 @@ import numpy as np
 from ..errors import OutputWriteError
 from ..schedulers.solver import SOLVER_LABELS
 from .figures import MODALITY_LABELS
-from .metrics import METRICS, REGIONS
+from .metrics import LABEL_REGIONS, METRICS, REGIONS
 
-METRIC_COLUMNS: tuple[str, ...] = tuple(f"{m}_{r}" for m in METRICS for r in REGIONS)
+METRIC_COLUMNS: tuple[str, ...] = tuple(f"{m}_{r}" for m in METRICS for r in REGIONS + LABEL_REGIONS)
 CSV_COLUMNS: tuple[str, ...] = ("case", "method", "source", "target", *METRIC_COLUMNS, "seconds", "reused")
 TABLE_METRICS: tuple[str, ...] = ("psnr_brain", "nmse_brain", "ssim_brain")
 METHOD_LABELS: dict[str, str] = {"aldm": "ALDM", "spade": "MS-SPADE only", "lut": "LUT (1-D)"}
@@ -107,7 +107,11 @@ def summarise(
                 "vs_lut": None,
             }
             for col in METRIC_COLUMNS:
-                entry["mean"][col], entry["std"][col] = _stats([r[col] for r in mine])
+                values = [r[col] for r in mine]
+                if col.endswith(LABEL_REGIONS):  # only the cases that have a label map
+                    values = [v for v in values if not math.isnan(v)]
+                    entry.setdefault("n_labels", len(values))
+                entry["mean"][col], entry["std"][col] = _stats(values) if values else (math.nan, math.nan)
             paired = [r for r in mine if r["case"] in lut_rows]
             if method != "lut" and paired:
                 entry["vs_lut"] = {
@@ -179,8 +183,27 @@ def markdown_table(entries: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: Path, entries: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> None:
-    """``summary.md``: what was run, how it was measured, and the table."""
+def region_table(entries: Sequence[Mapping[str, Any]]) -> str:
+    """PSNR and SSIM in the tumour (labels > 0) and the healthy brain (brain and not tumour) beside the brain's,
+    one row per task and method with a label map (mean ± std over the cases that have one)."""
+    head = ["Task", "Method", "n", "PSNR brain", "PSNR tumour", "PSNR healthy", "SSIM brain", "SSIM tumour",
+            "SSIM healthy"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["--:"] * (len(head) - 2)) + "|"]
+    for e in entries:
+        if not e.get("n_labels"):
+            continue
+        cells = [task_label(e["source"], e["target"]), METHOD_LABELS.get(e["method"], e["method"]), str(e["n_labels"])]
+        for metric, digits in (("psnr", 2), ("ssim", 4)):
+            cells += [_cell(e["mean"][f"{metric}_{r}"], e["std"][f"{metric}_{r}"], digits)
+                      for r in ("brain", *LABEL_REGIONS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(path: Path, entries: Sequence[Mapping[str, Any]], settings: Mapping[str, Any],
+                   calibration: str | None = None) -> None:
+    """``summary.md``: what was run, how it was measured, the table; the tumour / healthy-brain table where
+    subjects have label maps; ``calibration`` (a Markdown table of the SD's calibration) when given."""
     lines = [
         "# Evaluation",
         "",
@@ -214,4 +237,15 @@ def write_markdown(path: Path, entries: Sequence[Mapping[str, Any]], settings: M
     wins = wins_lines(entries)
     if wins:
         lines += wins + [""]
+    if any(e.get("n_labels") for e in entries):
+        lines += ["## Tumour and healthy brain", "",
+                  "Regions of the label map: tumour = labels > 0, healthy = brain and not tumour; the same "
+                  "normalisation and SSIM map as above, averaged in each region (n: cases with a label map).", "",
+                  region_table(entries)]
+    if calibration:
+        lines += ["## Uncertainty: SD across samples against the real error", "",
+                  "Inside the brain, on the normalised images: Spearman correlation of the voxel SD with |error| "
+                  "(mean over cases, and the lowest case), mean |error| in the lowest and highest SD decile and "
+                  "their ratio, and RMS error / RMS SD (1: the SD's size matches the error's). Figure: "
+                  "figures/uncertainty_calibration.png.", "", calibration]
     write_text(path, "\n".join(lines))

@@ -66,6 +66,7 @@ logger = logging.getLogger("mrtranslate.volumes")
 
 _AXES = (("left", "right"), ("posterior", "anterior"), ("inferior", "superior"))
 _SLAB_POINTS = 1 << 21
+THICK_SLICE_MM = 3.0  # thicker slices (2D clinical acquisitions) get a warning about through-plane resolution
 _COARSE_WARN_RATIO = 2.0  # warn when input voxels are over twice the model spacing along an axis
 
 
@@ -306,6 +307,18 @@ def _resampled_forward(vol: Volume, fg: np.ndarray, prep: Preprocessing) -> tupl
     return grid, grid_affine, plan
 
 
+def warn_thick_slices(label: str, zooms: np.ndarray) -> None:
+    """A WARNING when the voxels' longest side (the slice thickness of 2D acquisitions) is over
+    :data:`THICK_SLICE_MM`: nothing is refused, but no translation adds the detail missing between slices."""
+    k = int(np.argmax(zooms))
+    if zooms[k] > THICK_SLICE_MM:
+        logger.warning(
+            "%s: slices are %.2g mm thick along array axis %d (over %g mm): the output's through-plane "
+            "resolution is that of the input (%.2g mm); the translation cannot add detail between slices",
+            label, zooms[k], k, THICK_SLICE_MM, zooms[k],
+        )
+
+
 def to_model_space(src: ImageSource, prep: Preprocessing | None = None,
                    name: str | None = None) -> tuple[torch.Tensor, ModelSpaceInverse]:
     """The model-space tensor ``[1, 1, *grid]`` (float32, model intensity scale) of an image, and its inverse.
@@ -330,6 +343,7 @@ def to_model_space(src: ImageSource, prep: Preprocessing | None = None,
             vol.label, 100.0 * n_neg / (n_neg + n_fg),
         )
     zooms = np.asarray(vol.spacing)
+    warn_thick_slices(vol.label, zooms)
     directions = np.abs(vol.affine[:3, :3] / zooms)
     model_along_input = np.sqrt(((directions * np.asarray(prep.spacing_mm)[:, None]) ** 2).sum(axis=0))
     for k in np.flatnonzero(zooms > _COARSE_WARN_RATIO * model_along_input):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import InputImageError
+from ..errors import InputImageError, option
 
 #: More than this fraction of a face's voxels > 0 counts as a face in the background.
 FACE_FILLED = 0.5
@@ -57,6 +57,7 @@ def check_skull_stripped(vol: object) -> None:
     if signs:
         raise NotSkullStrippedError(
             f"{vol.label} does not look skull-stripped ({'; '.join(signs)}): the model works on brains only; "  # type: ignore[attr-defined]
-            "skull-strip it first (e.g. with HD-BET or SynthStrip), or pass --allow-skull (allow_skull=True) "
-            "to translate it anyway"
+            f"pass {option('skull_strip', True)} to extract the brain with HD-BET first "
+            "(pip install \"mrtranslate[preprocess]\"), skull-strip it yourself (e.g. with SynthStrip), "
+            f"or pass {option('allow_skull', True)} to translate it anyway"
         )

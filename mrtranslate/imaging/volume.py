@@ -32,7 +32,7 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError, SpatialImage
 
-from ..errors import InputImageError, MemoryBudgetError, OutputExistsError, OutputWriteError, UsageError
+from ..errors import InputImageError, MemoryBudgetError, OutputExistsError, OutputWriteError, UsageError, option
 
 logger = logging.getLogger("mrtranslate.volumes")
 
@@ -163,10 +163,16 @@ def _from_file(path: Path, name: str | None) -> Volume:
     if not path.exists():
         raise InputImageError(f"{shown} does not exist: check the path (current folder: {Path.cwd()})")
     if path.is_dir():
+        from .dicom import is_dicom_folder, read_dicom_series  # DICOM needs the preprocess extra: lazily
+
+        if is_dicom_folder(path):
+            data, affine, series_name = read_dicom_series(path, name)
+            return _from_array(data, affine, series_name)
         found = sorted(p.name for p in path.iterdir() if p.name.lower().endswith(_NIFTI_SUFFIXES))
         hint = f" (it holds {len(found)} NIfTI files, e.g. {found[0]})" if found else ""
         raise InputImageError(
-            f"{shown} is a folder{hint}: pass one .nii, .nii.gz or .mgz file; convert DICOM folders with dcm2niix first"
+            f"{shown} is a folder{hint}: pass one .nii, .nii.gz or .mgz file, or a folder holding one DICOM series "
+            "(convert other DICOM folders with dcm2niix first)"
         )
     if path.stat().st_size == 0:
         raise InputImageError(f"{shown} is empty (0 bytes): re-export or re-copy the image")
@@ -367,7 +373,7 @@ def save_image(
         if _same_file(target, Path(src)) or target.resolve() == Path(src).resolve():
             raise OutputExistsError(f"output {target} would replace the input {src}: choose another output name")
     if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} exists: pass --overwrite (overwrite=True) or choose another name")
+        raise OutputExistsError(f"{target} exists: pass {option('overwrite', True)} or choose another name")
     if isinstance(img, Volume):
         img = img.to_image()
     suffix = ".nii.gz" if target.name.lower().endswith(".nii.gz") else ".nii"
@@ -391,8 +397,8 @@ def _move_no_replace(tmp: Path, target: Path) -> None:
     try:
         os.link(tmp, target)
     except FileExistsError:
-        raise OutputExistsError(f"{target} exists: pass --overwrite (overwrite=True) or choose another name") from None
+        raise OutputExistsError(f"{target} exists: pass {option('overwrite', True)} or choose another name") from None
     except OSError:  # file systems without hard links
         if target.exists():
-            raise OutputExistsError(f"{target} exists: pass --overwrite (overwrite=True) or choose another name") from None
+            raise OutputExistsError(f"{target} exists: pass {option('overwrite', True)} or choose another name") from None
         os.replace(tmp, target)

@@ -210,6 +210,19 @@ class ALDMPipeline:
             out = self.vqgan.spade(self._layout(z_q.to(device=self.device, dtype=self.dtype)), t, s)
         return out.float().contiguous()
 
+    def _target_like_once(
+        self, z_q: torch.Tensor, z_src: torch.Tensor, t: torch.Tensor, source: int | None
+    ) -> torch.Tensor:
+        """``target_like(z_src, t)`` for a batch; with one source latent (``z_q`` of batch 1), MS-SPADE runs once per
+        distinct target and its outputs are repeated: the draws of a target share it (``samples`` k costs k times
+        the UNet, not k times MS-SPADE)."""
+        if z_q.shape[0] != 1 or t.numel() == 1:
+            return self.target_like(z_src, t, source)
+        distinct, index = torch.unique(t, sorted=False, return_inverse=True)
+        if distinct.numel() == t.numel():
+            return self.target_like(z_src, t, source)
+        return self.target_like(z_q, distinct, source)[index.to(self.device)].contiguous()
+
     @torch.inference_mode()
     def sample(
         self,
@@ -259,7 +272,7 @@ class ALDMPipeline:
             raise UsageError(f"latent sides {tuple(z_src.shape[2:])} must be multiples of {f} for this UNet")
         multistep = None if check_solver(solver) == "ddim" else multistep_solver(solver, self.scheduler)
         plan = self.scheduler.steps(steps, eta, strength) if multistep is None else multistep.steps(steps, strength)
-        spade = self.target_like(z_src, t, source)
+        spade = self._target_like_once(z_q, z_src, t, source)
         cond = self._layout(torch.cat([z_src, spade.to(z_src.dtype)], dim=1))
         shape = (n, self.unet.config.out_channels, *z_src.shape[2:])
         x = (x_T if x_T is not None else _randn(shape, generator)).to(self.device, torch.float32)
@@ -299,18 +312,35 @@ class ALDMPipeline:
         mean, with less of the sampler's noise than any one sample. The k draws run in the same batch (k times
         the UNet's memory). Target ``i``'s draws take, in turn, from generator ``i`` of a list; ``x_T`` then holds
         ``T * k`` noises, target by target. Other arguments: as ``sample``."""
+        if check_samples(samples) == 1:
+            return self.sample(z_q, targets, x_T=x_T, generator=generator, **kwargs)
+        return self.sample_draws(z_q, targets, samples, x_T=x_T, generator=generator, **kwargs).mean(1).contiguous()
+
+    def sample_draws(
+        self,
+        z_q: torch.Tensor,
+        targets: torch.Tensor | Sequence[int],
+        samples: int,
+        *,
+        x_T: torch.Tensor | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """Every one of the ``samples`` draws of each target, ``[T, k, C, ...]``, not averaged: the draws whose
+        mean ``sample_mean`` returns (same noise, same batch), for a spread across samples. Arguments: as
+        ``sample_mean``."""
         k = check_samples(samples)
         if k == 1:
-            return self.sample(z_q, targets, x_T=x_T, generator=generator, **kwargs)
+            return self.sample(z_q, targets, x_T=x_T, generator=generator, **kwargs)[:, None]
         t = self._targets(targets)
         n = t.numel()
         if isinstance(generator, (list, tuple)):
             if len(generator) != n:
                 raise UsageError(f"got {len(generator)} generators for {n} targets")
             generator = [g for g in generator for _ in range(k)]
-        z_all = z_q.expand(n, *z_q.shape[1:]) if z_q.shape[0] == 1 else z_q
-        x = self.sample(z_all.repeat_interleave(k, 0), t.repeat_interleave(k), x_T=x_T, generator=generator, **kwargs)
-        return x.view(n, k, *x.shape[1:]).mean(1).contiguous()
+        z_all = z_q if z_q.shape[0] == 1 else z_q.repeat_interleave(k, 0)  # batch 1 is broadcast by sample
+        x = self.sample(z_all, t.repeat_interleave(k), x_T=x_T, generator=generator, **kwargs)
+        return x.view(n, k, *x.shape[1:])
 
     def sample_by_strength(
         self,
@@ -321,11 +351,13 @@ class ALDMPipeline:
         *,
         x_T: torch.Tensor | None = None,
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
+        draws: bool = False,
         **kwargs: Any,
     ) -> torch.Tensor:
         """One strength per target (see ``PipelineConfig.pair_strength``): the targets of each strength run as
         one ``sample_mean`` batch, in turn; with one generator per target, each target's result is the same as
-        when sampled alone. Other arguments: as ``sample_mean``."""
+        when sampled alone. ``draws``: every draw, ``[T, k, C, ...]``, as ``sample_draws``. Other arguments: as
+        ``sample_mean``."""
         t = self._targets(targets)
         n = t.numel()
         if len(strengths) != n:
@@ -339,7 +371,7 @@ class ALDMPipeline:
         for s in dict.fromkeys(float(v) for v in strengths):  # distinct strengths, first-seen order
             idx = [i for i in range(n) if float(strengths[i]) == s]
             rows = [i * k + j for i in idx for j in range(k)]
-            x = self.sample_mean(
+            x = (self.sample_draws if draws else self.sample_mean)(
                 z_q if z_q.shape[0] == 1 else z_q[idx], t[idx], k, strength=s,
                 x_T=None if x_T is None else x_T[rows],
                 generator=[generator[i] for i in idx] if isinstance(generator, (list, tuple)) else generator,
@@ -375,15 +407,18 @@ class ALDMPipeline:
         generator: torch.Generator | Sequence[torch.Generator] | None = None,
         progress: bool = True,
         source: int | None = None,
+        draws: bool = False,
     ) -> torch.Tensor:
         """Target latents with ``options`` over the model's defaults (see ``resolve``): ``sample``,
         ``sample_mean`` or ``sample_by_strength`` as they ask. ``options.seed`` is not used here: pass
-        ``generator``."""
+        ``generator``. ``draws``: every draw, ``[T, k, C, ...]``, not their mean (see ``sample_draws``)."""
         o = self.resolve(options, targets, source)
         kwargs: dict[str, Any] = dict(steps=o.steps, eta=o.eta, generator=generator, progress=progress, source=source,
                                       solver=o.solver)
         if isinstance(o.strength, tuple):
-            return self.sample_by_strength(z_q, targets, o.strength, o.samples, **kwargs)
+            return self.sample_by_strength(z_q, targets, o.strength, o.samples, draws=draws, **kwargs)
+        if draws:
+            return self.sample_draws(z_q, targets, o.samples, strength=o.strength, **kwargs)
         return self.sample_mean(z_q, targets, o.samples, strength=o.strength, **kwargs)
 
     def strengths(self, targets: torch.Tensor | Sequence[int], source: int | None) -> float | list[float]:

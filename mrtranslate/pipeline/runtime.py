@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ..errors import MemoryBudgetError, UsageError
+from ..errors import MemoryBudgetError, UsageError, option
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,9 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     except (RuntimeError, TypeError):
         raise UsageError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu or auto")
+        raise UsageError(f"device 'cuda' was asked for but no CUDA GPU is available: use {option('device', 'cpu')} or auto")
     if dev.type == "mps" and not _mps_available():
-        raise UsageError("device 'mps' was asked for but this PyTorch has no usable MPS (Apple GPU): use --device cpu or auto")
+        raise UsageError(f"device 'mps' was asked for but this PyTorch has no usable MPS (Apple GPU): use {option('device', 'cpu')} or auto")
     if dev.type not in ("cpu", "cuda", "mps"):
         raise UsageError(f"device {device!r} is not supported: use auto, cpu, cuda, cuda:N or mps")
     return dev
@@ -205,7 +205,7 @@ def plan_memory(
     need = MemoryPlan(1, persistent_bytes, 3 * row_bytes, unet_bytes).peak_bytes
     raise MemoryBudgetError(
         f"translating a {d}x{h}x{w} grid needs about {_size(need)} but only {_size(budget)} is available: "
-        "free memory, raise --max-memory, or translate fewer targets at once"
+        f"free memory, raise {option('max_memory')}, or translate fewer targets at once"
     )
 
 

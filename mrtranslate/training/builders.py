@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ModelFormatError, UsageError
+from ..errors import ModelFormatError, UsageError, option
 from ..models import VQGAN, VQGANConfig
 from ..imaging.model_space import Preprocessing
 from .autoencoder import AutoencoderStage
@@ -24,6 +24,14 @@ from .config import (
 from .data import dataset_subjects, describe_dataset, load_images
 from .diffusion import DiffusionStage, initial_unet
 from .distributed import DistContext
+from .memory import (
+    autoencoder_memory,
+    check_training_memory,
+    diffusion_memory,
+    image_bytes,
+    latent_shape,
+    spade_memory,
+)
 from .first_stage import (
     FirstStage,
     cached,
@@ -55,13 +63,17 @@ def _need_data(data: Path | str | None, stage: str) -> Path:
 
 def build_stage(
     cfg: TrainConfig, ctx: DistContext, folder: RunFolder, data: Path | str | None,
-    record: dict[str, Any] | None, progress: bool,
+    record: dict[str, Any] | None, progress: bool, max_memory: int | str | None = None,
 ) -> Built:
-    """The stage object of ``cfg`` with its data; ``record`` is the run.json of a resumed run (None: new run)."""
+    """The stage object of ``cfg`` with its data; ``record`` is the run.json of a resumed run (None: new run).
+
+    Before the data are loaded, the peak memory of a training step is estimated and the run is refused when
+    it exceeds what the device has free (or ``max_memory``)."""
     if isinstance(cfg, AutoencoderConfig):
         root = _need_data(data, cfg.stage)
         subjects = dataset_subjects(root, 1)
         prep = Preprocessing.from_dict(cfg.preprocessing)
+        _check_memory(cfg, ctx, max_memory, len(subjects), list(prep.grid), None)
         init, extras = None, {}
         if cfg.init is not None and record is None:  # read and checked before the images are loaded
             init = _initial_vqgan(cfg)
@@ -75,7 +87,7 @@ def build_stage(
     if record is None:
         if not cfg.first_stage:
             raise UsageError(
-                f"the {cfg.stage} stage needs first_stage (--first-stage): an autoencoder/spade run or a model folder"
+                f"the {cfg.stage} stage needs {option('first_stage')}: an autoencoder/spade run or a model folder"
             )
         first = load_first_stage(cfg.first_stage)
         extras = {"first_stage": first.source, "provenance": first.provenance}
@@ -97,6 +109,9 @@ def build_stage(
         subjects = dataset_subjects(root, 2)
         data_info = describe_dataset(root, subjects)
 
+    n_subjects = len(subjects) if subjects is not None else len(pack["cases"]) if pack is not None else 0
+    _check_memory(cfg, ctx, max_memory, n_subjects,
+                  list(first.preprocessing["grid"]), first.vqgan.config)
     init_unet = None
     if isinstance(cfg, DiffusionConfig) and cfg.init is not None and record is None:
         # read (and checked) before the data are encoded; a resumed run's checkpoint holds the UNet instead
@@ -137,6 +152,39 @@ def build_stage(
     else:
         stage = DiffusionStage(cfg, ctx, first, codes, available, latents.get("translated"), init_unet)
     return Built(stage, data_info, extras)
+
+
+def _check_memory(cfg: TrainConfig, ctx: DistContext, max_memory: int | str | None, subjects: int,
+                  grid: list[int], vq: VQGANConfig | None) -> None:
+    """Refuse a step that will not fit (see :mod:`mrtranslate.training.memory`)."""
+    half = ctx.device.type == "cuda" and cfg.amp
+    share = -(-subjects // ctx.world_size)  # this process's subjects
+    on_cpu = ctx.device.type == "cpu"
+    if isinstance(cfg, AutoencoderConfig):
+        crop = cfg.crop or grid
+        disc = (cfg.disc_channels, cfg.disc_layers) if cfg.disc_weight > 0 else None
+        data = image_bytes(share, grid) if on_cpu else 0
+        estimate = autoencoder_memory(cfg.model, cfg.batch_size, crop, disc, half, data)
+        lower = "batch_size or crop"
+    else:
+        assert vq is not None
+        latent = latent_shape(grid, vq.downsampling_factor)
+        # cached latents: the codes of every scan (int64), and MS-SPADE's translations of every pair
+        data = share * 4 * 8 * int(torch.Size(latent).numel())
+        if isinstance(cfg, DiffusionConfig):
+            if cfg.cache_spade:
+                data += share * 16 * vq.embed_dim * 4 * int(torch.Size(latent).numel())
+            # the stage's own check of the crop (its one-line error) before any estimate
+            unet_factor = cfg.unet_config().downsampling_factor
+            crop = DiffusionStage._latent_crop(cfg.crop, vq.downsampling_factor, unet_factor, torch.Size(latent))
+            estimate = diffusion_memory(cfg.model, vq.to_dict(), cfg.batch_size, crop or latent, half,
+                                        data if on_cpu else 0)
+            lower = "batch_size or crop"
+        else:
+            estimate = spade_memory(vq.to_dict(), cfg.batch_size, latent, half, data if on_cpu else 0)
+            lower = "batch_size"
+    logger.info("estimated peak memory of a %s step: %d bytes", cfg.stage, estimate.peak)
+    check_training_memory(estimate, ctx.device, max_memory, cfg.stage, lower)
 
 
 def _initial_vqgan(cfg: AutoencoderConfig) -> FirstStage:

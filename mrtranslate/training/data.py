@@ -187,18 +187,23 @@ def sample_scans(available: torch.Tensor, n: int, gen: torch.Generator) -> tuple
 
 
 def sample_pairs(
-    available: torch.Tensor, n: int, gen: torch.Generator, weights: torch.Tensor | None = None
+    available: torch.Tensor, n: int, gen: torch.Generator, weights: torch.Tensor | None = None,
+    allowed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``n`` random (subject, source, target) triples: a subject with 2+ modalities, two distinct modalities.
 
     ``weights`` (a source x target matrix, see ``config.pair_weight_matrix``): each subject's pair is drawn with
     probability proportional to its weight among the pairs that subject has; None: all its pairs alike.
+    ``allowed`` (``[subjects, source, target]`` bool): pairs that may be drawn at all; None: every pair.
     """
+    if allowed is not None and not bool(allowed.all()):
+        ones = torch.ones(available.shape[1], available.shape[1]) - torch.eye(available.shape[1])
+        weights = (ones if weights is None else weights)[None] * allowed.to(ones.dtype)
     if weights is None:
         eligible = (available.sum(1) >= 2).nonzero(as_tuple=True)[0]
     else:  # each subject's weight of each (source, target) pair it has, flattened
         has = available.to(weights.dtype)
-        pair_probs = (has[:, :, None] * weights * has[:, None, :]).flatten(1)
+        pair_probs = (has[:, :, None] * weights * has[:, None, :]).flatten(1)  # weights: [M, M] or [N, M, M]
         eligible = (pair_probs.sum(1) > 0).nonzero(as_tuple=True)[0]
     if len(eligible) == 0:
         raise DatasetLayoutError("no subject in this process's share of the data has two modalities to pair"
@@ -213,7 +218,7 @@ def sample_pairs(
             src[i], tgt[i] = have[order[0]], have[order[1]]
         else:
             k = int(torch.multinomial(pair_probs[s], 1, generator=gen))
-            src[i], tgt[i] = divmod(k, weights.shape[1])
+            src[i], tgt[i] = divmod(k, weights.shape[-1])
     return subjects, src, tgt
 
 

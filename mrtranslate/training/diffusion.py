@@ -12,6 +12,7 @@ same in z_src, z_tgt and the cached MS-SPADE output (computed on the whole laten
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from .data import crop_offsets, sample_pairs, step_generator
 from .distributed import DistContext
 from .first_stage import FirstStage, check_latent_grid
 from .stage import Stage, frozen, quantized
+
+logger = logging.getLogger(__name__)
 
 
 def initial_unet(folder: str, config: UNetConfig, prediction_type: str | None = None) -> UNet:
@@ -50,6 +53,33 @@ def initial_unet(folder: str, config: UNetConfig, prediction_type: str | None = 
         diff = config_differences(config.to_dict(), pipe.unet.config.to_dict())
         raise UsageError(f"--init (config init): the UNet of {folder} differs from config model ({diff}): make them equal")
     return pipe.unet
+
+
+#: A pair's cached MS-SPADE output has diverged when its largest value is this many times the median pair's.
+DIVERGED = 20.0
+
+
+def diverged_pairs_excluded(translated: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """``[subjects, source, target]``: the pairs whose cached MS-SPADE output did not diverge.
+
+    MS-SPADE can diverge on a scan unlike those it was trained on (values of 1e4 and more where the other
+    pairs stay within a few units); a UNet trained on such a pair takes steps of that size. A pair whose
+    largest value exceeds ``DIVERGED`` times the median pair's is left out of training, with a warning.
+    """
+    peak = translated.abs().flatten(3).amax(-1)
+    has = available[:, :, None] & available[:, None, :] & ~torch.eye(available.shape[1], dtype=torch.bool)
+    if not bool(has.any()):
+        return torch.ones_like(has)
+    limit = DIVERGED * float(peak[has].median())
+    allowed = ~(has & (peak > limit))
+    bad = (~allowed).nonzero().tolist()
+    if bad:
+        from ..modalities import MODALITIES
+
+        pairs = ", ".join(f"subject {n} {MODALITIES[s]}->{MODALITIES[t]} ({float(peak[n, s, t]):.3g})" for n, s, t in bad)
+        logger.warning("MS-SPADE's output diverges (above %.3g) on %d pair(s), left out of training: %s",
+                       limit, len(bad), pairs)
+    return allowed
 
 
 class DiffusionStage(Stage):
@@ -99,6 +129,7 @@ class DiffusionStage(Stage):
         self.timesteps = tuple(cfg.timestep_range or (0, self.scheduler.config.num_train_timesteps))
         self.crop = self._latent_crop(cfg.crop, vq.downsampling_factor, unet_cfg.downsampling_factor, codes.shape[2:])
         self.latent_shape = (vq.embed_dim, *(self.crop or codes.shape[2:]))
+        self.allowed = None if translated is None else diverged_pairs_excluded(translated, available)
 
     @staticmethod
     def _latent_crop(crop: list[int] | None, vq_factor: int, unet_factor: int, latent: torch.Size) -> list[int] | None:
@@ -117,7 +148,7 @@ class DiffusionStage(Stage):
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
         n = self.cfg.batch_size
-        subjects, src, tgt = sample_pairs(self.available, n, g)
+        subjects, src, tgt = sample_pairs(self.available, n, g, allowed=self.allowed)
         t = torch.randint(*self.timesteps, (n,), generator=g)
         noise = torch.randn((n, *self.latent_shape), generator=g)
         out = {"src_codes": self.codes[subjects, src], "tgt_codes": self.codes[subjects, tgt], "tgt": tgt,

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
+from ..pipeline.runtime import parse_memory
 from .builders import build_stage
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import STAGES, TrainConfig, load_config
@@ -104,6 +105,7 @@ def train(
     progress: bool = True,
     command: list[str] | None = None,
     threads: int | None = None,
+    max_memory: int | str | None = None,
 ) -> TrainResult:
     """Train ``stage`` (autoencoder, spade, diffusion) in the run folder ``run``; see the module docstring.
 
@@ -112,7 +114,9 @@ def train(
     ``steps`` overrides the config's total steps (also on resume, to train longer); ``first_stage`` and ``init``
     (diffusion: a model folder whose UNet starts the UNet, for fine-tuning) the config's. ``command`` is the
     command line recorded in ``run.json`` for the model card. ``threads`` sets torch's CPU threads (on a
-    machine shared with other work, fewer threads than cores is often faster).
+    machine shared with other work, fewer threads than cores is often faster). Before the data are loaded,
+    the peak memory of a step is estimated and a run that would not fit what the device has free (or
+    ``max_memory``, e.g. ``"8GB"``) is refused with MemoryBudgetError.
     """
     launch = time.monotonic()
     folder = RunFolder(run)
@@ -122,10 +126,11 @@ def train(
         if threads < 1:
             raise UsageError(f"--threads {threads} must be >= 1")
         torch.set_num_threads(threads)
+    parse_memory(max_memory)  # a malformed size fails before any work
     cfg = _resolve_config(stage, folder, resume, config, steps, first_stage, init)
     ctx = setup(device or cfg.device)
     try:
-        return _train(cfg, folder, ctx, data, resume, max_minutes, progress, command, launch)
+        return _train(cfg, folder, ctx, data, resume, max_minutes, progress, command, launch, max_memory)
     finally:
         ctx.close()
 
@@ -133,11 +138,12 @@ def train(
 def _train(
     cfg: TrainConfig, folder: RunFolder, ctx: DistContext, data: Path | str | None, resume: bool,
     max_minutes: float | None, progress: bool, command: list[str] | None, launch: float,
+    max_memory: int | str | None = None,
 ) -> TrainResult:
     record = folder.read_run() if resume else None
     if data is None and record is not None and record.get("data"):
         data = record["data"].get("folder") or record["data"].get("pack")
-    built = build_stage(cfg, ctx, folder, data, record, progress and ctx.is_main)
+    built = build_stage(cfg, ctx, folder, data, record, progress and ctx.is_main, max_memory)
     stage = built.stage
     step, elapsed0 = 0, 0.0
     if resume:
