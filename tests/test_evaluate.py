@@ -397,3 +397,34 @@ def test_uncertainty_writes_sd_maps_and_reports_calibration_and_tumour_scores(se
                      sampling=SamplingOptions(samples=2), uncertainty=True)
     assert again["calibration"][0]["spearman"] == cal["spearman"]
     assert [r["reused"] for r in _rows(out)[1]] == ["1"]
+
+
+def test_sampling_defaults_benchmark_reports_each_setting_as_evaluate_scores_it(setup, tmp_path):
+    """benchmarks/sampling_defaults.py: one evaluate run per samples x steps setting, its 12-pair means equal to
+    the means of that run's summary, the UNet evaluations per target, and the SD calibration where K >= 2."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    root, model = setup
+    record = tmp_path / "defaults.json"
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("MRTRANSLATE_TEST_THREADS", "2"))
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sampling_defaults.py"), "--data", str(root / "test"),
+         "--model", str(model), "--settings", "2x2", "1x3", "--cases", "1", "--uncertainty",
+         "--work", str(tmp_path / "work"), "--json", str(record)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(record.read_text())[-1]["rows"]
+    assert [(r["samples"], r["steps"], r["unet_evaluations_per_target"]) for r in rows] == [(2, 2, 4), (1, 3, 3)]
+    for r in rows:
+        summary = json.loads((tmp_path / "work" / f"{r['samples']}x{r['steps']}" / "summary.json").read_text())
+        tasks = [t for t in summary["tasks"] if t["method"] == "aldm"]
+        assert r["pairs"] == len(tasks) == 12 and summary["settings"]["samples"] == r["samples"]
+        assert r["psnr"] == pytest.approx(sum(t["mean"]["psnr_brain"] for t in tasks) / 12)
+        assert r["ssim"] == pytest.approx(sum(t["mean"]["ssim_brain"] for t in tasks) / 12)
+    assert "spearman" in rows[0] and "spearman" not in rows[1]  # a spread needs two samples
+    assert "| 2 x 2 | 4 |" in done.stdout and "| 1 x 3 | 3 |" in done.stdout
