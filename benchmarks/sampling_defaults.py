@@ -58,6 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--model", default=None, help="model (default: the bundled default)")
+    ap.add_argument("--name", default=None, help="the model's name in the table and record (default: --model)")
     ap.add_argument("--settings", nargs="+", required=True, help="KxS: K samples, S steps (e.g. 3x15 1x10)")
     ap.add_argument("--cases", type=int, default=None, help="the first N subjects (sorted by name)")
     ap.add_argument("--uncertainty", action="store_true")
@@ -75,7 +76,7 @@ def main() -> None:
     for k, n in settings:
         rows.append(evaluate(args, k, n))
         print(f"{k}x{n}: {rows[-1]['psnr']:.2f} dB / {rows[-1]['ssim']:.3f}", file=sys.stderr, flush=True)
-    model = args.model or "the bundled default"
+    model = args.name or args.model or "the bundled default"
     print(f"{model} on {args.data.name}" + (f" (first {args.cases} subjects)" if args.cases else "") +
           f", all pairs, {machine()}, {_dt.date.today().isoformat()}\n")
     extra = " | SD-error Spearman" if args.uncertainty else ""

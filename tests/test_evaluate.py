@@ -413,12 +413,13 @@ def test_sampling_defaults_benchmark_reports_each_setting_as_evaluate_scores_it(
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("MRTRANSLATE_TEST_THREADS", "2"))
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "sampling_defaults.py"), "--data", str(root / "test"),
-         "--model", str(model), "--settings", "2x2", "1x3", "--cases", "1", "--uncertainty",
+         "--model", str(model), "--name", "tiny", "--settings", "2x2", "1x3", "--cases", "1", "--uncertainty",
          "--work", str(tmp_path / "work"), "--json", str(record)],
         capture_output=True, text=True, timeout=900, env=env,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(record.read_text())[-1]["rows"]
+    assert json.loads(record.read_text())[-1]["model"] == "tiny" and done.stdout.startswith("tiny on test")
     assert [(r["samples"], r["steps"], r["unet_evaluations_per_target"]) for r in rows] == [(2, 2, 4), (1, 3, 3)]
     for r in rows:
         summary = json.loads((tmp_path / "work" / f"{r['samples']}x{r['steps']}" / "summary.json").read_text())
