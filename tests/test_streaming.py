@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -71,6 +73,43 @@ def test_planner_shrinks_slabs_then_refuses() -> None:
     assert tight.slab < roomy.slab and tight.peak_bytes <= budget
     with pytest.raises(MemoryBudgetError, match="GiB"):
         plan_memory(budget=512 << 20, **kw)
+
+
+def test_planner_splits_the_sampling_batch_to_stay_within_the_vqgan_peak() -> None:
+    kw = dict(grid=(80, 96, 80), ch=16, ch_mult=(1, 2), unet_channels=32, unet_mult=(1, 2, 2), bytes_per_value=4,
+              latent_factor=2)
+    one = plan_memory(n_targets=1, budget=64 << 30, **kw)
+    many = plan_memory(n_targets=18, budget=64 << 30, **kw)
+    assert one.unet_rows == 1 and 1 <= many.unet_rows < 18
+    assert many.unet_bytes == many.unet_rows * one.unet_bytes
+    assert many.unet_bytes <= many.persistent_bytes + many.slab_bytes  # the sampler never sets the peak
+    # a budget that holds one UNet row but not eighteen: planned in single rows, not refused
+    tight = plan_memory(n_targets=18, budget=many.persistent_bytes + many.slab_bytes, **kw)
+    assert tight.peak_bytes <= many.persistent_bytes + many.slab_bytes
+    big_unet = dict(kw, unet_channels=512)
+    rows = plan_memory(n_targets=18, budget=64 << 30, **big_unet)
+    assert rows.unet_rows == 1  # one row needs more than the VQ-GAN: one row at a time
+    with pytest.raises(MemoryBudgetError):
+        plan_memory(n_targets=1, budget=rows.unet_bytes - 1, **big_unet)
+
+
+@pytest.mark.parametrize("solver,eta", [("ddim", 1.0), ("unipc", 0.0)])
+def test_sampling_in_chunks_equals_one_batch(monkeypatch, solver: str, eta: float) -> None:
+    pipe = tiny_pipeline()
+    z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    real_plan = type(pipe).plan
+    outs, batches = {}, []
+    pipe.unet.register_forward_pre_hook(lambda m, args: batches.append(args[0].shape[0]))
+    for rows in (6, 1, 4):
+        monkeypatch.setattr(type(pipe), "plan", lambda self, g, n, r=rows: dataclasses.replace(real_plan(self, g, n), unet_rows=r))
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        batches.clear()
+        outs[rows] = pipe.sample_draws(z, [1, 3], 3, steps=3, eta=eta, solver=solver, generator=gens, progress=False)
+        per_step = {6: [6], 1: [1] * 6, 4: [3, 3]}[rows]  # one call, six, or two even ones
+        assert batches and batches == per_step * (len(batches) // len(per_step))
+    assert outs[6].shape[:2] == (2, 3) and float(outs[6].std()) > 0
+    for rows in (1, 4):  # one row per call, and uneven chunks (2 of 3 rows)
+        assert rel(outs[rows], outs[6]) < 1e-5
 
 
 def test_parse_memory() -> None:

@@ -284,13 +284,20 @@ class ALDMPipeline:
         # a residual UNet predicts a correction to MS-SPADE's latent: x0 = spade + output
         offset = spade if self.scheduler.config.prediction_type == "residual" else None
         del spade
+        grid = [s * self.vqgan.config.downsampling_factor for s in z_src.shape[2:]]
+        chunks = _chunks(n, self.plan(grid, n).unet_rows)
         state = None  # a multistep solver's previous data predictions
         for st in tqdm(plan, desc="sampling", unit="step", disable=not progress, leave=False):
             ts = torch.full((n,), st.timestep, device=self.device, dtype=torch.long)
+            # the UNet runs on the rows of the memory plan at a time (rows are independent: the same result);
+            # the solver steps the whole batch, so noise is drawn as in one call
             with self.runtime.autocast():
-                out = self.unet(self._layout(torch.cat([x.to(self.dtype), cond], dim=1)), ts, t)
+                out = torch.cat([
+                    self.unet(self._layout(torch.cat([x[r].to(self.dtype), cond[r]], dim=1)), ts[r], t[r]).float()
+                    for r in chunks
+                ])
             if offset is not None:
-                out = out.float() + offset
+                out = out + offset
             if multistep is not None:
                 x, state = multistep.step(st, x, out, state)
                 continue
@@ -464,6 +471,13 @@ class ALDMPipeline:
         with ``options`` over the model's defaults, decode."""
         lat = self.generate(self.encode(x), targets, options, generator=generator, progress=progress, source=source)
         return self.decode(lat)
+
+
+def _chunks(n: int, rows: int) -> list[slice]:
+    """``n`` rows in the fewest slices of at most ``rows``, of near-equal sizes (fewer distinct shapes)."""
+    count = -(-n // max(1, rows))
+    size = -(-n // count)
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | Sequence[torch.Generator] | None) -> torch.Tensor:

@@ -150,7 +150,8 @@ class MemoryPlan:
     slab: int
     persistent_bytes: int
     slab_bytes: int
-    unet_bytes: int
+    unet_bytes: int  # one UNet call: ``unet_rows`` rows of the sampling batch
+    unet_rows: int = 1
 
     @property
     def peak_bytes(self) -> int:
@@ -174,15 +175,18 @@ def plan_memory(
     latent_factor: int = 4,
     slab_fraction: float = 0.25,
 ) -> MemoryPlan:
-    """Pick the VQ-GAN slab height for translating one ``grid``-sized volume.
+    """Pick the VQ-GAN slab height, and how many rows of the sampling batch (``n_targets``: targets times
+    samples) each UNet call takes, for translating one ``grid``-sized volume.
 
     Estimates (in values): the streaming VQ-GAN holds at most three activations of a level at once (input,
     conv output, and the residual output where widths change) and, per slab row, about six activation
-    rows of temporaries (normalised input with halo, conv output, its copy). The sampler holds the UNet's
-    activations for the batch of targets. The slab is the largest whose temporaries stay within
-    ``slab_fraction`` of the persistent activations or 256 MiB, whichever is more (large slabs run at
-    full convolution speed; the fraction bounds the extra memory) and whose peak fits ``budget``; smaller slabs are used when the
-    budget is tight, and MemoryBudgetError is raised before anything is allocated when one row cannot fit.
+    rows of temporaries (normalised input with halo, conv output, its copy). The slab is the largest whose
+    temporaries stay within ``slab_fraction`` of the persistent activations or 256 MiB, whichever is more
+    (large slabs run at full convolution speed; the fraction bounds the extra memory) and whose peak fits
+    ``budget``; smaller slabs are used when the budget is tight. The sampler holds the UNet's activations of
+    the rows of one call: as many rows as stay within the VQ-GAN's peak (the sampler never sets the peak;
+    one row at least) and the budget. Rows are independent, so any split computes the same result.
+    MemoryBudgetError is raised before anything is allocated when one slab row or one UNet row cannot fit.
     """
     d, h, w = (int(g) for g in grid)
     persistent = 0
@@ -193,19 +197,23 @@ def plan_memory(
         row_cost = max(row_cost, 6 * channels * (h // down) * (w // down))
     lat = (d // latent_factor) * (h // latent_factor) * (w // latent_factor)
     unet = sum(6 * unet_channels * m * lat // (8**i) for i, m in enumerate(unet_mult))
-    unet_bytes = n_targets * unet * bytes_per_value * 2
+    unet_row_bytes = unet * bytes_per_value * 2
     persistent_bytes = persistent * bytes_per_value
     row_bytes = row_cost * bytes_per_value
     # large slabs run at full convolution speed: allow at least ~256 MiB of temporaries
     preferred = max(1, min(d, max(int(slab_fraction * persistent_bytes / row_bytes), (256 << 20) // row_bytes) - 2))
     fits = (budget - persistent_bytes) // row_bytes - 2
-    if fits >= 1 and unet_bytes <= budget:
+    if fits >= 1 and unet_row_bytes <= budget:
         slab = int(min(preferred, fits))
-        return MemoryPlan(slab, persistent_bytes, (slab + 2) * row_bytes, unet_bytes)
-    need = MemoryPlan(1, persistent_bytes, 3 * row_bytes, unet_bytes).peak_bytes
+        slab_bytes = (slab + 2) * row_bytes
+        rows = max(1, int(n_targets))
+        if unet_row_bytes:
+            rows = max(1, min(rows, (persistent_bytes + slab_bytes) // unet_row_bytes, budget // unet_row_bytes))
+        return MemoryPlan(slab, persistent_bytes, slab_bytes, rows * unet_row_bytes, int(rows))
+    need = MemoryPlan(1, persistent_bytes, 3 * row_bytes, unet_row_bytes).peak_bytes
     raise MemoryBudgetError(
         f"translating a {d}x{h}x{w} grid needs about {_size(need)} but only {_size(budget)} is available: "
-        f"free memory, raise {option('max_memory')}, or translate fewer targets at once"
+        f"free memory, raise {option('max_memory')}, or use a device with more memory"
     )
 
 
