@@ -215,8 +215,10 @@ def worker(impl: str, src: Path, weights: tuple[Path, Path], size: tuple[int, in
                 "wall_s": wall, "encode_s": timers["encode"], "decode_s_per_target": timers["decode"] / n_targets,
                 "unet_calls": calls["unet"],
                 "unet_s_per_call": timers["unet"] / max(calls["unet"], 1),
-                "unet_s_per_step_per_target": timers["unet"] / max(calls["unet"], 1) * (
-                    1 if impl == "authors" else 1 / n_targets),
+                # the authors' code calls the UNet once per step and target; mrtranslate's calls take chunks of
+                # the batch of every target (its memory plan), so its total is shared out over steps and targets
+                "unet_s_per_step_per_target": (timers["unet"] / max(calls["unet"], 1) if impl == "authors"
+                                               else timers["unet"] / (steps * n_targets)),
                 "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             })
     return results
