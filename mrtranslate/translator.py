@@ -227,6 +227,12 @@ class Translator:
             latents = self.translate_tensor(names, options, progress=progress)
             return self._images(names, latents, "")
         self.check_uncertainty(names, options)
+        strength = self.resolve(names, options).strength
+        each = strength if isinstance(strength, tuple) else (strength,) * len(names)
+        fixed = [n for n, s in zip(names, each) if float(s) == 0.0]  # type: ignore[arg-type]
+        if fixed:
+            logger.warning("%s from %s: MS-SPADE's output (strength 0, no sampling), so its SD map is 0 everywhere",
+                           ", ".join(fixed), self._source)
         draws = self.translate_tensor(names, options, progress=progress, draws=True)
         # the output is the decoded mean latent, exactly as without uncertainty (sample_mean's mean)
         images = self._images(names, draws.mean(1).contiguous(), "")
@@ -246,14 +252,15 @@ class Translator:
         voxel, on the source's grid in the output's intensity units: each draw is decoded and mapped back to the
         input grid on its own (as an output would be), then the spread is taken. 0 outside the source's
         foreground, where every draw is 0. Costs k decodes per target (the output itself decodes the mean latent
-        once)."""
+        once; none where the draws are identical, e.g. MS-SPADE's output at strength 0: the SD is 0)."""
         maps = {}
         for name, lat in zip(names, draws):
-            images = [self._inverse(self.pipeline.decode(d[None])[0, 0].cpu()) for d in lat]
+            same = all(torch.equal(d, lat[0]) for d in lat[1:])
+            images = [self._inverse(self.pipeline.decode(d[None])[0, 0].cpu()) for d in (lat[:1] if same else lat)]
             values = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images])
-            sd = np.std(values, axis=0, ddof=1).astype(np.float32)
+            sd = np.zeros_like(values[0]) if same else np.std(values, axis=0, ddof=1).astype(np.float32)
             out = nib.Nifti1Image(sd, images[0].affine, images[0].header.copy())
-            out.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name} SD of {len(values)}".encode()[:79]
+            out.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name} SD of {len(lat)}".encode()[:79]
             maps[name] = out
         return maps[names[0]] if len(names) == 1 else maps
 

@@ -111,7 +111,7 @@ def test_strength_runs_the_low_noise_steps_from_the_noised_spade_latent() -> Non
     assert calls == [301, 201, 101, 1] * 2
 
 
-@pytest.mark.parametrize("strength, match", [(0.0, "use a number in"), (1.5, "use a number in"),
+@pytest.mark.parametrize("strength, match", [(-0.1, "use a number in"), (1.5, "use a number in"),
                                              (True, "use a number in"), (0.0005, "leaves no DDIM step")])
 def test_bad_strength_is_refused(strength, match) -> None:
     pipe = tiny_pipeline()
@@ -154,7 +154,7 @@ def _edit_json(path: Path, **changes) -> None:
         ("vqgan/config.json", {"_format_version": 99}, "newer"),
         ("model_index.json", {"components": ["vqgan", "unet", "scheduler", "../../etc"]}, "unknown component"),
         ("unet/config.json", {"in_channels": 9}, "in/out channels"),
-        ("model_index.json", {"default_strength": 0}, "default_strength"),
+        ("model_index.json", {"default_strength": -0.5}, "default_strength"),
         ("model_index.json", {"default_strength": 2.0}, "default_strength"),
     ],
 )
@@ -317,10 +317,33 @@ def test_per_target_strengths_sample_each_target_as_alone() -> None:
     assert float((got[1:2] - other).norm() / other.norm()) > 1e-3  # the strength of target 2 mattered
     with pytest.raises(UsageError, match="got 2 strengths for 3 targets"):
         pipe.sample_by_strength(z, targets, [0.6, 0.3], **kw)
-    with pytest.raises(UsageError, match="strength = 0"):
-        pipe.sample_by_strength(z, targets, [0.6, 0.0, 0.6], **kw)
+    with pytest.raises(UsageError, match="strength = -0.1"):
+        pipe.sample_by_strength(z, targets, [0.6, -0.1, 0.6], **kw)
     with pytest.raises(UsageError, match="one strength for every target"):
         pipe.sample(z, targets, strength=[0.6, 0.3, 0.6], **kw)
+
+
+@pytest.mark.parametrize("solver", ["ddim", "unipc"])
+def test_strength_zero_is_ms_spades_latent_without_a_unet_call(solver: str) -> None:
+    """strength 0: no diffusion step, the target-like latent itself, for every draw; beside other strengths in
+    one call, the other targets are sampled as if alone."""
+    pipe = tiny_pipeline()
+    z = pipe.encode(torch.rand(1, 1, 32, 32, 32) * 2 - 1)
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    spade = pipe.target_like(z, [1, 2])
+    got = pipe.sample(z, [1, 2], steps=4, eta=1.0, strength=0.0, solver=solver, progress=False,
+                      generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert torch.equal(got, spade) and calls == []
+    draws = pipe.sample_draws(z, [2], 3, steps=4, strength=0.0, solver=solver, progress=False)
+    assert draws.shape[:2] == (1, 3) and all(torch.equal(d, draws[0, 0]) for d in draws[0])
+    assert float((draws[0, 0] - spade[1]).norm() / spade[1].norm()) < 1e-5
+    gens = lambda: [torch.Generator().manual_seed(s) for s in (5, 6)]  # noqa: E731
+    mixed = pipe.sample_by_strength(z, [1, 3], [0.0, 1.0], 2, steps=4, eta=1.0, solver=solver, progress=False,
+                                    generator=gens())
+    alone = pipe.sample_mean(z, [3], 2, steps=4, eta=1.0, solver=solver, progress=False, generator=gens()[1:])
+    assert float((mixed[0] - spade[0]).norm() / spade[0].norm()) < 1e-5 and float((mixed[1:] - alone).norm() / alone.norm()) < 1e-5
+    assert calls  # the strength-1 target ran the UNet
 
 
 def test_pair_strength_is_the_models_strength_of_that_pair(tmp_path: Path) -> None:
@@ -354,7 +377,7 @@ def test_pair_strength_is_the_models_strength_of_that_pair(tmp_path: Path) -> No
     with pytest.raises(UsageError, match="strength per pair.*pass the source"):
         run([1], None)
     for bad, match in (({"t1->t1": 0.3}, "must be 'source->target'"), ({"t1->t5": 0.3}, "must be 'source->target'"),
-                       ({"t1->t1ce": 0}, r"must be a number in \(0, 1\]"), ({"t1->t1ce": 0.2, "t1n->t1c": 0.3}, "twice"),
+                       ({"t1->t1ce": 1.5}, r"must be a number in \[0, 1\]"), ({"t1->t1ce": 0.2, "t1n->t1c": 0.3}, "twice"),
                        ([0.3], "must be an object")):
         index = json.loads((tmp_path / "m" / "model_index.json").read_text())
         index["pair_strength"] = bad

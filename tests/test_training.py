@@ -499,7 +499,7 @@ def test_autoencoder_fine_tunes_from_a_vqgan_and_can_keep_its_encoder(chain: dic
 
 
 def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path], tmp_path: Path) -> None:
-    assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--default-strength", "0", "-q"]) == 2
+    assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--default-strength", "1.5", "-q"]) == 2
     assert not (tmp_path / "bad").exists()
     for bad in ("t1->t1ce", "t1->t1ce=x", "t1->t1=0.2", "t1->t1ce=1.5"):
         assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--pair-strength", bad,
@@ -535,9 +535,11 @@ def test_export_writes_a_loadable_model_with_a_model_card(chain: dict[str, Path]
     assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "bad"), "--default-solver", "euler",
                  "-q"]) == 2
     assert main(["export", str(chain["diffusion"]), "--out", str(tmp_path / "unipc"), "--default-steps", "10",
-                 "--default-solver", "unipc", "-q"]) == 0
+                 "--default-solver", "unipc", "--pair-strength", "t2->t1ce=0", "-q"]) == 0
     assert ALDMPipeline.from_pretrained(tmp_path / "unipc").config.default_solver == "unipc"
-    assert "sampling it suggests: 10 UniPC steps" in (tmp_path / "unipc" / "README.md").read_text()
+    assert ALDMPipeline.from_pretrained(tmp_path / "unipc").config.pair_strength == {"t2->t1ce": 0.0}
+    assert ("sampling it suggests: 10 UniPC steps, strength 1.0 (t2->t1ce: 0, MS-SPADE only)"
+            in (tmp_path / "unipc" / "README.md").read_text())
     out = pipe.translate(torch.zeros(1, 1, 20, 24, 20), [2], SamplingOptions(steps=2), progress=False, source=0)
     assert out.shape == (1, 1, 20, 24, 20) and torch.isfinite(out).all()
     # a first-stage run exports a first-stage-only folder, usable as the first stage of a later run

@@ -38,6 +38,25 @@ def oblique(tmp_path: Path) -> Path:
 # -- the SD map ---------------------------------------------------------------------------------------------------
 
 
+def test_a_pair_at_strength_zero_is_ms_spades_output_with_an_sd_map_of_zero(tmp_path: Path, oblique: Path,
+                                                                             caplog) -> None:
+    """A model whose pair_strength keeps MS-SPADE's latent for a pair: that target equals to_spade_only, its SD
+    map is 0 (with a warning saying why), and the other targets are sampled as usual."""
+    pipe = tiny_pipeline(grid=(16, 24, 16), spacing=(4.0, 4.0, 4.0))
+    pipe.config.default_steps, pipe.config.default_eta = 3, 1.0
+    pipe.config.pair_strength = {"t1->t2": 0.0}
+    pipe.config.validate()
+    assert "t1->t2: 0, MS-SPADE only" in pipe.config.sampling_summary()
+    bound = Translator.from_pretrained(pipe.save_pretrained(tmp_path / "m"), progress=False, samples=3)(oblique)
+    with caplog.at_level("WARNING"):
+        out, sd = bound.to("t2", "flair", uncertainty=True)
+    assert "t2 from t1: MS-SPADE's output" in caplog.text and "flair" not in caplog.text.split("MS-SPADE")[0]
+    np.testing.assert_allclose(_arr(out["t2"]), _arr(bound.to_spade_only("t2")), rtol=1e-4, atol=1e-5)
+    assert (_arr(sd["t2"]) == 0).all() and _arr(sd["flair"]).max() > 0
+    assert b"SD of 3" in sd["t2"].header["descrip"].tobytes()
+
+
+
 def test_sd_map_is_on_the_outputs_grid_and_is_the_spread_of_the_decoded_samples(small_model: Path,
                                                                                 oblique: Path) -> None:
     tr = Translator.from_pretrained(small_model, progress=False, samples=3)

@@ -68,7 +68,7 @@ def translate_command(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", "-o", help="Folder for outputs (default: beside each input)."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Sampling steps (default: the model's, e.g. 15 for brats-2mm; the authors sample with 200 DDIM steps)."),
     eta: Optional[float] = typer.Option(None, "--eta", help="DDIM eta: 0 deterministic, 1 as the authors sample (default: the model's)."),
-    strength: Optional[float] = typer.Option(None, "--strength", help="1: sample from pure noise, as the authors do; below 1: start from the MS-SPADE latent noised to that fraction of the schedule (fewer steps; default: the model's)."),
+    strength: Optional[float] = typer.Option(None, "--strength", help="1: sample from pure noise, as the authors do; below 1: start from the MS-SPADE latent noised to that fraction of the schedule (fewer steps); 0: MS-SPADE's latent, no diffusion (default: the model's, which may differ per pair)."),
     samples: Optional[int] = typer.Option(None, "--samples", help="Diffusion samples averaged per target: more give a smoother, less noisy estimate (k times the UNet's time and memory; 1 as the authors sample; default: the model's)."),
     solver: Optional[str] = typer.Option(None, "--solver", help="Sampler: ddim (as the authors sample), dpm++2m or unipc (multistep solvers made for few steps, e.g. 15-25; deterministic, --eta unused; default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives identical outputs."),

@@ -30,6 +30,7 @@ from .folder import default_model_card, load_pipeline, save_pipeline
 from .options import SamplingOptions
 from .runtime import MemoryPlan, Runtime, plan_memory
 from ..schedulers import DDIMScheduler, SchedulerConfig, check_solver, multistep_solver
+from ..schedulers.ddim import is_strength
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +248,9 @@ class ALDMPipeline:
         ``strength`` 1 (the published sampler) starts from pure noise. ``strength`` s < 1 runs only the DDIM
         steps at timesteps <= s * T and starts from MS-SPADE's target-like latent noised to the first of them,
         ``sqrt(a_t) spade + sqrt(1 - a_t) x_T`` (SDEdit, Meng et al. 2022): fewer steps, and it skips the
-        high noise levels, where a briefly trained UNet is least reliable. ``source``: as in ``target_like``.
+        high noise levels, where a briefly trained UNet is least reliable. ``strength`` 0 runs no step: the result
+        is MS-SPADE's target-like latent itself (``x_T`` and ``generator`` unused), what a model's ``pair_strength``
+        0 asks for a pair whose diffusion stage does not improve on MS-SPADE. ``source``: as in ``target_like``.
 
         ``solver``: "ddim" (published), or a multistep ODE solver of the same schedule, "dpm++2m" or "unipc"
         (see :mod:`mrtranslate.schedulers`): ``steps`` spaced by their own rule, deterministic given ``x_T``
@@ -271,6 +274,10 @@ class ALDMPipeline:
         if any(s % f for s in z_src.shape[2:]):
             raise UsageError(f"latent sides {tuple(z_src.shape[2:])} must be multiples of {f} for this UNet")
         multistep = None if check_solver(solver) == "ddim" else multistep_solver(solver, self.scheduler)
+        if not is_strength(strength):
+            raise UsageError(f"strength = {strength!r}: use a number in [0, 1] (1: from pure noise; 0: MS-SPADE only)")
+        if float(strength) == 0.0:
+            return self._target_like_once(z_q, z_src, t, source)
         plan = self.scheduler.steps(steps, eta, strength) if multistep is None else multistep.steps(steps, strength)
         spade = self._target_like_once(z_q, z_src, t, source)
         cond = self._layout(torch.cat([z_src, spade.to(z_src.dtype)], dim=1))

@@ -71,7 +71,7 @@ class PipelineConfig(ModelConfig):
         if self.default_solver not in SOLVERS:
             raise ModelFormatError(f"{origin}: default_solver {self.default_solver!r} is not one of {', '.join(SOLVERS)}")
         if not is_strength(self.default_strength):
-            raise ModelFormatError(f"{origin}: default_strength must be a number in (0, 1], got {self.default_strength!r}")
+            raise ModelFormatError(f"{origin}: default_strength must be a number in [0, 1], got {self.default_strength!r}")
         if not isinstance(self.pair_strength, dict):
             raise ModelFormatError(f"{origin}: pair_strength must be an object of 'source->target': strength")
         pairs: dict[str, float] = {}
@@ -81,7 +81,7 @@ class PipelineConfig(ModelConfig):
                 raise ModelFormatError(f"{origin}: pair_strength key {key!r} must be 'source->target' with two "
                                        f"different modalities of {', '.join(mods)}")
             if not is_strength(value):
-                raise ModelFormatError(f"{origin}: pair_strength[{key!r}] must be a number in (0, 1], got {value!r}")
+                raise ModelFormatError(f"{origin}: pair_strength[{key!r}] must be a number in [0, 1], got {value!r}")
             name = f"{mods[ij[0]]}->{mods[ij[1]]}"
             if name in pairs:
                 raise ModelFormatError(f"{origin}: pair_strength names {name} twice")
@@ -115,9 +115,9 @@ class PipelineConfig(ModelConfig):
         else:
             text = f"{self.default_steps} {SOLVER_LABELS.get(self.default_solver, self.default_solver)} steps"
         if self.default_strength < 1 or self.pair_strength:
-            text += f", strength {self.default_strength}"
+            text += f", strength {_strength_words(self.default_strength)}"
         if self.pair_strength:
-            text += " (" + ", ".join(f"{k}: {v}" for k, v in self.pair_strength.items()) + ")"
+            text += " (" + ", ".join(f"{k}: {_strength_words(v)}" for k, v in self.pair_strength.items()) + ")"
         if self.default_samples > 1:
             text += f", mean of {self.default_samples} samples"
         return text
@@ -125,6 +125,10 @@ class PipelineConfig(ModelConfig):
     @property
     def has_diffusion(self) -> bool:
         return "unet" in self.components
+
+
+def _strength_words(strength: float) -> str:
+    return "0, MS-SPADE only" if float(strength) == 0.0 else f"{strength}"
 
 
 def _checked_best_source(best: Any, mods: tuple[str, ...], origin: str) -> dict[str, str]:

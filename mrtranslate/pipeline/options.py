@@ -49,7 +49,7 @@ class SamplingOptions:
             raise UsageError(f"eta = {self.eta!r}: use a number >= 0 (0 deterministic, 1 as published)")
         each = self.strength if isinstance(self.strength, tuple) else (self.strength,)
         if self.strength is not None and not all(is_strength(s) for s in each):
-            raise UsageError(f"strength = {self.strength!r}: use a number in (0, 1] (1: from pure noise)")
+            raise UsageError(f"strength = {self.strength!r}: use a number in [0, 1] (1: from pure noise; 0: MS-SPADE only)")
         if self.samples is not None:
             check_samples(self.samples)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):

@@ -55,9 +55,13 @@ class SchedulerConfig(ModelConfig):
         super().validate(origin)
 
 
-def is_strength(value: object) -> bool:
-    """A sampling strength is a number in (0, 1]: 1 samples from pure noise, as published."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 < float(value) <= 1.0
+def is_strength(value: object, zero: bool = True) -> bool:
+    """A sampling strength is a number in [0, 1]: 1 samples from pure noise, as published; 0 runs no diffusion
+    step and keeps MS-SPADE's target-like latent (the limit of starting from it with less and less noise). A
+    scheduler needs at least one step: ``zero=False`` for its range, (0, 1]."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    return (0.0 <= float(value) if zero else 0.0 < float(value)) and float(value) <= 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,8 +144,9 @@ class DDIMScheduler:
         """
         if not 0.0 <= float(eta) <= 10.0:
             raise UsageError(f"eta = {eta!r}: use a value between 0 (deterministic) and 1 (DDPM-like)")
-        if not is_strength(strength):
-            raise UsageError(f"strength = {strength!r}: use a number in (0, 1] (1: from pure noise, as published)")
+        if not is_strength(strength, zero=False):
+            raise UsageError(f"strength = {strength!r}: a scheduler takes a number in (0, 1] (1: from pure noise, "
+                             "as published; strength 0 runs no step, only the pipeline takes it)")
         ts = self.timesteps(steps)
         acp = self.alphas_cumprod
         alphas = acp[ts].to(torch.float64)

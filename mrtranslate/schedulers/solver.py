@@ -100,8 +100,9 @@ class SolverState:
 def kept(timesteps: list[int], strength: float, T: int, steps: int) -> list[int]:
     """The timesteps a sampling strength keeps: those at most ``strength * T`` (all for strength 1), the same
     rule as ``DDIMScheduler.steps``; the kept run starts from the first of them."""
-    if not is_strength(strength):
-        raise UsageError(f"strength = {strength!r}: use a number in (0, 1] (1: from pure noise, as published)")
+    if not is_strength(strength, zero=False):
+        raise UsageError(f"strength = {strength!r}: a solver takes a number in (0, 1] (1: from pure noise, "
+                         "as published; strength 0 runs no step, only the pipeline takes it)")
     if float(strength) >= 1.0:
         return timesteps
     limit = float(strength) * T

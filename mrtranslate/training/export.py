@@ -70,7 +70,7 @@ def export(
     if weights not in ("ema", "raw"):
         raise UsageError(f"--weights {weights!r}: use ema or raw")
     if not is_strength(default_strength):
-        raise UsageError(f"--default-strength {default_strength!r}: use a number in (0, 1] (1: as published)")
+        raise UsageError(f"--default-strength {default_strength!r}: use a number in [0, 1] (1: as published; 0: MS-SPADE only)")
     check_samples(default_samples, "--default-samples")
     check_solver(default_solver, "--default-solver")
     if isinstance(default_eta, bool) or not isinstance(default_eta, (int, float)) or not 0.0 <= default_eta <= 1.0:
