@@ -224,22 +224,37 @@ def worker(impl: str, src: Path, weights: tuple[Path, Path], size: tuple[int, in
     return results
 
 
-def _run_worker(args, impl: str, size: str, steps: int, solver: str, weights, save: Path | None,
-                repeats: int | None = None) -> dict | None:
+def _worker_runs(args, impl: str, size: str, steps: int, solver: str, weights, save: Path | None,
+                 repeats: int) -> tuple[list[dict], float] | None:
+    """One worker process translating ``repeats`` times: its runs and the process's own wall time."""
     cmd = [sys.executable, __file__, "--official-src", str(args.official_src), "--worker", impl, size, str(steps),
            solver, str(weights[0]), str(weights[1]), "--targets", str(args.targets), "--repeats",
-           str(repeats or args.repeats)] + (["--save", str(save)] if save is not None else [])
+           str(repeats)] + (["--save", str(save)] if save is not None else [])
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     process_s = time.perf_counter() - t0
     if proc.returncode != 0:
         print(f"{size} {impl} failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}", flush=True)
         return None
-    runs = [json.loads(ln[7:]) for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if repeats == 1:  # a cold run: one translation in a fresh process
-        print(f"{size} {impl} {solver} {steps} steps, cold: {runs[0]['wall_s']:.2f} s, process {process_s:.2f} s",
-              flush=True)
-        return {**runs[0], "process_s": process_s}
+    return [json.loads(ln[7:]) for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")], process_s
+
+
+def _cold_run(args, impl: str, size: str, steps: int, solver: str, weights) -> dict | None:
+    """One translation in a fresh process: that run, with the process's wall time as ``process_s``."""
+    done = _worker_runs(args, impl, size, steps, solver, weights, None, 1)
+    if done is None:
+        return None
+    (run,), process_s = done
+    print(f"{size} {impl} {solver} {steps} steps, cold: {run['wall_s']:.2f} s, process {process_s:.2f} s", flush=True)
+    return {**run, "process_s": process_s}
+
+
+def _warm_median(args, impl: str, size: str, steps: int, solver: str, weights, save: Path | None) -> dict | None:
+    """``--repeats`` translations in one process: the median of each measure (the WARM figure)."""
+    done = _worker_runs(args, impl, size, steps, solver, weights, save, args.repeats)
+    if done is None:
+        return None
+    runs, _ = done
     for i, r in enumerate(runs):
         print(f"{size} {impl} {solver} {steps} steps, run {i + 1}: {r['wall_s']:.2f} s, "
               f"peak {r['peak_bytes'] / 2**30:.2f} GB", flush=True)
@@ -250,14 +265,10 @@ def _run_worker(args, impl: str, size: str, steps: int, solver: str, weights, sa
     return med
 
 
-class _Rows(list):
-    record: list[dict]
-
-
-def _cold_rows(size: str, rows, colds: dict) -> _Rows:
+def _cold_rows(size: str, rows, colds: dict) -> tuple[list[str], list[dict]]:
     """The cold table's rows of one size, and their records."""
-    out = _Rows()
-    out.record = []
+    out: list[str] = []
+    records: list[dict] = []
     base = colds.get(("authors", "ddim"))
     base_med = statistics.median(r["wall_s"] for r in base) if base else None
     for impl, steps, solver in rows:
@@ -269,11 +280,11 @@ def _cold_rows(size: str, rows, colds: dict) -> _Rows:
         ratio = f"**{med / base_med:.2f}**" if base_med and impl != "authors" else ""
         each = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
         out.append(f"| {size} | {impl} | {solver} {steps} | {each} | {med:.1f} | {proc:.1f} | {ratio} |")
-        out.record.append({"impl": impl, "size": size, "solver": solver, "steps": steps, "kind": "cold",
+        records.append({"impl": impl, "size": size, "solver": solver, "steps": steps, "kind": "cold",
                            "wall_s_all": [r["wall_s"] for r in runs], "wall_s": med,
                            "process_s_all": [r["process_s"] for r in runs], "process_s": proc,
                            "peak_bytes": max(r["peak_bytes"] for r in runs)})
-    return out
+    return out, records
 
 
 def main() -> None:
@@ -317,10 +328,10 @@ def main() -> None:
         meds, colds = {}, {}
         for impl, steps, solver in rows:
             save = tmp / f"{size}-{impl}-{solver}.npy"
-            meds[(impl, solver)] = (_run_worker(args, impl, size, steps, solver, weights, save), steps, save)
+            meds[(impl, solver)] = (_warm_median(args, impl, size, steps, solver, weights, save), steps, save)
         for _ in range(args.cold):  # alternate the implementations, so that a drift of the machine hits both
             for impl, steps, solver in rows:
-                r = _run_worker(args, impl, size, steps, solver, weights, None, repeats=1)
+                r = _cold_run(args, impl, size, steps, solver, weights)
                 if r is not None:
                     colds.setdefault((impl, solver), []).append(r)
         base = meds[("authors", "ddim")][0]
@@ -334,7 +345,9 @@ def main() -> None:
                          f"{m['peak_bytes'] / 2**30:.2f} | {ratio} |")
             record.append({**m, "size": size, "kind": "warm"})
         if colds:
-            cold_lines.append(_cold_rows(size, rows, colds))
+            cold_rows, cold_records = _cold_rows(size, rows, colds)
+            cold_lines.append(cold_rows)
+            record.extend(cold_records)
         a, b = meds[("authors", "ddim")][2], meds[("mrtranslate", "ddim")][2]
         if a.exists() and b.exists():
             agr = agreement[size] = compare_outputs(a, b)
@@ -361,8 +374,6 @@ def main() -> None:
                   "| size | code | sampler | cold translation s, each run | median | process s, median | "
                   "cold / authors |", "| --- | --- | --- | --- | --: | --: | --: |"]
         lines += [row for block in cold_lines for row in block]
-        for block in cold_lines:
-            record.extend(block.record)  # type: ignore[attr-defined]
     md = "\n".join(lines + [""] + notes) + "\n"
     print(md)
     path = args.markdown
