@@ -429,3 +429,54 @@ def test_sampling_defaults_benchmark_reports_each_setting_as_evaluate_scores_it(
         assert r["ssim"] == pytest.approx(sum(t["mean"]["ssim_brain"] for t in tasks) / 12)
     assert "spearman" in rows[0] and "spearman" not in rows[1]  # a spread needs two samples
     assert "| 2 x 2 | 4 |" in done.stdout and "| 1 x 3 | 3 |" in done.stdout
+
+
+def test_pair_strength_benchmark_takes_from_ms_spade_the_targets_it_wins_in_both_metrics(setup, tmp_path):
+    """benchmarks/pair_strength.py: per target, the full model's and MS-SPADE's means over the 3 pairs into it, as
+    evaluate scored them; MS-SPADE alone exactly where it is at least as good in PSNR and SSIM on every set."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    root, model = setup
+    out = tmp_path / "report"
+    assert main(["evaluate", "--data", str(root / "test"), "--model", str(model), "--source", "all", "--method",
+                 "aldm", "spade", "--cases", "1", "--steps", "2", "--out", str(out), "--quiet", "--no-figures"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    mean = {}
+    for t in summary["tasks"]:
+        mean.setdefault((t["method"], t["target"]), []).append((t["mean"]["psnr_brain"], t["mean"]["ssim_brain"]))
+    expect = [tgt for tgt in ("t1", "t1ce", "t2", "flair")
+              if all(np.mean([v[i] for v in mean[("spade", tgt)]]) >= np.mean([v[i] for v in mean[("aldm", tgt)]])
+                     for i in (0, 1))]
+    record = tmp_path / "ps.json"
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pair_strength.py"), "--name", "tiny",
+                           "--report", f"test={out}", "--json", str(record)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(record.read_text())[-1]
+    assert got["model"] == "tiny" and got["ms_spade_targets"] == expect
+    assert got["sets"]["test"]["targets"]["t2"]["aldm"]["psnr"] == pytest.approx(np.mean([v[0] for v in mean[("aldm", "t2")]]))
+    assert f"from MS-SPADE alone: {', '.join(expect) or 'none'}" in done.stdout
+    # a report made at another strength is not a comparison of the model at strength 1
+    other = tmp_path / "low"
+    assert main(["evaluate", "--data", str(root / "test"), "--model", str(model), "--source", "t1", "--to", "t2",
+                 "--method", "aldm", "--cases", "1", "--steps", "4", "--strength", "0.5", "--out", str(other), "--quiet",
+                 "--no-figures"]) == 0
+    bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "pair_strength.py"), "--name", "tiny",
+                          "--report", f"test={other}", "--json", str(record)], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "strength 0.5" in bad.stderr
+
+
+def test_the_bundled_default_takes_from_ms_spade_the_targets_its_validation_study_chose():
+    """brats-2mm's pair_strength is 0 for exactly the pairs into the targets that benchmarks/PAIR_STRENGTH.json's
+    latest brats-2mm record takes from MS-SPADE alone, and its default strength 1 elsewhere."""
+    from conftest import ROOT
+
+    index = json.loads((ROOT / "mrtranslate" / "bundled" / "brats-2mm" / "model_index.json").read_text())
+    study = [r for r in json.loads((ROOT / "benchmarks" / "PAIR_STRENGTH.json").read_text())
+             if r["model"].startswith("brats-2mm")][-1]
+    assert set(study["sets"]) >= {"validation", "validation_2mm"}
+    mods = ("t1", "t1ce", "t2", "flair")
+    expected = {f"{s}->{t}": 0.0 for t in study["ms_spade_targets"] for s in mods if s != t}
+    assert index["pair_strength"] == expected and index["default_strength"] == 1.0

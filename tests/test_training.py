@@ -731,6 +731,15 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
         assert sorted(p.name for p in (work / part).iterdir()) == sorted(split[part])
     assert calls[-1][1] == str(work / "runs" / "diffusion")
     assert calls[-1][calls[-1].index("--out") + 1] == str(work / "brats-2mm")
+    # the export sets the sampling the bundled model was released with
+    export, index = calls[-1], json.loads((BRATS_RECIPE.parents[1] / "mrtranslate" / "bundled" / "brats-2mm"
+                                           / "model_index.json").read_text())
+    flag = lambda name: [export[i + 1] for i, a in enumerate(export) if a == name]  # noqa: E731
+    assert (int(*flag("--default-steps")), int(*flag("--default-samples")), float(*flag("--default-eta")),
+            *flag("--default-solver")) == (index["default_steps"], index["default_samples"], index["default_eta"],
+                                           index["default_solver"])
+    assert {k: float(v) for k, v in (e.split("=") for e in flag("--pair-strength"))} == index["pair_strength"]
+    assert dict(e.split("=") for e in flag("--best-source")) == index["best_source"]
     assert {p.name for p in BRATS_RECIPE.glob("*.json")} - {"split.json"} == {
         Path(c[c.index("--config") + 1]).name for c in calls if "--config" in c}
     # a second run resumes every stage and keeps the pack
