@@ -47,7 +47,7 @@ def evaluate(args: argparse.Namespace, samples: int, steps: int) -> dict:
            "ssim": sum(t["mean"]["ssim_brain"] for t in tasks) / len(tasks),
            "subjects": summary["settings"]["cases"], "solver": summary["settings"]["solver"],
            "wall_s": time.perf_counter() - t0}
-    calibration = summary.get("calibration") or []
+    calibration = [e for e in summary.get("calibration") or [] if not e.get("no_spread")]
     if calibration:  # one entry per pair: the mean over subjects of the SD-error rank correlation
         row["spearman"] = sum(e["spearman"] for e in calibration) / len(calibration)
         row["spearman_min_pair"] = min(e["spearman"] for e in calibration)

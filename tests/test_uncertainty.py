@@ -229,3 +229,24 @@ def test_compare_takes_a_label_map(labelled, tmp_path: Path, capsys: pytest.Capt
     assert main(["compare", str(paths["pred"]), str(paths["target"]), "--labels", str(paths["seg"])]) == 0
     table = capsys.readouterr().out
     assert "tumour" in table and "healthy" in table
+
+
+def test_a_pair_without_spread_is_reported_as_such_not_ranked(tmp_path: Path) -> None:
+    """An SD of 0 everywhere (a pair taken from MS-SPADE alone) has no ranking: no correlation or deciles, the
+    table says so, and the figure leaves it out."""
+    from mrtranslate.evaluation.uncertainty import calibration_markdown, write_calibration_figure
+
+    rng = np.random.default_rng(0)
+    target = rng.random((12, 12, 12)) + 0.5
+    pred = target + rng.normal(0, 0.1, target.shape)
+    flat = calibration(pred, target, np.zeros_like(target), target > 0)
+    assert flat["no_spread"] and math.isnan(flat["spearman"]) and flat["decile_error"] is None
+    ranked = calibration(pred, target, np.abs(pred - target), target > 0)
+    assert not ranked["no_spread"] and ranked["spearman"] > 0.3  # |error| of the normalised images, roughly this SD
+    records = [{"case": "a", "source": "t1", "target": "t1ce", **flat}, {"case": "a", "source": "t1", "target": "t2", **ranked}]
+    entries = summarise_calibration(records, [("t1", "t1ce"), ("t1", "t2")])
+    assert entries[0]["no_spread"] and not entries[0]["better_than_chance"] and entries[1]["better_than_chance"]
+    table = calibration_markdown(entries)
+    assert "no spread" in table.splitlines()[2] and f"{ranked['spearman']:.3f}" in table.splitlines()[3]
+    assert write_calibration_figure(entries[:1], tmp_path / "none.png") == "" and not (tmp_path / "none.png").exists()
+    assert write_calibration_figure(entries, tmp_path / "one.png") and (tmp_path / "one.png").exists()

@@ -419,7 +419,9 @@ def evaluate(
     settings["label_cases"] = [s.case for s in subjects if s.seg is not None]
     calib = summarise_calibration(run.calibration, pairs) if uncertainty else []
     if calib and figures:
-        drawn["uncertainty_calibration"] = write_calibration_figure(calib, out / "figures" / "uncertainty_calibration.png")
+        figure = write_calibration_figure(calib, out / "figures" / "uncertainty_calibration.png")
+        if figure:  # none when no pair has a spread
+            drawn["uncertainty_calibration"] = figure
     summary: dict[str, Any] = {
         "settings": settings,
         "tasks": entries,

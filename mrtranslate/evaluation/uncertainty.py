@@ -12,6 +12,10 @@ For one prediction, its SD map and the real target, inside the brain:
 * ``rms_ratio``: root-mean-square error over root-mean-square SD: the scale that would make the SD's size match
   the error's (1: already does; above 1: the samples agree more than they are right).
 
+A prediction whose samples are all the same (an SD of 0 in the whole brain, e.g. a pair a model takes from
+MS-SPADE alone at strength 0) has no spread to rank by: ``no_spread`` is true, its correlation, deciles and
+ratio are left out (NaN / None), and the task is reported as having no spread rather than as a ranking.
+
 Per task, ``summarise_calibration`` averages these over the cases.
 """
 
@@ -51,7 +55,10 @@ def calibration(pred: np.ndarray, target: np.ndarray, sd: np.ndarray, brain: np.
     scale = float(hi - lo) if hi > lo else 1.0
     err = np.abs(normalize(p_raw, brain) - normalize(target, brain))[brain]
     s = np.asarray(sd, dtype=np.float64)[brain] / scale
-    rho = spearmanr(s, err)[0] if np.ptp(s) > 0 and np.ptp(err) > 0 else math.nan
+    if not np.ptp(s) > 0:
+        return {"spearman": math.nan, "decile_sd": None, "decile_error": None, "mean_error": float(err.mean()),
+                "mean_sd": float(s.mean()), "rms_ratio": math.nan, "n_voxels": int(brain.sum()), "no_spread": True}
+    rho = spearmanr(s, err)[0] if np.ptp(err) > 0 else math.nan
     parts = np.array_split(np.argsort(s, kind="stable"), N_BINS)
     rms_sd = float(np.sqrt(np.mean(s**2)))
     return {
@@ -62,6 +69,7 @@ def calibration(pred: np.ndarray, target: np.ndarray, sd: np.ndarray, brain: np.
         "mean_sd": float(s.mean()),
         "rms_ratio": float(np.sqrt(np.mean(err**2)) / rms_sd) if rms_sd > 0 else math.nan,
         "n_voxels": int(brain.sum()),
+        "no_spread": False,
     }
 
 
@@ -75,6 +83,13 @@ def summarise_calibration(records: Sequence[Mapping[str, Any]], pairs: Sequence[
         mine = [r for r in records if r["source"] == source and r["target"] == target]
         if not mine:
             continue
+        if any(r.get("no_spread") for r in mine):  # no ranking to summarise: say so
+            out.append({"task": f"{source}->{target}", "source": source, "target": target, "n": len(mine),
+                        "cases": [r["case"] for r in mine], "no_spread": True, "spearman": math.nan,
+                        "spearman_min": math.nan, "spearman_per_case": [math.nan] * len(mine), "decile_sd": None,
+                        "decile_error": None, "top_bottom_ratio": math.nan, "rms_ratio": math.nan,
+                        "better_than_chance": False})
+            continue
         rho = [r["spearman"] for r in mine]
         err = np.mean([r["decile_error"] for r in mine], axis=0)
         out.append({
@@ -87,6 +102,7 @@ def summarise_calibration(records: Sequence[Mapping[str, Any]], pairs: Sequence[
             "top_bottom_ratio": float(err[-1] / err[0]) if err[0] > 0 else math.nan,
             "rms_ratio": float(np.mean([r["rms_ratio"] for r in mine])),
             "better_than_chance": bool(min(rho) > 0 and all(r["decile_error"][-1] > r["decile_error"][0] for r in mine)),
+            "no_spread": False,
         })
     return out
 
@@ -98,6 +114,10 @@ def calibration_markdown(entries: Sequence[Mapping[str, Any]]) -> str:
     lines = ["| Task | n | Spearman (mean, min) | error, lowest SD decile | error, highest SD decile | ratio | "
              "RMS error / RMS SD |", "|---|--:|--:|--:|--:|--:|--:|"]
     for e in entries:
+        if e.get("no_spread"):
+            lines.append(f"| {task_label(e['source'], e['target'])} | {e['n']} | no spread: every sample the same "
+                         "(e.g. MS-SPADE only, strength 0) | | | | |")
+            continue
         lines.append(
             f"| {task_label(e['source'], e['target'])} | {e['n']} | {e['spearman']:.3f} ({e['spearman_min']:.3f}) | "
             f"{e['decile_error'][0]:.4f} | {e['decile_error'][-1]:.4f} | {e['top_bottom_ratio']:.2f} | "
@@ -114,7 +134,10 @@ def write_calibration_figure(entries: Sequence[Mapping[str, Any]], path: Path) -
 
     from .figures import MODALITY_LABELS
 
+    entries = [e for e in entries if not e.get("no_spread")]  # nothing to rank where the samples agree
     targets = list(dict.fromkeys(e["target"] for e in entries))
+    if not targets:
+        return ""
     fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.0), squeeze=False, sharey=True)
     x = np.arange(1, N_BINS + 1)
     for ax, target in zip(axes[0], targets):
