@@ -355,6 +355,30 @@ def test_a_models_pair_strength_is_used_said_and_part_of_the_reuse_key(setup, tm
     assert [r["reused"] for r in rows] == ["0", "0"]  # a different key: not the pair-strength predictions
 
 
+def test_a_pair_at_strength_zero_has_no_spread_in_the_report_and_its_sd_map_is_reused(setup, tmp_path):
+    """A model taking t1 -> t2 from MS-SPADE alone: evaluate --uncertainty writes its SD map of 0, reports the pair
+    as having no spread (the other pair is ranked), and a second run reuses both."""
+    from mrtranslate.pipeline import ALDMPipeline
+
+    root, model = setup
+    pipe = ALDMPipeline.from_pretrained(model)
+    pipe.config.pair_strength = {"t1->t2": 0.0}
+    pipe.config.validate()
+    folder = pipe.save_pretrained(tmp_path / "m")
+    out = tmp_path / "r"
+    kw = dict(cases=1, progress=False, sampling=SamplingOptions(samples=2), uncertainty=True)
+    first = evaluate(root / "test", folder, "t1", ["t2", "flair"], ["aldm"], out, **kw)
+    sd = next((out / "pred" / "aldm").glob("*/*_t2_from_t1_sd.nii.gz"))
+    assert not np.asarray(nib.load(str(sd)).dataobj).any()
+    flat, ranked = first["calibration"]
+    assert flat["task"] == "t1->t2" and flat["no_spread"] and not flat["better_than_chance"]
+    assert ranked["task"] == "t1->flair" and not ranked["no_spread"] and len(ranked["decile_error"]) == 10
+    assert "no spread" in (out / "summary.md").read_text(encoding="utf-8")
+    again = evaluate(root / "test", folder, "t1", ["t2", "flair"], ["aldm"], out, **kw)
+    assert [r["reused"] for r in _rows(out)[1]] == ["1", "1"]
+    assert again["calibration"][1]["spearman"] == ranked["spearman"] and again["calibration"][0]["no_spread"]
+
+
 def test_uncertainty_writes_sd_maps_and_reports_calibration_and_tumour_scores(setup, tmp_path):
     import shutil
 

@@ -140,6 +140,16 @@ def _same_grid(a: Volume, b: Volume, path_a: Path, path_b: Path) -> None:
         )
 
 
+def _saved(path: Path) -> np.ndarray:
+    """A prediction or SD map this report saved, as written (an SD map may be 0 everywhere: not an input image)."""
+    import nibabel as nib
+
+    try:
+        return np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    except (OSError, EOFError, ValueError) as exc:
+        raise DatasetLayoutError(f"cannot read {path} ({exc}): delete it and run again to recompute it") from None
+
+
 def _label_map(path: Path, ref: Volume, ref_path: Path) -> np.ndarray:
     """A subject's label map (read as is: it may hold no tumour), checked to be on the images' grid."""
     import nibabel as nib
@@ -206,8 +216,8 @@ class _ModelRunner:
             key = {**self.keys[method], "source_sha256": source_sha256}
             seconds = self._reusable(record, files, key)
             if seconds is not None and all(p.is_file() for p in sd_files.values()):
-                preds = {t: load_volume(p).data for t, p in files.items()}
-                results[method] = (preds, seconds, True, {t: load_volume(p).data for t, p in sd_files.items()})
+                preds = {t: _saved(p) for t, p in files.items()}
+                results[method] = (preds, seconds, True, {t: _saved(p) for t, p in sd_files.items()})
                 continue
             record.unlink(missing_ok=True)  # until the new predictions are all written
             if bound is None:
