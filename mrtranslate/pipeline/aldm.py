@@ -324,8 +324,9 @@ class ALDMPipeline:
     ) -> torch.Tensor:
         """The mean latent of ``samples`` draws of each target (not published): an estimate of the posterior
         mean, with less of the sampler's noise than any one sample. The k draws run in the same batch (k times
-        the UNet's memory). Target ``i``'s draws take, in turn, from generator ``i`` of a list; ``x_T`` then holds
-        ``T * k`` noises, target by target. Other arguments: as ``sample``."""
+        the UNet's time; each UNet call takes the rows the memory plan allows). Target ``i``'s draws take, in
+        turn, from generator ``i`` of a list; ``x_T`` then holds ``T * k`` noises, target by target. Other
+        arguments: as ``sample``."""
         if check_samples(samples) == 1:
             return self.sample(z_q, targets, x_T=x_T, generator=generator, **kwargs)
         return self.sample_draws(z_q, targets, samples, x_T=x_T, generator=generator, **kwargs).mean(1).contiguous()
