@@ -46,7 +46,8 @@ COMPONENT_FILES: dict[str, tuple[str, ...]] = {
     "scheduler": (CONFIG_NAME,),
 }
 #: Every file a model folder may hold: what a Hub download fetches and what push_to_hub uploads.
-MODEL_FILES: tuple[str, ...] = (INDEX_NAME, CARD_NAME) + tuple(
+ERROR_MODEL_NAME = "uncertainty.json"  # optional: the model's error model (pipeline.error_model)
+MODEL_FILES: tuple[str, ...] = (INDEX_NAME, CARD_NAME, ERROR_MODEL_NAME) + tuple(
     f"{component}/{name}" for component, names in COMPONENT_FILES.items() for name in names
 )
 
@@ -127,6 +128,10 @@ def validate_model_folder(path: Path) -> None:
                 read_model_json(file, str(file))
             else:
                 _check_safetensors(file, str(file))
+    if (path / ERROR_MODEL_NAME).is_file():
+        from .pipeline.error_model import load_error_model
+
+        load_error_model(path)
 
 
 # -- resolution ------------------------------------------------------------------------------------

@@ -75,9 +75,12 @@ def check_writable(folder: Path | str, hint: str = "choose another output folder
 
 def per_target(record: dict[str, Any], targets: Sequence[str]) -> dict[str, dict[str, Any]]:
     """One record per target from a run record of ``targets`` (``Translator.run_record``): each names its target
-    and its own strength (the run record holds one strength per target where the model sets them per pair)."""
+    and its own strength (the run record holds one strength per target where the model sets them per pair) and,
+    with an uncertainty map, its own kind of map."""
     strengths = record["strength"]
-    return {t: {**record, "target": t, "strength": strengths[i] if isinstance(strengths, list) else strengths}
+    kinds = record.get("uncertainty_kind")
+    return {t: {**record, "target": t, "strength": strengths[i] if isinstance(strengths, list) else strengths,
+                **({"uncertainty_kind": kinds.get(t)} if isinstance(kinds, dict) else {})}
             for i, t in enumerate(targets)}
 
 

@@ -25,6 +25,7 @@ from .modalities import canonical, canonical_list, guess_from_filename
 from .imaging.model_space import ModelSpaceInverse, Preprocessing, to_model_space
 from .imaging.volume import Volume, load_volume
 from .pipeline import ALDMPipeline, SamplingOptions
+from .pipeline.error_model import ErrorModel, load_error_model
 from .pipeline.runtime import Runtime
 from .imaging.skullstrip_check import check_skull_stripped
 
@@ -33,6 +34,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_SEED = 0
 UNCERTAINTY_RECORD = ("per-voxel sample standard deviation (n - 1) across the decoded samples of this target, "
                       "in the output's intensity units; the output is the decoded mean latent of the same samples")
+CALIBRATED_RECORD = ("per-voxel expected error, as the SD of a normal error, in the output's intensity units: the "
+                     "mean absolute error the model made on its training subjects where the output's intensity, "
+                     "the samples' spread and the source's intensity were alike (the model folder's "
+                     "uncertainty.json); 0 outside the input's foreground")
+UNCERTAINTY_KINDS = ("calibrated", "samples")
 
 
 class Translator:
@@ -86,6 +92,8 @@ class Translator:
             _pipeline = ALDMPipeline.from_pretrained(_resolved.path, runtime=runtime)
         self.pipeline = _pipeline
         self.resolved = _resolved
+        #: the model folder's error model (``uncertainty.json``), or None: what ``uncertainty=True`` maps with
+        self.error_model: ErrorModel | None = load_error_model(_resolved.path if _resolved is not None else None)
         self.sampling = SamplingOptions.build(sampling or SamplingOptions(seed=DEFAULT_SEED), **sampling_fields)
         self.progress = progress
         self.allow_skull = allow_skull
@@ -209,7 +217,7 @@ class Translator:
         *targets: str,
         sampling: SamplingOptions | None = None,
         progress: bool | None = None,
-        uncertainty: bool = False,
+        uncertainty: bool | str = False,
         **sampling_fields: Any,
     ) -> Any:
         """Translate the bound source into ``targets`` (modality names or aliases) in one batched pass.
@@ -217,26 +225,68 @@ class Translator:
         One target returns a ``nibabel.Nifti1Image``; several return a dict keyed by canonical name.
         ``sampling`` or its fields as keywords: this call's, over the translator's (None: theirs).
 
-        ``uncertainty=True`` (2 or more samples per target) returns a pair ``(outputs, sd)``: the outputs as
-        above, unchanged, and in the same shape (one image or a dict) the per-voxel standard deviation across
-        the samples, on the input's grid in the output's intensity units (see ``spread``).
+        ``uncertainty`` (2 or more samples per target) returns a pair ``(outputs, sd)``: the outputs as above,
+        unchanged, and in the same shape (one image or a dict) a per-voxel SD map on the input's grid in the
+        output's intensity units. ``True`` or ``"calibrated"``: the expected error where the model has an
+        error model for the pair (``uncertainty.json``, see ``calibrated``), else the samples' spread;
+        ``"samples"``: always the spread across the samples (see ``spread``).
         """
+        kind = self.uncertainty_kind(uncertainty)
         names = self._bound_targets(targets)
         options = SamplingOptions.build(sampling, **sampling_fields)
-        if not uncertainty:
+        if kind is None:
             latents = self.translate_tensor(names, options, progress=progress)
             return self._images(names, latents, "")
         self.check_uncertainty(names, options)
         strength = self.resolve(names, options).strength
         each = strength if isinstance(strength, tuple) else (strength,) * len(names)
-        fixed = [n for n, s in zip(names, each) if float(s) == 0.0]  # type: ignore[arg-type]
+        fixed = [n for n, s in zip(names, each) if float(s) == 0.0 and not self._calibrates(n, kind)]  # type: ignore[arg-type]
         if fixed:
             logger.warning("%s from %s: MS-SPADE's output (strength 0, no sampling), so its SD map is 0 everywhere",
                            ", ".join(fixed), self._source)
         draws = self.translate_tensor(names, options, progress=progress, draws=True)
         # the output is the decoded mean latent, exactly as without uncertainty (sample_mean's mean)
         images = self._images(names, draws.mean(1).contiguous(), "")
-        return images, self.spread(names, draws)
+        maps = self.spread(names, draws)
+        if any(self._calibrates(n, kind) for n in names):
+            maps = self.calibrated(names, images, maps)
+        return images, maps
+
+    def uncertainty_kind(self, uncertainty: bool | str | None) -> str | None:
+        """None (no map), "calibrated" or "samples" for a call's ``uncertainty``; UsageError for anything else."""
+        if uncertainty is None or uncertainty is False:
+            return None
+        if uncertainty is True:
+            return "calibrated"
+        if isinstance(uncertainty, str) and uncertainty.strip().lower() in UNCERTAINTY_KINDS:
+            return uncertainty.strip().lower()
+        raise UsageError(f"uncertainty={uncertainty!r}: use True, 'calibrated' or 'samples'")
+
+    def _calibrates(self, target: str, kind: str | None) -> bool:
+        return (kind == "calibrated" and self.error_model is not None and self._source is not None
+                and self.error_model.covers(self._source, target))
+
+    def calibrated(self, names: Sequence[str], outputs: Any, spreads: Any) -> Any:
+        """Per target, the error model's expected-error SD map (``pipeline.error_model``) of an output, from the
+        output itself, the bound source and the samples' spread (both as ``to`` returns them, one image or a
+        dict); a target the error model does not cover keeps its spread."""
+        self._require_bound()
+        one = len(names) == 1
+        outputs = {names[0]: outputs} if one else outputs
+        spreads = {names[0]: spreads} if one else spreads
+        source = np.asarray(self._volume.data, dtype=np.float32)  # type: ignore[union-attr]
+        maps = {}
+        for name in names:
+            if self.error_model is None or not self.error_model.covers(self._source, name):  # type: ignore[arg-type]
+                maps[name] = spreads[name]
+                continue
+            out = outputs[name]
+            sd = self.error_model.predict(self._source, name, np.asarray(out.dataobj, dtype=np.float32),  # type: ignore[arg-type]
+                                          source, np.asarray(spreads[name].dataobj, dtype=np.float32))
+            img = nib.Nifti1Image(sd, out.affine, out.header.copy())
+            img.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name} expected error".encode()[:79]
+            maps[name] = img
+        return maps[names[0]] if one else maps
 
     def check_uncertainty(self, targets: Sequence[str] = (), sampling: SamplingOptions | None = None) -> int:
         """The number of samples per target of a run asked for uncertainty; UsageError when it is 1 (a spread
@@ -328,10 +378,16 @@ class Translator:
         return self.pipeline.resolve(o, ids, self._source_id() if self._source is not None else None)
 
     def run_record(self, targets: Sequence[str], sampling: SamplingOptions | None = None,
-                   uncertainty: bool = False) -> dict[str, Any]:
-        """What produced an output: for a sidecar JSON written beside it (with ``uncertainty``, what the SD map is)."""
+                   uncertainty: bool | str = False) -> dict[str, Any]:
+        """What produced an output: for a sidecar JSON written beside it (with ``uncertainty``, what the SD map
+        is, and per target which kind: "calibrated" or "samples")."""
         pipe = self.pipeline
-        extra = {"uncertainty": UNCERTAINTY_RECORD} if uncertainty else {}
+        kind = self.uncertainty_kind(uncertainty)
+        extra: dict[str, Any] = {}
+        if kind is not None:
+            kinds = {t: "calibrated" if self._calibrates(t, kind) else "samples" for t in targets}
+            extra = {"uncertainty": CALIBRATED_RECORD if "calibrated" in kinds.values() else UNCERTAINTY_RECORD,
+                     "uncertainty_kind": kinds}
         return {
             "mrtranslate_version": __version__,
             "model": str(self.resolved.repo_id or self.resolved.path) if self.resolved else None,

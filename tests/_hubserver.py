@@ -391,6 +391,10 @@ def make_model_folder(path: Path, *, first_stage_only: bool = False, name: str =
                 f"{component}.conv.bias": np.zeros(4, dtype=np.float32),
             }
             save_file(tensors, str(path / component / "model.safetensors"))
+    if not first_stage_only:  # the optional error model too, so that a full folder holds every model file
+        from mrtranslate.pipeline.error_model import ErrorModel, PairTable
+
+        ErrorModel({"t1->t2": PairTable(np.linspace(0.1, 0.2, 16), [], [])}).save(path)
     return path
 
 

@@ -504,3 +504,56 @@ def test_the_bundled_default_takes_from_ms_spade_the_targets_its_validation_stud
     mods = ("t1", "t1ce", "t2", "flair")
     expected = {f"{s}->{t}": 0.0 for t in study["ms_spade_targets"] for s in mods if s != t}
     assert index["pair_strength"] == expected and index["default_strength"] == 1.0
+
+
+def test_train_uncertainty_fits_the_error_model_that_evaluate_then_scores_beside_the_spread(setup, tmp_path,
+                                                                                             capsys):
+    """`mrtranslate train uncertainty` fits the error model from an evaluate report of training subjects; a
+    report of the model's test subjects made before it still reuses its predictions, and now scores the error
+    model's maps beside the samples' spread."""
+    from mrtranslate.pipeline import ALDMPipeline
+    from mrtranslate.pipeline.error_model import load_error_model
+
+    root, model = setup
+    pipe = ALDMPipeline.from_pretrained(model)
+    pipe.config.default_samples = 2
+    folder = pipe.save_pretrained(tmp_path / "m")
+    kw = dict(progress=False, figures=False, uncertainty=True)
+    before = evaluate(root / "test", folder, "t1", ["t2", "flair"], ["aldm"], tmp_path / "test", cases=1, **kw)
+    assert before["settings"]["uncertainty_map"] == "samples" and "calibration_samples" not in before
+    fit = ["train", "uncertainty", "--model", str(folder), "--data", str(root / "train"), "--quiet"]
+    other = evaluate(root / "train", folder, "t1", ["t2"], ["aldm"], tmp_path / "other", cases=1,
+                     sampling=SamplingOptions(samples=3), **kw)
+    assert other["settings"]["samples"] == 3
+    assert main([*fit, "--report", str(tmp_path / "other")]) == 2  # not the defaults users get
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not the model's defaults" in err
+    assert load_error_model(folder) is None
+    evaluate(root / "train", folder, "t1", ["t2", "flair"], ["aldm"], tmp_path / "train", **kw)
+    assert main([*fit, "--report", str(tmp_path / "train")]) == 0
+    fitted = load_error_model(folder)
+    assert fitted.covers("t1", "t2") and fitted.covers("t1", "flair") and not fitted.covers("t2", "t1")
+    assert fitted.fitted_on == [s.case for s in find_subjects(root / "train")]
+    assert main([*fit, "--report", str(tmp_path / "test"), "--data", str(root / "train")]) == 2  # cases not in data
+    assert "is not in" in capsys.readouterr().err
+    after = evaluate(root / "test", folder, "t1", ["t2", "flair"], ["aldm"], tmp_path / "test", cases=1, **kw)
+    assert [r["reused"] for r in _rows(tmp_path / "test")[1]] == ["1", "1"]  # the error model changes no prediction
+    assert after["settings"]["uncertainty_map"] == "calibrated"
+    assert [e["task"] for e in after["calibration"]] == [e["task"] for e in after["calibration_samples"]]
+    assert after["calibration_samples"][0]["spearman"] == before["calibration"][0]["spearman"]
+    assert sorted({r["kind"] for r in after["calibration_cases"]}) == ["calibrated", "samples"]
+    text = (tmp_path / "test" / "summary.md").read_text(encoding="utf-8")
+    assert "expected-error map" in text and "spread across the samples" in text
+    # with validation reports: a pair keeps its table only where it ranks errors better than the spread on each
+    assert main([*fit, "--report", str(tmp_path / "train"), "--validation", "test=" + str(root / "test")]) == 2
+    assert "NAME=DATA=REPORT" in capsys.readouterr().err
+    assert main([*fit, "--report", str(tmp_path / "train"),
+                 "--validation", f"test={root / 'test'}={tmp_path / 'test'}"]) == 0
+    chosen = load_error_model(folder)
+    spread = {e["task"]: e["spearman"] for e in after["calibration_samples"]}
+    for task, entry in chosen.validation.items():
+        mine = entry["test"]
+        assert mine["subjects"] == after["settings"]["cases"]
+        assert mine["spearman_samples"] == pytest.approx(spread[task])  # the report's own score of the spread
+        assert entry["kept"] == (mine["spearman_table"] > max(0.0, mine["spearman_samples"]))
+        assert chosen.covers(*task.split("->")) == entry["kept"]

@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from _hubserver import edit_index, hub_env, hub_server, make_model_folder, read_folder, set_hub_env  # noqa: F401
 
@@ -192,11 +193,15 @@ def test_hub_download_loads_and_works_offline_afterwards(hub_env, tmp_path: Path
 
     from mrtranslate.pipeline import ALDMPipeline
 
+    from mrtranslate.pipeline.error_model import ErrorModel, PairTable, load_error_model
+
     source = save_tiny(tmp_path / "published")
+    ErrorModel({"t1->t2": PairTable(np.linspace(0.1, 0.2, 16), [], [])}).save(source)  # every optional file too
     commit = hub_env.add_repo("org/aldm-tiny", source, files=HOSTILE_FILES)
     resolved = resolve_model("org/aldm-tiny", progress=False)
     assert (resolved.source, resolved.repo_id, resolved.revision) == ("hub", "org/aldm-tiny", commit)
     assert resolve_gets(hub_env) == set(MODEL_FILES)  # exactly the model files; no pickle, no escaping name
+    assert load_error_model(resolved.path).covers("t1", "t2")
     assert read_folder(resolved.path) == read_folder(source)
     assert resolved.path.is_relative_to(Path(os.environ["HF_HOME"]))
     ALDMPipeline.from_pretrained(resolved.path)  # the downloaded folder loads for real

@@ -705,7 +705,7 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
         "open(os.environ['SHIM_LOG'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
         "if sys.argv[1:3] == ['train', 'encode']:\n"
         "    open(sys.argv[sys.argv.index('--out') + 1], 'w').write('pack')\n"
-        "elif sys.argv[1] == 'train':\n"
+        "elif sys.argv[1] == 'train' and '--run' in sys.argv:\n"
         "    run = sys.argv[sys.argv.index('--run') + 1]\n"
         "    os.makedirs(run, exist_ok=True)\n"
         "    open(os.path.join(run, 'run.json'), 'w').write('{}')\n"
@@ -714,7 +714,8 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
     work = tmp_path / "work"
     calls = _run_recipe(roots, work, shim, tmp_path / "calls.jsonl")
     assert [c[:2] if c[0] == "train" else c[:1] for c in calls] == [
-        ["train", "autoencoder"], ["train", "spade"], ["train", "encode"], ["train", "diffusion"], ["export"]]
+        ["train", "autoencoder"], ["train", "spade"], ["train", "encode"], ["train", "diffusion"], ["export"],
+        ["evaluate"], ["evaluate"], ["evaluate"], ["train", "uncertainty"]]
     opts = [dict(zip(c[2::2], c[3::2], strict=False)) for c in calls[:4]]
     for o in opts[:2]:  # the first stage trains on the subjects it was first released with
         folder = Path(o["--data"])
@@ -727,12 +728,26 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
     for call, o in zip(calls, opts, strict=False):
         if "--config" in o:
             assert load_config(call[1], o["--config"]).stage == call[1]
-    for part in ("validation", "validation_2mm", "test_2mm"):
+    for part in ("validation", "validation_2mm", "test_2mm", "uncertainty_fit"):
         assert sorted(p.name for p in (work / part).iterdir()) == sorted(split[part])
-    assert calls[-1][1] == str(work / "runs" / "diffusion")
-    assert calls[-1][calls[-1].index("--out") + 1] == str(work / "brats-2mm")
+    assert set(split["uncertainty_fit"]) <= set(split["training"]) - set(split["first_stage_training"])
+    export, fit = calls[-5], calls[-1]
+    assert export[1] == str(work / "runs" / "diffusion")
+    assert export[export.index("--out") + 1] == str(work / "brats-2mm")
+    # the error model: the exported model at its defaults on the uncertainty_fit subjects, fitted into it, and
+    # kept where it beats the samples' spread on both validation sets, evaluated the same way
+    value = lambda call, name: call[call.index(name) + 1]  # noqa: E731
+    evaluated = {value(c, "--data"): value(c, "--out") for c in calls[-4:-1]}
+    for c in calls[-4:-1]:
+        assert value(c, "--model") == str(work / "brats-2mm") and "--uncertainty" in c and "all" in c
+        assert not {"--steps", "--samples", "--solver", "--strength"} & set(c)
+    assert value(fit, "--model") == str(work / "brats-2mm")
+    assert evaluated[value(fit, "--data")] == value(fit, "--report") and value(fit, "--data") == str(work / "uncertainty_fit")
+    checks = [fit[i + 1].split("=") for i, a in enumerate(fit) if a == "--validation"]
+    assert [(n, d) for n, d, _ in checks] == [(p, str(work / p)) for p in ("validation", "validation_2mm")]
+    assert all(evaluated[d] == r for _, d, r in checks)
     # the export sets the sampling the bundled model was released with
-    export, index = calls[-1], json.loads((BRATS_RECIPE.parents[1] / "mrtranslate" / "bundled" / "brats-2mm"
+    index = json.loads((BRATS_RECIPE.parents[1] / "mrtranslate" / "bundled" / "brats-2mm"
                                            / "model_index.json").read_text())
     flag = lambda name: [export[i + 1] for i, a in enumerate(export) if a == name]  # noqa: E731
     assert (int(*flag("--default-steps")), int(*flag("--default-samples")), float(*flag("--default-eta")),
@@ -744,7 +759,8 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
         Path(c[c.index("--config") + 1]).name for c in calls if "--config" in c}
     # a second run resumes every stage and keeps the pack
     again = _run_recipe(roots, work, shim, tmp_path / "calls.jsonl")
-    assert all("--resume" in c for c in again if c[0] == "train") and len(again) == 4
+    assert all("--resume" in c for c in again if c[:2] in (["train", s] for s in ("autoencoder", "spade", "diffusion")))
+    assert len(again) == 8
     (roots[0] / every[0]).rename(tmp_path / "gone")
     done = subprocess_run_recipe_fails(roots, tmp_path / "w2", shim)
     assert every[0] in done

@@ -62,7 +62,7 @@ def evaluate_command(
     seed: int = typer.Option(0, "--seed", help="Random seed of the sampler (the same for every subject)."),
     figure_case: Optional[str] = typer.Option(None, "--figure-case", help="Subject shown in the figures (default: the first)."),
     no_figures: bool = typer.Option(False, "--no-figures", help="Write no PNG figures (matplotlib not needed)."),
-    uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write ALDM's per-voxel SD across samples (2 or more) beside each prediction and report how it tracks the real error: Spearman correlation and mean error by SD decile per task, with a figure."),
+    uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write ALDM's per-voxel SD across samples (2 or more) beside each prediction and report how it tracks the real error, and how the model's expected-error map (its uncertainty.json, when it has one) does: Spearman correlation and mean error by SD decile per task, with a figure."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when available), cpu or cuda."),
     precision: str = typer.Option("auto", "--precision", help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, bf16."),
     offline: bool = typer.Option(False, "--offline", help="Use only cached Hub files."),

@@ -135,3 +135,23 @@ def train_encode(
     if not quiet:
         typer.echo(f"{info['n_subjects']} subject(s) of {data} encoded into {out}", err=True)
     return 0
+
+
+@train_app.command("uncertainty")
+def train_uncertainty(
+    model: Path = typer.Option(..., "--model", help="The exported model folder; its uncertainty.json is (re)written."),
+    report: Path = typer.Option(..., "--report", help="The --out folder of `mrtranslate evaluate --model MODEL --source all --uncertainty` on training subjects, at the model's default sampling."),
+    data: Path = typer.Option(..., "--data", help="The dataset folder that report evaluated."),
+    validation: list[str] = typer.Option([], "--validation", help="NAME=DATA=REPORT: a report of the same evaluate command on validation subjects (repeatable); only pairs whose map ranks errors better than the samples' spread on every one are kept."),
+    quiet: bool = QUIET, debug: bool = DEBUG,
+) -> int:
+    """Fit the model's error model (uncertainty.json) from its predictions on training subjects: what --uncertainty maps by default."""
+    from ..training.uncertainty import fit_error_model, parse_validation
+
+    fitted = fit_error_model(model, report, data, parse_validation(validation), progress=not quiet)
+    path = fitted.save(model)
+    if not quiet:
+        dropped = sorted(k for k, v in fitted.validation.items() if not v["kept"])
+        typer.echo(f"error tables of {len(fitted.pairs)} pair(s) from {len(fitted.fitted_on)} subject(s) written to "
+                   f"{path}" + (f"; the samples' spread kept for {', '.join(dropped)}" if dropped else ""), err=True)
+    return 0

@@ -82,7 +82,8 @@ def translate_command(
     part: int = typer.Option(0, "--part", help="Dataset folders: this job's share of the subjects, 0 .. --num-parts - 1 (e.g. $SLURM_ARRAY_TASK_ID)."),
     num_parts: int = typer.Option(1, "--num-parts", help="Dataset folders: split the subjects into this many parts (every N-th subject), one per job."),
     allow_skull: bool = typer.Option(False, "--allow-skull", help="Translate inputs that do not look skull-stripped (the model knows brains only: expect nonsense outside the brain)."),
-    uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write the per-voxel standard deviation across the diffusion samples (needs 2 or more; in the output's units, on the input's grid) as <input>_<target>_sd.nii.gz: where the samples disagree, trust the output less."),
+    uncertainty: bool = typer.Option(False, "--uncertainty", help="Also write a per-voxel SD map (in the output's units, on the input's grid) as <input>_<target>_sd.nii.gz: the error the model is expected to make there, learnt from its errors on training subjects where the model has an error model (the bundled one does), else the spread across the diffusion samples (needs 2 or more). Trust the output less where it is high."),
+    sample_spread: bool = typer.Option(False, "--sample-spread", help="With --uncertainty: write the spread across the diffusion samples, not the model's expected error."),
     skull_strip: bool = typer.Option(False, "--skull-strip", help="Extract the brain first (HD-BET; pip install \"mrtranslate[preprocess]\"), write it as <input>_brainmask.nii.gz and translate inside it (0 outside)."),
     output_dtype: str = typer.Option("float32", "--output-dtype", help="float32 (1 = the target's 99.5th percentile) or int16 (1000 x that, for viewers and integer tools)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads PyTorch uses (default: all cores)."),
@@ -124,6 +125,9 @@ def translate_command(
     sampling = SamplingOptions(steps=steps, eta=eta, strength=strength, samples=samples, seed=seed, solver=solver)
     if uncertainty and samples == 1:
         raise UsageError("--uncertainty needs 2 or more samples per target: pass --samples 3 or leave out --uncertainty")
+    if sample_spread and not uncertainty:
+        raise UsageError("--sample-spread chooses the kind of --uncertainty map: add --uncertainty or leave it out")
+    kind: str | bool = ("samples" if sample_spread else "calibrated") if uncertainty else False
     from ..imaging.dicom import is_dicom_folder
 
     if any(inp.is_dir() and not is_dicom_folder(inp) for inp in inputs):
@@ -153,7 +157,7 @@ def translate_command(
     # what an earlier run of this same command wrote (its records say so) is already done
     request = {"model": model, "revision": revision, "source": source_name, "precision": precision,
                "output_dtype": output_dtype, **sampling.as_record(),
-               **({"skull_strip": True} if skull_strip else {}), **({"uncertainty": True} if uncertainty else {})}
+               **({"skull_strip": True} if skull_strip else {}), **({"uncertainty": kind} if uncertainty else {})}
     done = {inp: [] if overwrite else [t for t, p in plan[inp].items() if _already_done(p, inp, t, request)]
             for inp in inputs}
     if not (overwrite or skip_existing or continue_on_error):
@@ -186,11 +190,11 @@ def translate_command(
                 raise OutputExistsError(f"{existing[0]} exists: pass --overwrite to replace it or --skip-existing to resume")
             bound = loaded(inp, source=source)
             wanted = [t for t, p in outs.items() if overwrite or not p.exists()]
-            result = bound.to(*wanted, uncertainty=uncertainty)
+            result = bound.to(*wanted, uncertainty=kind)
             result, spread = result if uncertainty else (result, None)
             images = result if isinstance(result, dict) else {wanted[0]: result}
             sds = {} if spread is None else spread if isinstance(spread, dict) else {wanted[0]: spread}
-            record = {**bound.run_record(wanted, uncertainty=uncertainty), "input": str(inp), **input_provenance(inp),
+            record = {**bound.run_record(wanted, uncertainty=kind), "input": str(inp), **input_provenance(inp),
                       **output_record(output_dtype), "request": request}
             if bound.brain_mask is not None:  # the same input always gives the same mask: rewritten freely
                 mask = save_image(bound.brain_mask, output_path(inp, "brainmask", out_dir), overwrite=True,

@@ -62,6 +62,7 @@ from .report import (
     write_markdown,
 )
 from ..imaging.layout import Subject, find_subjects
+from ..pipeline.error_model import FILE_NAME as ERROR_MODEL_FILE
 from .metrics import LABEL_REGIONS, METRICS, REGIONS, compute_metrics
 from .uncertainty import (
     calibration,
@@ -108,9 +109,12 @@ def task_pairs(sources: str | Sequence[str], targets: Sequence[str] | None, moda
 
 
 def model_fingerprint(folder: Path) -> str:
-    """SHA-256 over the model folder's JSON and safetensors files (names and contents), in sorted order."""
+    """SHA-256 over the model folder's JSON and safetensors files (names and contents), in sorted order: what
+    its predictions depend on. The error model (``uncertainty.json``) is left out: it changes no prediction,
+    and it is fitted on predictions of the very folder it is then added to."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")):
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors")
+                       and p.relative_to(folder).as_posix() != ERROR_MODEL_FILE):
         digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
         hash_file(path, digest)
     return digest.hexdigest()
@@ -225,7 +229,7 @@ class _ModelRunner:
             start = time.perf_counter()
             sds: dict[str, Any] = {}
             if spread:
-                out, sd = bound.to(*targets, uncertainty=True)
+                out, sd = bound.to(*targets, uncertainty="samples")  # the error model maps from it (_Run)
                 sds = sd if isinstance(sd, dict) else {targets[0]: sd}
             else:
                 out = bound.to(*targets) if method == "aldm" else bound.to_spade_only(*targets)
@@ -261,6 +265,7 @@ class _Run:
     out: Path
     figures: bool
     figure_case: str | None
+    error_model: Any = None  # the model's ErrorModel: its maps are scored beside the samples' spread
     rows: list[dict[str, Any]] = field(default_factory=list)
     calibration: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
@@ -294,8 +299,15 @@ class _Run:
                 preds = {m: (arrays[t], sec, reused) for m, (arrays, sec, reused, _) in model_preds.items()}
                 sds = model_preds["aldm"][3] if "aldm" in model_preds else {}
                 if t in sds:
-                    cal = calibration(preds["aldm"][0], target, sds[t], target > 0)
-                    self.calibration.append({"case": subject.case, "source": source, "target": t, **cal})
+                    seen = volume(source).data > 0
+                    cal = calibration(preds["aldm"][0], target, sds[t], target > 0, seen)
+                    self.calibration.append({"case": subject.case, "source": source, "target": t, "kind": "samples",
+                                             **cal})
+                    if self.error_model is not None and self.error_model.covers(source, t):
+                        mapped = self.error_model.predict(source, t, preds["aldm"][0], volume(source).data, sds[t])
+                        cal = calibration(preds["aldm"][0], target, mapped, target > 0, seen)
+                        self.calibration.append({"case": subject.case, "source": source, "target": t,
+                                                 "kind": "calibrated", **cal})
                 if (source, t) in self.luts:
                     start = time.perf_counter()
                     lut_pred = self.luts[(source, t)].predict(volume(source).data)
@@ -417,7 +429,8 @@ def evaluate(
 
     inputs = [p for s in subjects for p in s.files.values()]
     runner = _ModelRunner(translator, chosen, keys, out, inputs, uncertainty) if translator is not None else None
-    run = _Run(pairs, all_methods, runner, luts, out, figures, figure_case)
+    run = _Run(pairs, all_methods, runner, luts, out, figures, figure_case,
+               error_model=getattr(translator, "error_model", None) if uncertainty else None)
     for subject in tqdm(subjects, desc="evaluate", unit="case", disable=not progress):
         run.subject(subject)
     rows, skipped, drawn = run.rows, run.skipped, run.drawn
@@ -427,11 +440,19 @@ def evaluate(
     entries = summarise(rows, pairs, all_methods)
     settings["uncertainty"] = uncertainty
     settings["label_cases"] = [s.case for s in subjects if s.seg is not None]
-    calib = summarise_calibration(run.calibration, pairs) if uncertainty else []
+    # the map a user gets (the error model's where the model has one), and the samples' spread beside it
+    spread = summarise_calibration([r for r in run.calibration if r["kind"] == "samples"], pairs)
+    mapped = summarise_calibration([r for r in run.calibration if r["kind"] == "calibrated"], pairs)
+    calib = mapped or spread if uncertainty else []
     if calib and figures:
         figure = write_calibration_figure(calib, out / "figures" / "uncertainty_calibration.png")
         if figure:  # none when no pair has a spread
             drawn["uncertainty_calibration"] = figure
+        if mapped:
+            figure = write_calibration_figure(spread, out / "figures" / "uncertainty_calibration_samples.png")
+            if figure:
+                drawn["uncertainty_calibration_samples"] = figure
+    settings["uncertainty_map"] = ("calibrated" if mapped else "samples") if uncertainty else None
     summary: dict[str, Any] = {
         "settings": settings,
         "tasks": entries,
@@ -440,12 +461,14 @@ def evaluate(
         "figures": drawn,
         "skipped": skipped,
         "calibration": calib,
+        **({"calibration_samples": spread} if mapped else {}),
         "calibration_cases": run.calibration,
         "files": {"cases_csv": str(out / "cases.csv"), "summary_md": str(out / "summary.md"),
                   "summary_json": str(out / "summary.json")},
     }
     write_csv(out / "cases.csv", rows)
-    write_markdown(out / "summary.md", entries, settings, calibration_markdown(calib) if calib else None)
+    write_markdown(out / "summary.md", entries, settings, calibration_markdown(calib, spread if mapped else None)
+                   if calib else None)
     write_json(out / "summary.json", summary)
     logger.info("evaluated %d subjects, %d tasks, methods %s: report in %s", len(subjects), len(pairs),
                 ", ".join(all_methods), out)

@@ -243,8 +243,9 @@ def write_markdown(path: Path, entries: Sequence[Mapping[str, Any]], settings: M
                   "normalisation and SSIM map as above, averaged in each region (n: cases with a label map).", "",
                   region_table(entries)]
     if calibration:
-        lines += ["## Uncertainty: SD across samples against the real error", "",
-                  "Inside the brain, on the normalised images: Spearman correlation of the voxel SD with |error| "
+        lines += ["## Uncertainty: the SD map against the real error", "",
+                  "Inside the brain where the source has signal, on the normalised images: Spearman correlation of "
+                  "the voxel SD with |error| "
                   "(mean over cases, and the lowest case), mean |error| in the lowest and highest SD decile and "
                   "their ratio, and RMS error / RMS SD (1: the SD's size matches the error's). Figure: "
                   "figures/uncertainty_calibration.png.", "", calibration]

@@ -1,6 +1,8 @@
-"""How well a per-voxel SD map (the spread across diffusion samples) tracks the real error.
+"""How well a per-voxel SD map (the spread across diffusion samples, or a model's expected error,
+``pipeline.error_model``) tracks the real error.
 
-For one prediction, its SD map and the real target, inside the brain:
+For one prediction, its SD map and the real target, inside the brain where the source has signal (voxels of
+the brain outside the source's foreground, e.g. beyond a FLAIR slab, have no prediction for a map to rank):
 
 * the error is ``|p - t|`` of the images normalised as the metrics are (each clipped to its own 0.5th and
   99.5th percentiles over the brain and mapped to [0, 1]; :func:`metrics.normalize`); the SD is put in the same
@@ -45,19 +47,24 @@ def require_scipy() -> None:
         raise UsageError('--uncertainty measures with SciPy: pip install "mrtranslate[eval]"') from None
 
 
-def calibration(pred: np.ndarray, target: np.ndarray, sd: np.ndarray, brain: np.ndarray) -> dict[str, Any]:
-    """Spearman correlation of SD and error, mean SD and error per SD decile, and the RMS ratio (module docstring)."""
+def calibration(pred: np.ndarray, target: np.ndarray, sd: np.ndarray, brain: np.ndarray,
+                seen: np.ndarray | None = None) -> dict[str, Any]:
+    """Spearman correlation of SD and error, mean SD and error per SD decile, and the RMS ratio (module docstring),
+    over the voxels of ``brain`` (normalisation too) that are also in ``seen`` (the source's foreground; None: all)."""
     from scipy.stats import spearmanr
 
     brain = np.asarray(brain) > 0
+    region = brain if seen is None else brain & (np.asarray(seen) > 0)
     p_raw = np.asarray(pred, dtype=np.float64)
     lo, hi = np.percentile(p_raw[brain], PERCENTILES)
     scale = float(hi - lo) if hi > lo else 1.0
-    err = np.abs(normalize(p_raw, brain) - normalize(target, brain))[brain]
-    s = np.asarray(sd, dtype=np.float64)[brain] / scale
-    if not np.ptp(s) > 0:
-        return {"spearman": math.nan, "decile_sd": None, "decile_error": None, "mean_error": float(err.mean()),
-                "mean_sd": float(s.mean()), "rms_ratio": math.nan, "n_voxels": int(brain.sum()), "no_spread": True}
+    err = np.abs(normalize(p_raw, brain) - normalize(target, brain))[region]
+    s = np.asarray(sd, dtype=np.float64)[region] / scale
+    if not err.size or not np.ptp(s) > 0:
+        return {"spearman": math.nan, "decile_sd": None, "decile_error": None,
+                "mean_error": float(err.mean()) if err.size else math.nan,
+                "mean_sd": float(s.mean()) if s.size else math.nan, "rms_ratio": math.nan,
+                "n_voxels": int(region.sum()), "no_spread": True}
     rho = spearmanr(s, err)[0] if np.ptp(err) > 0 else math.nan
     parts = np.array_split(np.argsort(s, kind="stable"), N_BINS)
     rms_sd = float(np.sqrt(np.mean(s**2)))
@@ -68,7 +75,7 @@ def calibration(pred: np.ndarray, target: np.ndarray, sd: np.ndarray, brain: np.
         "mean_error": float(err.mean()),
         "mean_sd": float(s.mean()),
         "rms_ratio": float(np.sqrt(np.mean(err**2)) / rms_sd) if rms_sd > 0 else math.nan,
-        "n_voxels": int(brain.sum()),
+        "n_voxels": int(region.sum()),
         "no_spread": False,
     }
 
@@ -107,8 +114,13 @@ def summarise_calibration(records: Sequence[Mapping[str, Any]], pairs: Sequence[
     return out
 
 
-def calibration_markdown(entries: Sequence[Mapping[str, Any]]) -> str:
-    """The table of ``summarise_calibration``: one row per task."""
+def calibration_markdown(entries: Sequence[Mapping[str, Any]],
+                         samples: Sequence[Mapping[str, Any]] | None = None) -> str:
+    """The table of ``summarise_calibration``: one row per task. With ``samples`` (the samples' spread, when
+    ``entries`` are the model's error maps): that table too, after the first."""
+    if samples is not None:
+        return ("The model's expected-error map (its error model):\n\n" + calibration_markdown(entries)
+                + "\nThe spread across the samples:\n\n" + calibration_markdown(samples))
     from .report import task_label
 
     lines = ["| Task | n | Spearman (mean, min) | error, lowest SD decile | error, highest SD decile | ratio | "

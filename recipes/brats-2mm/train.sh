@@ -59,3 +59,14 @@ mrtranslate export "$work/runs/diffusion" --out "$work/brats-2mm" --name brats-2
     --default-samples "${DEFAULT_SAMPLES:-6}" \
     --pair-strength 't1->t1ce=0' --pair-strength 't2->t1ce=0' --pair-strength 'flair->t1ce=0' \
     --best-source t1=t1ce --best-source t1ce=t1 --best-source t2=t1ce --best-source flair=t2
+# The error model behind --uncertainty: the exported model's own errors on training subjects that its first stage
+# never saw (split.json's uncertainty_fit), at its default sampling, kept for the pairs where it ranks errors
+# better than the samples' spread on both validation sets (pipeline/error_model.py, training/uncertainty.py).
+for part in uncertainty_fit validation validation_2mm; do
+    mrtranslate evaluate --model "$work/brats-2mm" --data "$work/$part" --source all --uncertainty \
+        --no-figures --out "$work/reports/$part" --device "$device"
+done
+mrtranslate train uncertainty --model "$work/brats-2mm" --report "$work/reports/uncertainty_fit" \
+    --data "$work/uncertainty_fit" \
+    --validation "validation=$work/validation=$work/reports/validation" \
+    --validation "validation_2mm=$work/validation_2mm=$work/reports/validation_2mm"
