@@ -180,3 +180,19 @@ def test_cli_sample_spread_writes_the_spread_and_needs_uncertainty(calibrated, t
     a = np.asarray(nib.load(str(tmp_path / "calibrated" / "sub-01_T1w_t2_sd.nii.gz")).dataobj)
     b = np.asarray(nib.load(str(tmp_path / "samples" / "sub-01_T1w_t2_sd.nii.gz")).dataobj)
     assert not np.allclose(a, b)
+
+
+def test_the_bundled_model_maps_the_pairs_its_validation_chose_with_its_error_model() -> None:
+    """brats-2mm's error model: every pair scored on both validation sets, a table kept exactly where it beat
+    the samples' spread (and 0) on both, and the two T1 targets it did not beat left to the spread."""
+    folder = Path(__file__).resolve().parents[1] / "mrtranslate" / "bundled" / "brats-2mm"
+    model = load_error_model(folder)
+    assert len(model.fitted_on) == 5 and len(model.validation) == 12
+    for task, entry in model.validation.items():
+        sets = {k: v for k, v in entry.items() if k != "kept"}
+        assert set(sets) == {"validation", "validation_2mm"}
+        expected = all(v["spearman_table"] > max(0.0, v["spearman_samples"] or 0.0) for v in sets.values())
+        assert entry["kept"] == expected == model.covers(*task.split("->"))
+    assert sorted(k for k, v in model.validation.items() if not v["kept"]) == ["flair->t1", "t2->t1"]
+    split = json.loads((folder.parents[2] / "recipes" / "brats-2mm" / "split.json").read_text())
+    assert set(model.fitted_on) == set(split["uncertainty_fit"])

@@ -540,10 +540,11 @@ def test_train_uncertainty_fits_the_error_model_that_evaluate_then_scores_beside
     assert [r["reused"] for r in _rows(tmp_path / "test")[1]] == ["1", "1"]  # the error model changes no prediction
     assert after["settings"]["uncertainty_map"] == "calibrated"
     assert [e["task"] for e in after["calibration"]] == [e["task"] for e in after["calibration_samples"]]
+    assert {e["map"] for e in after["calibration"]} == {"calibrated"}
     assert after["calibration_samples"][0]["spearman"] == before["calibration"][0]["spearman"]
     assert sorted({r["kind"] for r in after["calibration_cases"]}) == ["calibrated", "samples"]
     text = (tmp_path / "test" / "summary.md").read_text(encoding="utf-8")
-    assert "expected-error map" in text and "spread across the samples" in text
+    assert "expected error (its error model)" in text and "The spread across the samples" in text
     # with validation reports: a pair keeps its table only where it ranks errors better than the spread on each
     assert main([*fit, "--report", str(tmp_path / "train"), "--validation", "test=" + str(root / "test")]) == 2
     assert "NAME=DATA=REPORT" in capsys.readouterr().err
@@ -557,3 +558,9 @@ def test_train_uncertainty_fits_the_error_model_that_evaluate_then_scores_beside
         assert mine["spearman_samples"] == pytest.approx(spread[task])  # the report's own score of the spread
         assert entry["kept"] == (mine["spearman_table"] > max(0.0, mine["spearman_samples"]))
         assert chosen.covers(*task.split("->")) == entry["kept"]
+    # the report scores, per task, the map a user gets: the spread where the error model keeps none
+    last = evaluate(root / "test", folder, "t1", ["t2", "flair"], ["aldm"], tmp_path / "test", cases=1, **kw)
+    for e, raw in zip(last["calibration"], last["calibration_samples"]):
+        assert e["map"] == ("calibrated" if chosen.covers(e["source"], e["target"]) else "samples")
+        if e["map"] == "samples":
+            assert e["spearman"] == raw["spearman"]

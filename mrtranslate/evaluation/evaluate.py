@@ -443,7 +443,8 @@ def evaluate(
     # the map a user gets (the error model's where the model has one), and the samples' spread beside it
     spread = summarise_calibration([r for r in run.calibration if r["kind"] == "samples"], pairs)
     mapped = summarise_calibration([r for r in run.calibration if r["kind"] == "calibrated"], pairs)
-    calib = mapped or spread if uncertainty else []
+    by_task = {e["task"]: {**e, "map": "calibrated"} for e in mapped}
+    calib = [by_task.get(e["task"], {**e, "map": "samples"}) for e in spread] if mapped else spread
     if calib and figures:
         figure = write_calibration_figure(calib, out / "figures" / "uncertainty_calibration.png")
         if figure:  # none when no pair has a spread

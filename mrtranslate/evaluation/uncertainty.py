@@ -119,7 +119,8 @@ def calibration_markdown(entries: Sequence[Mapping[str, Any]],
     """The table of ``summarise_calibration``: one row per task. With ``samples`` (the samples' spread, when
     ``entries`` are the model's error maps): that table too, after the first."""
     if samples is not None:
-        return ("The model's expected-error map (its error model):\n\n" + calibration_markdown(entries)
+        return ("The map `--uncertainty` writes: the model's expected error (its error model), or the spread "
+                "across the samples for a task marked (spread):\n\n" + calibration_markdown(entries)
                 + "\nThe spread across the samples:\n\n" + calibration_markdown(samples))
     from .report import task_label
 
@@ -130,8 +131,9 @@ def calibration_markdown(entries: Sequence[Mapping[str, Any]],
             lines.append(f"| {task_label(e['source'], e['target'])} | {e['n']} | no spread: every sample the same "
                          "(e.g. MS-SPADE only, strength 0) | | | | |")
             continue
+        label = task_label(e["source"], e["target"]) + (" (spread)" if e.get("map") == "samples" else "")
         lines.append(
-            f"| {task_label(e['source'], e['target'])} | {e['n']} | {e['spearman']:.3f} ({e['spearman_min']:.3f}) | "
+            f"| {label} | {e['n']} | {e['spearman']:.3f} ({e['spearman_min']:.3f}) | "
             f"{e['decile_error'][0]:.4f} | {e['decile_error'][-1]:.4f} | {e['top_bottom_ratio']:.2f} | "
             f"{e['rms_ratio']:.2f} |")
     return "\n".join(lines) + "\n"
