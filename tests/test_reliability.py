@@ -30,8 +30,11 @@ PACKAGE = ROOT / "mrtranslate"
 def _cli_process(*args: object, cwd: Path) -> subprocess.Popen:
     """``python -m mrtranslate ARGS`` from this checkout, stdout and stderr piped."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    # Ctrl-C's default action in the child, as in a terminal: a test run launched in the background inherits
+    # SIGINT ignored, and the child would inherit that too
     return subprocess.Popen([sys.executable, "-m", "mrtranslate", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _read_until(proc: subprocess.Popen, marker: bytes, limit_s: float) -> bytes:
