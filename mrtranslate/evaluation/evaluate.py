@@ -294,12 +294,12 @@ class _Run:
             for t in tgts:
                 _same_grid(volume(source), volume(t), subject.files[source], subject.files[t])
             model_preds = self.runner.run(subject, source, tgts) if self.runner is not None else {}
+            seen = volume(source).data > 0  # where the source has signal: what an uncertainty map can describe
             for t in tgts:
                 target = volume(t).data
                 preds = {m: (arrays[t], sec, reused) for m, (arrays, sec, reused, _) in model_preds.items()}
                 sds = model_preds["aldm"][3] if "aldm" in model_preds else {}
                 if t in sds:
-                    seen = volume(source).data > 0
                     cal = calibration(preds["aldm"][0], target, sds[t], target > 0, seen)
                     self.calibration.append({"case": subject.case, "source": source, "target": t, "kind": "samples",
                                              **cal})

@@ -75,12 +75,15 @@ class PairTable:
         self.table = table.reshape(shape)
         self.n_voxels = int(n_voxels)
 
+    def index(self, q: np.ndarray, spread: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each voxel's cell: (q bin, spread bin, source bin); bin k holds edge k-1 <= value < edge k."""
+        return (np.clip((q * Q_BINS).astype(np.int64), 0, Q_BINS - 1),
+                np.searchsorted(self.spread_edges, spread, side="right"),
+                np.searchsorted(self.source_edges, s, side="right"))
+
     def cells(self, q: np.ndarray, spread: np.ndarray, s: np.ndarray) -> np.ndarray:
         """The mean absolute error (normalised units) of each voxel's cell."""
-        qi = np.clip((q * Q_BINS).astype(np.int64), 0, Q_BINS - 1)
-        si = np.searchsorted(self.spread_edges, spread, side="right")
-        ci = np.searchsorted(self.source_edges, s, side="right")
-        return self.table[qi, si, ci]
+        return self.table[self.index(q, spread, s)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"spread_edges": self.spread_edges.tolist(), "source_edges": self.source_edges.tolist(),
@@ -102,12 +105,11 @@ def fit_pair(cases: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     qs, sps, ss, errs = [], [], [], []
     for pred, source, spread, target in cases:
         target = np.asarray(target, dtype=np.float64)
-        brain = target > 0
-        seen = (np.asarray(source) > 0) & brain
+        brain, fg = target > 0, np.asarray(source) > 0
+        seen = fg & brain
         if not seen.any():
             continue
-        q, sp, s, _ = _features(pred, source, spread, np.asarray(source) > 0)
-        fg = np.asarray(source) > 0
+        q, sp, s, _ = _features(pred, source, spread, fg)
         p_metric, _, _ = scaled(pred, brain)
         t_metric, _, _ = scaled(target, brain)
         keep = seen[fg]
@@ -123,9 +125,9 @@ def fit_pair(cases: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     spread_edges, source_edges = np.unique(spread_edges), np.unique(source_edges)
     shell = PairTable(np.zeros(Q_BINS * (len(spread_edges) + 1) * (len(source_edges) + 1)), spread_edges,
                       source_edges)
-    qi = np.clip((q * Q_BINS).astype(np.int64), 0, Q_BINS - 1)
-    flat = np.ravel_multi_index((qi, np.searchsorted(spread_edges, sp, side="right"),
-                                 np.searchsorted(source_edges, s, side="right")), shell.table.shape)
+    cell = shell.index(q, sp, s)
+    qi = cell[0]
+    flat = np.ravel_multi_index(cell, shell.table.shape)
     n = shell.table.size
     sums, counts = np.bincount(flat, err, n), np.bincount(flat, minlength=n)
     q_sums, q_counts = np.bincount(qi, err, Q_BINS), np.bincount(qi, minlength=Q_BINS)
