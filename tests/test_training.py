@@ -382,6 +382,57 @@ def test_spade_draws_pairs_by_its_pair_weights(chain: dict[str, Path], tmp_path:
     assert drawn and set(drawn) == {(3, 1)}
 
 
+def test_spade_image_term_is_the_brain_l1_of_the_decoded_translation_on_a_crop(
+        chain: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mrtranslate.training import spade as spade_module
+    from mrtranslate.training.data import step_generator
+    from mrtranslate.training.spade import SpadeStage
+
+    assert spade_module.IMAGE_BRAIN_LEVEL == -0.9  # 5 % of model space's range above the background
+    # a 4-step autoencoder does not yet decode the background to -1: a level inside its range splits it
+    monkeypatch.setattr(spade_module, "IMAGE_BRAIN_LEVEL", 0.0)
+    seen: list[tuple] = []
+    original = SpadeStage.image_l1
+
+    def record(self, fake, z_tgt, step):
+        value = original(self, fake, z_tgt, step)
+        assert value.requires_grad  # it trains MS-SPADE
+        seen.append((fake.detach().clone(), z_tgt.clone(), step, float(value.detach()), self.vqgan))
+        return value
+
+    monkeypatch.setattr(SpadeStage, "image_l1", record)
+    run = tmp_path / "image"
+    cfg = spade_config(steps=2, adv_weight=0.0, image_l1_weight=0.5, image_crop=[3, 4, 50])
+    train("spade", run, _data_of(chain), cfg, first_stage=str(chain["autoencoder"]), progress=False)
+    rows = _rows(run)
+    assert len(rows) == 2 and all(float(r["image_l1"]) > 0 for r in rows)
+    assert [float(r["loss"]) for r in rows] == pytest.approx(
+        [float(r["l1"]) + 0.5 * float(r["image_l1"]) for r in rows], rel=1e-5)
+    # the value: a direct computation on the step's crop (longer sides than the latent's take all of it)
+    for fake, z_tgt, step, value, vqgan in seen:
+        g = step_generator(5, step, 0, stream=1)
+        box = []
+        for side, want in zip(fake.shape[2:], (3, 4, 50), strict=True):
+            size = min(side, want)
+            start = int(torch.randint(side - size + 1, (1,), generator=g))
+            box.append(slice(start, start + size))
+        assert box[2] == slice(0, fake.shape[4])
+        with torch.no_grad():
+            image, target = vqgan.decode(fake[(..., *box)]), vqgan.decode(z_tgt[(..., *box)])
+        brain = target > 0.0
+        assert brain.any() and not brain.all()
+        assert value == pytest.approx(float((image - target).abs()[brain].mean()), rel=1e-5)
+    # only MS-SPADE trained: the decoder the term runs through is the first stage's
+    tensors = load_checkpoint(run / "checkpoint")[0]
+    first = load_checkpoint(chain["autoencoder"] / "checkpoint")[0]
+    decoder = [k for k in tensors if k.startswith("model/vqgan/decoder.")]
+    assert decoder and all(torch.equal(tensors[k], first[k]) for k in decoder)
+    assert any(not torch.equal(tensors[k], first[k]) for k in tensors if k.startswith("model/vqgan/spade."))
+    for bad in ({"image_crop": [4, 4]}, {"image_crop": [0, 4, 4]}, {"image_l1_weight": -1.0}):
+        with pytest.raises(UsageError, match=next(iter(bad))):
+            load_config("spade", overrides=spade_config(**bad))
+
+
 def test_max_minutes_stops_cleanly_after_one_step(phantoms: Path, tmp_path: Path) -> None:
     result = train("autoencoder", tmp_path / "run", phantoms, autoencoder_config(), max_minutes=0, progress=False)
     assert (result.step, result.status, result.exit_code) == (1, "time_limit", 0)

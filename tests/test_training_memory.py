@@ -22,7 +22,7 @@ from mrtranslate.cli import main  # noqa: E402
 from mrtranslate.errors import MemoryBudgetError  # noqa: E402
 from mrtranslate.phantom.simulator import write_dataset  # noqa: E402
 from mrtranslate.training.config import AutoencoderConfig, DiffusionConfig  # noqa: E402
-from mrtranslate.training.memory import autoencoder_memory, diffusion_memory  # noqa: E402
+from mrtranslate.training.memory import autoencoder_memory, diffusion_memory, spade_memory  # noqa: E402
 from mrtranslate.training.trainer import train  # noqa: E402
 
 
@@ -75,3 +75,14 @@ def test_the_published_configs_are_estimated_at_their_real_size() -> None:
     d = diffusion_memory(dif.model, ae.model, dif.batch_size, latent)
     assert d.weights > 5 * 4 * 30_000_000  # UNet weights, gradients, two Adam moments and the EMA
     assert d.peak < est.peak
+
+
+def test_the_spade_image_term_is_planned_by_its_crop() -> None:
+    vq = AutoencoderConfig().model
+    latent = [24, 32, 24]
+    plain = spade_memory(vq, 4, latent)
+    crop = spade_memory(vq, 4, latent, image=[8, 8, 8])
+    whole = spade_memory(vq, 4, latent, image=latent)
+    assert plain.activations < crop.activations < whole.activations
+    # the decoder's activations of 4 whole 96x128x96 images, each of its widest layers 64 channels
+    assert whole.activations - plain.activations > 4 * 64 * 96 * 128 * 96 * 4

@@ -181,8 +181,11 @@ def _check_memory(cfg: TrainConfig, ctx: DistContext, max_memory: int | str | No
                                         data if on_cpu else 0)
             lower = "batch_size or crop"
         else:
-            estimate = spade_memory(vq.to_dict(), cfg.batch_size, latent, half, data if on_cpu else 0)
-            lower = "batch_size"
+            image = None
+            if cfg.image_l1_weight > 0:
+                image = tuple(min(s, c) for s, c in zip(latent, cfg.image_crop or latent, strict=True))
+            estimate = spade_memory(vq.to_dict(), cfg.batch_size, latent, half, data if on_cpu else 0, image)
+            lower = "batch_size or image_crop" if image is not None else "batch_size"
     logger.info("estimated peak memory of a %s step: %d bytes", cfg.stage, estimate.peak)
     check_training_memory(estimate, ctx.device, max_memory, cfg.stage, lower)
 

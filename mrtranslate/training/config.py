@@ -247,12 +247,22 @@ class SpadeConfig(TrainConfig):
     # frozen: every pair's output moves only along source latent minus blocks' output).
     source_gate: bool = False
     gate_only: bool = False
+    # Not published (0: latent L1 only, as published): an image-space term, the L1 between the decoded
+    # translation and the decoded target latent through the frozen decoder, averaged over the voxels where the
+    # decoded target is brain; on one random crop of ``image_crop`` latent voxels per axis per step (None: the
+    # whole latents), which bounds the decoder's memory.
+    image_l1_weight: float = 0.0
+    image_crop: list[int] | None = None
 
     def validate(self, origin: str = "config") -> None:
         super().validate(origin)
+        if self.image_crop is not None and (
+            len(self.image_crop) != 3 or any(not isinstance(c, int) or c <= 0 for c in self.image_crop)
+        ):
+            raise UsageError(f"{origin}: image_crop = {self.image_crop} must be three positive integers or null")
         if self.gate_only and (self.adv_weight > 0 or self.cycle_weight > 0):
             raise UsageError(f"{origin}: gate_only trains the source gate alone: set adv_weight and cycle_weight to 0")
-        for name in ("l1_weight", "adv_weight", "cycle_weight"):
+        for name in ("l1_weight", "adv_weight", "cycle_weight", "image_l1_weight"):
             if getattr(self, name) < 0:
                 raise UsageError(f"{origin}: {name} must be >= 0")
         _positive_int(origin, "disc_channels", self.disc_channels)

@@ -90,8 +90,9 @@ def autoencoder_memory(model: dict, batch_size: int, crop: Sequence[int], disc: 
 
 
 def spade_memory(model: dict, batch_size: int, latent: Sequence[int], half: bool = False,
-                 data_bytes: int = 0) -> TrainingMemory:
-    """MS-SPADE's step on ``batch_size`` latents of shape ``latent``."""
+                 data_bytes: int = 0, image: Sequence[int] | None = None) -> TrainingMemory:
+    """MS-SPADE's step on ``batch_size`` latents of shape ``latent``; ``image``: the latent crop that the
+    image-space term decodes (with gradients to MS-SPADE), where it trains."""
     from ..models import VQGAN, VQGANConfig
 
     cfg = VQGANConfig.from_dict(dict(model))
@@ -111,7 +112,14 @@ def spade_memory(model: dict, batch_size: int, latent: Sequence[int], half: bool
 
     saved, largest = _saved_bytes(forward)
     # twice: the cycle pass (when it trains) and the latent discriminator's passes are of the same order
-    return TrainingMemory(weights, 2 * _scale(saved, half), 2 * _scale(largest, half), data_bytes)
+    saved = 2 * saved
+    if image is not None:
+        with torch.device("meta"):
+            crop = torch.empty(batch_size, cfg.embed_dim, *image).requires_grad_(True)
+        decoded, decoded_largest = _saved_bytes(lambda: vqgan.decode(crop))
+        saved += decoded
+        largest = max(largest, decoded_largest)
+    return TrainingMemory(weights, _scale(saved, half), 2 * _scale(largest, half), data_bytes)
 
 
 def diffusion_memory(unet_model: dict, vq_model: dict, batch_size: int, latent: Sequence[int], half: bool = False,

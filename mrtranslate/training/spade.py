@@ -2,6 +2,7 @@
 
 loss = l1_weight * |spade(z_src, target) - z_tgt| + adv_weight * CE(D(spade(z_src, target)), target)
        [+ cycle_weight * |spade(spade(z_src, target), source) - z_src|  (the paper's cycle term, off as published)]
+       [+ image_l1_weight * |decode(spade(z_src, target)) - decode(z_tgt)| in the brain  (not published)]
 D, the latent discriminator, learns CE(D(z_tgt), target) + CE(D(fake), "fake") (4 modalities + 1 class).
 Only ``vqgan.spade.*`` is trained (with ``gate_only``, only the per-pair source gate that ``source_gate``
 adds, models/spade.py); encoder, quantizer and decoder stay as the first stage left them. z_tgt is the target
@@ -50,6 +51,11 @@ def trainable_spade(spade: nn.Module, gate_only: bool = False) -> list[nn.Parame
     return list(spade.parameters())
 
 
+# The image-space term's brain: voxels whose decoded target is above this level. Model space puts the
+# background at -1 and each scan's 99.5th percentile at +1, so -0.9 is 5 % of that range above the background.
+IMAGE_BRAIN_LEVEL = -0.9
+
+
 class SpadeStage(Stage):
     name = "spade"
     metric_names = ["loss", "l1", "g_adv", "cycle", "d_loss"]
@@ -84,6 +90,8 @@ class SpadeStage(Stage):
             self.nets["discriminator"] = self.disc
             self.disc_pair = ctx.wrap(RealFake(self.disc))
             self.optimizers["discriminator"] = self.adam(list(self.disc.parameters()))
+        if cfg.image_l1_weight > 0:
+            self.metric_names = [*self.metric_names, "image_l1"]
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         g = step_generator(self.cfg.seed, step, self.ctx.rank)
@@ -107,6 +115,10 @@ class SpadeStage(Stage):
         if back is not None:
             cycle = (back.float() - z_src).abs().mean()
             loss = loss + cfg.cycle_weight * cycle
+        image_l1 = zero
+        if cfg.image_l1_weight > 0:
+            image_l1 = self.image_l1(fake, z_tgt, step)
+            loss = loss + cfg.image_l1_weight * image_l1
         disc = self.disc
         if disc is not None:
             disc.requires_grad_(False)  # the generator's loss must not train the discriminator
@@ -123,7 +135,27 @@ class SpadeStage(Stage):
             self.optimize(d_loss, self.optimizers["discriminator"])
         self.finish_step()
         out = {"loss": loss, "l1": l1, "g_adv": g_adv, "cycle": cycle, "d_loss": d_loss}
+        if cfg.image_l1_weight > 0:
+            out["image_l1"] = image_l1
         return {k: v.detach().float() for k, v in out.items()}
+
+    def image_l1(self, fake: torch.Tensor, z_tgt: torch.Tensor, step: int) -> torch.Tensor:
+        """Mean |decode(fake) - decode(z_tgt)| over the voxels where the decoded target is brain, on the step's
+        random crop of ``image_crop`` latent voxels (the same crop for the whole batch)."""
+        if self.cfg.image_crop is not None:
+            g = step_generator(self.cfg.seed, step, self.ctx.rank, stream=1)
+            window = []
+            for side, want in zip(fake.shape[2:], self.cfg.image_crop, strict=True):
+                size = min(side, want)
+                start = int(torch.randint(side - size + 1, (1,), generator=g))
+                window.append(slice(start, start + size))
+            fake, z_tgt = fake[(..., *window)], z_tgt[(..., *window)]
+        with torch.no_grad():
+            target = self.vqgan.decode(z_tgt).float()
+        brain = (target > IMAGE_BRAIN_LEVEL).float()
+        with self.autocast():
+            image = self.vqgan.decode(fake)
+        return ((image.float() - target).abs() * brain).sum() / brain.sum().clamp_min(1.0)
 
     def metadata(self) -> dict[str, Any]:
         return {"vqgan_config": self.vqgan.config.to_dict(), "preprocessing": dict(self.first.preprocessing)}
