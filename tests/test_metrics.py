@@ -100,6 +100,24 @@ def test_ssim_map_matches_skimage_full_map(kind):
     assert ours.min() < 0.99  # the pair differs: the comparison above is not between two constant maps
 
 
+@pytest.mark.parametrize("box", [(slice(9, 20), slice(7, 15), slice(10, 22)),   # zeros all round
+                                 (slice(0, 12), slice(3, 30), slice(25, 31)),   # touching borders
+                                 (slice(14, 15), slice(20, 21), slice(2, 3))])  # one voxel
+def test_ssim_map_of_volumes_with_zero_surroundings_equals_the_whole_volume_computation_to_the_bit(box):
+    rng = np.random.default_rng(6)
+    a, b = np.zeros((28, 30, 31)), np.zeros((28, 30, 31))
+    a[box] = rng.random(a[box].shape)
+    b[box] = rng.random(b[box].shape)
+    b[box][0, 0, 0] = 0.0  # a zero inside the support changes nothing
+    whole = metrics._ssim_of(a, b, metrics._gaussian_taps(1.5, 3.5), 1.0)
+    ours = metrics.ssim_map(a, b)
+    assert np.array_equal(ours, whole)
+    assert (ours == 1.0).sum() > 0.3 * ours.size and ours.min() < 0.9  # the support is small, and scored
+    _, smap = structural_similarity(a, b, **SKIMAGE_SSIM)
+    assert np.abs(ours - smap).max() < TOL
+    assert np.array_equal(metrics.ssim_map(np.zeros((5, 6, 7)), np.zeros((5, 6, 7))), np.ones((5, 6, 7)))
+
+
 def test_ssim_map_is_symmetric_and_one_for_identical_volumes():
     a, b = _random_pair((14, 12, 13), seed=4)
     np.testing.assert_allclose(metrics.ssim_map(a, b), metrics.ssim_map(b, a), atol=1e-12)
