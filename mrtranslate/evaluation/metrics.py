@@ -156,10 +156,11 @@ def _pair(
 def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, data_range: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB over ``mask`` (all voxels if None); inf when identical there."""
     p, t = _pair(pred, target, mask)
-    mse = float(np.mean((p - t) ** 2))
-    if mse == 0.0:
-        return math.inf
-    return 10.0 * math.log10(data_range**2 / mse)
+    return _psnr_of(float(np.mean((p - t) ** 2)), data_range)
+
+
+def _psnr_of(mse: float, data_range: float = 1.0) -> float:
+    return math.inf if mse == 0.0 else 10.0 * math.log10(data_range**2 / mse)
 
 
 def nmse(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
@@ -307,7 +308,7 @@ def _scores(p: np.ndarray, t: np.ndarray, ssim: np.ndarray, region: np.ndarray |
     mse = float(np.mean(square))
     energy = float(np.sum(sel_t**2))
     return {
-        "psnr": math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse),
+        "psnr": _psnr_of(mse),
         "nmse": float(np.sum(square)) / energy if energy > 0 else math.nan,
         "mae": float(np.mean(np.abs(diff))),
         "ssim": float(ssim.mean() if region is None else ssim[region].mean()),

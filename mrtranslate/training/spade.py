@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import UsageError
 from .config import SpadeConfig, pair_weight_matrix
-from .data import sample_pairs, step_generator
+from .data import crop_offsets, sample_pairs, step_generator
 from .discriminators import LatentDiscriminator, RealFake
 from .distributed import DistContext
 from .first_stage import FirstStage
@@ -143,12 +143,10 @@ class SpadeStage(Stage):
         """Mean |decode(fake) - decode(z_tgt)| over the voxels where the decoded target is brain, on the step's
         random crop of ``image_crop`` latent voxels (the same crop for the whole batch)."""
         if self.cfg.image_crop is not None:
-            g = step_generator(self.cfg.seed, step, self.ctx.rank, stream=1)
-            window = []
-            for side, want in zip(fake.shape[2:], self.cfg.image_crop, strict=True):
-                size = min(side, want)
-                start = int(torch.randint(side - size + 1, (1,), generator=g))
-                window.append(slice(start, start + size))
+            sides = fake.shape[2:]
+            size = [min(side, want) for side, want in zip(sides, self.cfg.image_crop, strict=True)]
+            start = crop_offsets(sides, size, step_generator(self.cfg.seed, step, self.ctx.rank, stream=1))
+            window = tuple(slice(a, a + c) for a, c in zip(start, size, strict=True))
             fake, z_tgt = fake[(..., *window)], z_tgt[(..., *window)]
         with torch.no_grad():
             target = self.vqgan.decode(z_tgt).float()
