@@ -23,10 +23,11 @@ from .errors import ModalityError, UsageError, option
 from .hub import ResolvedModel, push_to_hub, resolve_model
 from .modalities import canonical, canonical_list, guess_from_filename
 from .imaging.model_space import ModelSpaceInverse, Preprocessing, to_model_space
-from .imaging.volume import Volume, load_volume
+from .imaging.volume import Volume, image_on_grid, load_volume
 from .pipeline import ALDMPipeline, SamplingOptions
 from .pipeline.error_model import ErrorModel, load_error_model
 from .pipeline.runtime import Runtime
+from .pipeline.standard import IntensityMap, OutputStandard, apply_map
 from .imaging.skullstrip_check import check_skull_stripped
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,10 @@ CALIBRATED_RECORD = ("per-voxel expected error, as the SD of a normal error, in 
                      "mean absolute error the model made on its training subjects where the output's intensity, "
                      "the samples' spread and the source's intensity were alike (the model folder's "
                      "uncertainty.json); 0 outside the input's foreground")
+STANDARD_RECORD = ("these targets' outputs were standardised: their own brain intensities at the model's landmark "
+                   "percentiles moved piecewise linearly onto the landmarks of real scans of the contrast "
+                   "(model_index.json output_standard), voxel order kept; their scale is the landmarks': the "
+                   "0.5th and 99.5th brain percentiles at 0 and 1")
 UNCERTAINTY_KINDS = ("calibrated", "samples")
 
 
@@ -50,7 +55,8 @@ class Translator:
 
     Outputs are float32 ``nibabel.Nifti1Image`` on exactly the input's grid (shape, affine, qform and sform
     with codes); intensities >= 0 where 0 and 1 are the target's 0.5th and 99.5th percentiles (not clipped
-    above: the brightest brain voxels lie above 1), 0 outside the input's foreground (voxels > 0).
+    above: the brightest brain voxels lie above 1), 0 outside the input's foreground (voxels > 0). A model may
+    standardise some targets (``standard``, ``pipeline.standard``): their histogram is then that of real scans.
 
     Sampling: ``sampling=SamplingOptions(...)`` or its fields as keywords (``steps``, ``eta``, ``strength``,
     ``samples``, ``seed``, ``solver``), here for every call, or in a call of ``to`` for that call; None takes the model's
@@ -94,6 +100,8 @@ class Translator:
         self.resolved = _resolved
         #: the model folder's error model (``uncertainty.json``), or None: what ``uncertainty=True`` maps with
         self.error_model: ErrorModel | None = load_error_model(_resolved.path if _resolved is not None else None)
+        #: the model's output standardisation (``model_index.json``'s ``output_standard``), or None
+        self.standard: OutputStandard | None = OutputStandard.from_dict(_pipeline.config.output_standard)
         self.sampling = SamplingOptions.build(sampling or SamplingOptions(seed=DEFAULT_SEED), **sampling_fields)
         self.progress = progress
         self.allow_skull = allow_skull
@@ -246,11 +254,16 @@ class Translator:
                            ", ".join(fixed), self._source)
         draws = self.translate_tensor(names, options, progress=progress, draws=True)
         # the output is the decoded mean latent, exactly as without uncertainty (sample_mean's mean)
-        images = self._images(names, draws.mean(1).contiguous(), "")
-        maps = self.spread(names, draws)
+        intensity: dict[str, IntensityMap | None] = {}
+        images = self._images(names, draws.mean(1).contiguous(), "", intensity)
+        maps = self.spread(names, draws, intensity)
         if any(self._calibrates(n, kind) for n in names):
             maps = self.calibrated(names, images, maps)
         return images, maps
+
+    def standardised_targets(self, targets: Sequence[str]) -> list[str]:
+        """Those of ``targets`` whose outputs the model standardises (``pipeline.standard``)."""
+        return [t for t in targets if self.standard is not None and self.standard.covers(t)]
 
     def uncertainty_kind(self, uncertainty: bool | str | None) -> str | None:
         """None (no map), "calibrated" or "samples" for a call's ``uncertainty``; UsageError for anything else."""
@@ -297,17 +310,20 @@ class Translator:
                              "pass samples=3 (--samples 3) or leave out uncertainty")
         return k
 
-    def spread(self, names: Sequence[str], draws: torch.Tensor) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
+    def spread(self, names: Sequence[str], draws: torch.Tensor,
+               intensity: dict[str, IntensityMap | None] | None = None) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
         """Per target, the sample standard deviation (n - 1) across the decoded draws ``[T, k, C, ...]``, voxel by
         voxel, on the source's grid in the output's intensity units: each draw is decoded and mapped back to the
-        input grid on its own (as an output would be), then the spread is taken. 0 outside the source's
+        input grid on its own (as an output would be; through the output's own standardisation map, from
+        ``intensity``, where the model standardises the target), then the spread is taken. 0 outside the source's
         foreground, where every draw is 0. Costs k decodes per target (the output itself decodes the mean latent
         once; none where the draws are identical, e.g. MS-SPADE's output at strength 0: the SD is 0)."""
         maps = {}
         for name, lat in zip(names, draws):
             same = all(torch.equal(d, lat[0]) for d in lat[1:])
             images = [self._inverse(self.pipeline.decode(d[None])[0, 0].cpu()) for d in (lat[:1] if same else lat)]
-            values = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images])
+            mapping = (intensity or {}).get(name)
+            values = np.stack([_standardised(np.asarray(img.dataobj, dtype=np.float32), mapping) for img in images])
             sd = np.zeros_like(values[0]) if same else np.std(values, axis=0, ddof=1).astype(np.float32)
             out = nib.Nifti1Image(sd, images[0].affine, images[0].header.copy())
             out.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name} SD of {len(lat)}".encode()[:79]
@@ -332,12 +348,20 @@ class Translator:
         return _target_names(targets, self._source, self.modalities)
 
     def _images(
-        self, names: Sequence[str], latents: torch.Tensor, note: str
+        self, names: Sequence[str], latents: torch.Tensor, note: str,
+        intensity: dict[str, IntensityMap | None] | None = None,
     ) -> nib.Nifti1Image | dict[str, nib.Nifti1Image]:
-        """Decode each target latent (one at a time: bounded memory) onto the source's own grid."""
+        """Decode each target latent (one at a time: bounded memory) onto the source's own grid, standardised
+        where the model standardises the target (each map used goes into ``intensity``)."""
         images = {}
         for name, lat in zip(names, latents):
             img = self._inverse(self.pipeline.decode(lat[None])[0, 0].cpu())
+            if self.standard is not None and self.standard.covers(name):
+                data = np.asarray(img.dataobj)
+                mapping = self.standard.map_for(name, data, data > 0)
+                img = image_on_grid(_standardised(data, mapping), img.affine, img.header)
+                if intensity is not None:
+                    intensity[name] = mapping
             img.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name}{note}".encode()[:79]
             images[name] = img
         return images[names[0]] if len(names) == 1 else images
@@ -400,6 +424,8 @@ class Translator:
             "precision": str(pipe.runtime.dtype).replace("torch.", ""),
             "intensity": ("the model's scale of the target contrast: the training scans' 0.5th and 99.5th brain "
                           "percentiles at 0 and 1, not clipped above; 0 outside the source foreground"),
+            **({"output_standard": standardised,
+                "output_standard_note": STANDARD_RECORD} if (standardised := self.standardised_targets(targets)) else {}),
             **extra,
             **({"skull_strip": True, **self._brain_mask.record} if self._brain_mask is not None else {}),
         }
@@ -419,6 +445,11 @@ class Translator:
             return push_to_hub(Path(folder), repo_id, **kwargs)
         with tempfile.TemporaryDirectory() as tmp:
             return push_to_hub(self.save_pretrained(Path(tmp) / "model"), repo_id, **kwargs)
+
+
+def _standardised(data: np.ndarray, mapping: IntensityMap | None) -> np.ndarray:
+    """An output's array through its standardisation map (its non-zero voxels; 0 stays 0)."""
+    return apply_map(mapping, data, data > 0)
 
 
 def _target_names(targets: Sequence[str], source: str | None, modalities: Sequence[str]) -> list[str]:

@@ -155,3 +155,31 @@ def train_uncertainty(
         typer.echo(f"error tables of {len(fitted.pairs)} pair(s) from {len(fitted.fitted_on)} subject(s) written to "
                    f"{path}" + (f"; the samples' spread kept for {', '.join(dropped)}" if dropped else ""), err=True)
     return 0
+
+
+@train_app.command("standard")
+def train_standard(
+    model: Path = typer.Option(..., "--model", help="The exported model folder; its model_index.json gets the landmarks."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Training subjects (BraTS or BIDS layout) whose real scans give each target's landmarks."),
+    to: list[str] = typer.Option([], "--to", help="The targets whose outputs are standardised (repeatable, or several after one --to)."),
+    remove: bool = typer.Option(False, "--remove", help="Remove the model's output standardisation instead."),
+    quiet: bool = QUIET, debug: bool = DEBUG,
+) -> int:
+    """Standardise a model's outputs of --to targets to the histogram of real scans of those contrasts (landmarks from --data)."""
+    from ..errors import UsageError
+    from ..training.standard import fit_output_standard, write_output_standard
+
+    if remove:
+        if to or data is not None:
+            raise UsageError("--remove takes no --to or --data: it removes the standardisation of every target")
+        path = write_output_standard(model, None)
+        if not quiet:
+            typer.echo(f"output standardisation removed from {path}", err=True)
+        return 0
+    if data is None:
+        raise UsageError("--data is needed: the training subjects whose scans give the landmarks")
+    standard, used = fit_output_standard(model, data, to, progress=not quiet)
+    path = write_output_standard(model, standard)
+    if not quiet:
+        typer.echo(f"landmarks of {', '.join(f'{t} ({len(c)} scans)' for t, c in used.items())} written to {path}", err=True)
+    return 0

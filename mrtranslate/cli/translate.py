@@ -283,6 +283,7 @@ def info_command(
         "default_samples": pipe.config.default_samples,
         "best_source": _best_sources(pipe),
         "default_solver": pipe.config.default_solver,
+        "output_standard": sorted(pipe.config.output_standard.get("landmarks", {})),
     }
     if as_json:
         typer.echo(json.dumps(info))

@@ -10,6 +10,7 @@ from ..modalities import MODALITIES, canonical, pair_indices
 from ..models.config import ModelConfig, check_int
 from ..schedulers.ddim import is_strength
 from ..schedulers.solver import SOLVER_LABELS, SOLVERS
+from .standard import OutputStandard
 
 #: The preprocessing of the published ALDM (BraTS 2021): 1 mm RAS grid of 144 x 192 x 144 voxels,
 #: 0.5th / 99.5th percentiles mapped to -1 / +1.
@@ -21,6 +22,8 @@ PUBLISHED_PREPROCESSING: dict[str, Any] = {
 }
 
 COMPONENTS = ("vqgan", "unet", "scheduler")
+#: The format version of a model_index.json with ``output_standard`` (1 without: what every version reads).
+STANDARD_FORMAT_VERSION = 2
 #: The most diffusion samples averaged per target (``ALDMPipeline.sample``'s ``samples``).
 MAX_SAMPLES = 64
 
@@ -36,6 +39,8 @@ def check_samples(samples: Any, name: str = "samples") -> int:
 class PipelineConfig(ModelConfig):
     """Pipeline-level settings. ``components`` lists the subfolders present (``vqgan`` always)."""
 
+    FORMAT_VERSION = 2
+
     modalities: tuple[str, ...] = MODALITIES
     preprocessing: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PUBLISHED_PREPROCESSING))
     default_steps: int = 200
@@ -46,6 +51,9 @@ class PipelineConfig(ModelConfig):
     pair_strength: dict[str, float] = dataclasses.field(default_factory=dict)
     #: target -> the source that predicts it best on the model's validation data (``mrtranslate complete``)
     best_source: dict[str, str] = dataclasses.field(default_factory=dict)
+    #: target -> landmarks its outputs are standardised to, with their percentiles (``pipeline.standard``; not
+    #: published): ``{"percentiles": [...], "landmarks": {"flair": [...]}}``; empty: outputs as decoded
+    output_standard: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the sampler: "ddim" (published; absent in older folders), "dpm++2m" or "unipc" (see mrtranslate.schedulers)
     default_solver: str = "ddim"
     components: tuple[str, ...] = COMPONENTS
@@ -88,6 +96,13 @@ class PipelineConfig(ModelConfig):
             pairs[name] = float(value)
         self.pair_strength = pairs
         self.best_source = _checked_best_source(self.best_source, mods, origin)
+        standard = OutputStandard.from_dict(self.output_standard, f"{origin}: output_standard")
+        if standard is not None:
+            foreign = [t for t in standard.targets if t not in mods]
+            if foreign:
+                raise ModelFormatError(f"{origin}: output_standard has landmarks of {', '.join(foreign)}, not a "
+                                       f"modality of this model ({', '.join(mods)})")
+        self.output_standard = standard.to_dict() if standard is not None else {}
         p = self.preprocessing
         if not isinstance(p, dict):
             raise ModelFormatError(f"{origin}: preprocessing must be an object")
@@ -101,6 +116,13 @@ class PipelineConfig(ModelConfig):
             if not isinstance(s, (int, float)) or not 0.05 <= float(s) <= 20:
                 raise ModelFormatError(f"{origin}: preprocessing.spacing_mm {p['spacing_mm']} is out of range")
         super().validate(origin)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        # a folder whose outputs are standardised needs a version that reads output_standard: older ones refuse it
+        # ("upgrade mrtranslate") instead of silently writing unstandardised outputs; others stay readable by all
+        d["_format_version"] = STANDARD_FORMAT_VERSION if self.output_standard else 1
+        return d
 
     def strength_for(self, source: str, target: str) -> float:
         """The model's sampling strength for ``source`` -> ``target`` (canonical names): its ``pair_strength``
