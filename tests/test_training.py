@@ -766,6 +766,7 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
     calls = _run_recipe(roots, work, shim, tmp_path / "calls.jsonl")
     assert [c[:2] if c[0] == "train" else c[:1] for c in calls] == [
         ["train", "autoencoder"], ["train", "spade"], ["train", "encode"], ["train", "diffusion"], ["export"],
+        ["train", "spade"], ["train", "spade"], ["train", "diffusion"], ["export"], ["train", "standard"],
         ["evaluate"], ["evaluate"], ["evaluate"], ["train", "uncertainty"]]
     opts = [dict(zip(c[2::2], c[3::2], strict=False)) for c in calls[:4]]
     for o in opts[:2]:  # the first stage trains on the subjects it was first released with
@@ -776,18 +777,29 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
     assert all((folder / c).resolve() in {(r / c).resolve() for r in roots} for c in split["training"])
     assert opts[2]["--first-stage"] == str(work / "runs" / "spade") == opts[3]["--first-stage"]
     assert opts[3]["--data"] == opts[2]["--out"] == str(work / "training.safetensors")
-    for call, o in zip(calls, opts, strict=False):
-        if "--config" in o:
-            assert load_config(call[1], o["--config"]).stage == call[1]
+    for call in calls:
+        if "--config" in call:
+            assert load_config(call[1], call[call.index("--config") + 1]).stage == call[1]
+    # version 3: MS-SPADE continued on every training subject, then resumed to step 420 with a new schedule,
+    # and the UNet fine-tuned from version 2's (exported) on its outputs, from the same pack
+    value = lambda call, name: call[call.index(name) + 1]  # noqa: E731
+    v2, spade2, longer, unet2 = calls[4], calls[5], calls[6], calls[7]
+    assert v2[1] == str(work / "runs" / "diffusion")
+    assert Path(value(spade2, "--data")) == work / "training"
+    assert value(spade2, "--first-stage") == str(work / "runs" / "spade")
+    assert value(spade2, "--run") == value(longer, "--run") == str(work / "runs" / "spade2")
+    assert "--resume" in longer and value(longer, "--steps") == "420"
+    assert json.loads((BRATS_RECIPE / value(spade2, "--config")).read_text())["steps"] == 160
+    assert value(unet2, "--init") == value(v2, "--out") and value(unet2, "--data") == str(work / "training.safetensors")
+    assert value(unet2, "--first-stage") == str(work / "runs" / "spade2")
     for part in ("validation", "validation_2mm", "test_2mm", "uncertainty_fit"):
         assert sorted(p.name for p in (work / part).iterdir()) == sorted(split[part])
     assert set(split["uncertainty_fit"]) <= set(split["training"]) - set(split["first_stage_training"])
-    export, fit = calls[-5], calls[-1]
-    assert export[1] == str(work / "runs" / "diffusion")
+    export, standard, fit = calls[-6], calls[-5], calls[-1]
+    assert export[1] == str(work / "runs" / "diffusion2")
     assert export[export.index("--out") + 1] == str(work / "brats-2mm")
     # the error model: the exported model at its defaults on the uncertainty_fit subjects, fitted into it, and
     # kept where it beats the samples' spread on both validation sets, evaluated the same way
-    value = lambda call, name: call[call.index(name) + 1]  # noqa: E731
     evaluated = {value(c, "--data"): value(c, "--out") for c in calls[-4:-1]}
     for c in calls[-4:-1]:
         assert value(c, "--model") == str(work / "brats-2mm") and "--uncertainty" in c and "all" in c
@@ -806,12 +818,16 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
                                            index["default_solver"])
     assert {k: float(v) for k, v in (e.split("=") for e in flag("--pair-strength"))} == index["pair_strength"]
     assert dict(e.split("=") for e in flag("--best-source")) == index["best_source"]
+    # the output standardisation: landmarks of the first stage's 1 mm training scans, for the targets released
+    assert value(standard, "--model") == str(work / "brats-2mm")
+    assert Path(value(standard, "--data")) == work / "first_stage_training"
+    assert sorted(standard[standard.index("--to") + 1:]) == sorted(index["output_standard"]["landmarks"])
     assert {p.name for p in BRATS_RECIPE.glob("*.json")} - {"split.json"} == {
         Path(c[c.index("--config") + 1]).name for c in calls if "--config" in c}
     # a second run resumes every stage and keeps the pack
     again = _run_recipe(roots, work, shim, tmp_path / "calls.jsonl")
     assert all("--resume" in c for c in again if c[:2] in (["train", s] for s in ("autoencoder", "spade", "diffusion")))
-    assert len(again) == 8
+    assert len(again) == 13 and not any(c[:2] == ["train", "encode"] for c in again)
     (roots[0] / every[0]).rename(tmp_path / "gone")
     done = subprocess_run_recipe_fails(roots, tmp_path / "w2", shim)
     assert every[0] in done

@@ -30,38 +30,51 @@ for part, cases in split.items():
             os.symlink(found[0], link)
 PY
 
-stage() {  # stage NAME DATA [extra args...]: train (or resume) one stage
-    local name=$1 data=$2; shift 2
+stage() {  # stage STAGE RUN CONFIG DATA [extra args...]: train (or resume) one run of a stage
+    local cmd=$1 name=$2 config=$3 data=$4; shift 4
     local limit=()
     local var="MINUTES_${name^^}"
     if [ -n "${!var:-}" ]; then limit=(--max-minutes "${!var}"); fi
     if [ -f "$work/runs/$name/run.json" ]; then
-        mrtranslate train "$name" --run "$work/runs/$name" --resume --device "$device" "${limit[@]}"
+        mrtranslate train "$cmd" --run "$work/runs/$name" --resume --device "$device" "${limit[@]}"
     else
-        mrtranslate train "$name" --data "$data" --run "$work/runs/$name" \
-            --config "$here/$name.json" --device "$device" "${limit[@]}" "$@"
+        mrtranslate train "$cmd" --data "$data" --run "$work/runs/$name" \
+            --config "$here/$config" --device "$device" "${limit[@]}" "$@"
     fi
 }
 
 # The first stage (VQ-GAN and MS-SPADE) as first released, on the 11 subjects of first_stage_training.
-stage autoencoder "$work/first_stage_training"
-stage spade "$work/first_stage_training" --first-stage "$work/runs/autoencoder"
+stage autoencoder autoencoder autoencoder.json "$work/first_stage_training"
+stage spade spade spade.json "$work/first_stage_training" --first-stage "$work/runs/autoencoder"
 # The residual UNet on the 42 training subjects, encoded once by that first stage into a latent pack.
 if [ ! -f "$work/training.safetensors" ]; then
     mrtranslate train encode --data "$work/training" --first-stage "$work/runs/spade" \
         --out "$work/training.safetensors" --device "$device"
 fi
-stage diffusion "$work/training.safetensors" --first-stage "$work/runs/spade"
+stage diffusion diffusion diffusion.json "$work/training.safetensors" --first-stage "$work/runs/spade"
+mrtranslate export "$work/runs/diffusion" --out "$work/brats-2mm-v2" --name brats-2mm --overwrite
+# Version 3: MS-SPADE continued on the 42 training subjects (published latent L1, no discriminator) for 160
+# steps, then resumed with a new cosine schedule to step 420; the UNet fine-tuned on its outputs.
+stage spade spade2 spade-continue.json "$work/training" --first-stage "$work/runs/spade"
+mrtranslate train spade --run "$work/runs/spade2" --resume --steps 420 --device "$device"
+stage diffusion diffusion2 diffusion-finetune.json "$work/training.safetensors" --first-stage "$work/runs/spade2" \
+    --init "$work/brats-2mm-v2"
 # Sampling as released, each chosen on the validation subjects: the mean of 6 samples of 4 UniPC steps
-# (benchmarks/sampling_defaults.py), and T1ce from MS-SPADE alone, strength 0 (benchmarks/pair_strength.py).
-mrtranslate export "$work/runs/diffusion" --out "$work/brats-2mm" --name brats-2mm --overwrite \
+# (benchmarks/sampling_defaults.py); T1 and T2 from MS-SPADE alone, strength 0, T1ce and FLAIR sampled
+# (benchmarks/pair_strength.py).
+mrtranslate export "$work/runs/diffusion2" --out "$work/brats-2mm" --name brats-2mm --overwrite \
     --default-solver "${DEFAULT_SOLVER:-unipc}" --default-steps "${DEFAULT_STEPS:-4}" --default-eta "${DEFAULT_ETA:-0}" \
     --default-samples "${DEFAULT_SAMPLES:-6}" \
-    --pair-strength 't1->t1ce=0' --pair-strength 't2->t1ce=0' --pair-strength 'flair->t1ce=0' \
+    --pair-strength 't1ce->t1=0' --pair-strength 't2->t1=0' --pair-strength 'flair->t1=0' \
+    --pair-strength 't1->t2=0' --pair-strength 't1ce->t2=0' --pair-strength 'flair->t2=0' \
     --best-source t1=t1ce --best-source t1ce=t1 --best-source t2=t1ce --best-source flair=t2
-# The error model behind --uncertainty: the exported model's own errors on training subjects that its first stage
-# never saw (split.json's uncertainty_fit), at its default sampling, kept for the pairs where it ranks errors
-# better than the samples' spread on both validation sets (pipeline/error_model.py, training/uncertainty.py).
+# T1ce and FLAIR outputs standardised to the histogram of the 1 mm training scans of those contrasts
+# (pipeline/standard.py; the targets chosen on the validation subjects: benchmarks/output_standard.py).
+mrtranslate train standard --model "$work/brats-2mm" --data "$work/first_stage_training" --to t1ce flair
+# The error model behind --uncertainty: the exported model's own errors on training subjects that its VQ-GAN
+# never saw (split.json's uncertainty_fit; version 3's MS-SPADE and UNet did), at its default sampling, kept
+# for the pairs where it ranks errors better than the samples' spread on both validation sets
+# (pipeline/error_model.py, training/uncertainty.py).
 for part in uncertainty_fit validation validation_2mm; do
     mrtranslate evaluate --model "$work/brats-2mm" --data "$work/$part" --source all --uncertainty \
         --no-figures --out "$work/reports/$part" --device "$device"
