@@ -4,7 +4,9 @@
   coordinates, so it can be sampled on any grid: LPS, oblique, anisotropic, with chosen qform/sform codes.
 * ``small_model`` / ``grid_model``: tiny random-weight model folders (``tests/_tiny.py``) whose grids cover
   the head: 16x24x16 at 4 mm (the cheapest; for the CLI) and 32x48x32 at 2 mm (for geometry).
-* ``files_under``, ``assert_same_geometry``: what the tests compare.
+* ``oblique``: a head file on an LPS, anisotropic, oblique grid (``OBLIQUE``), for outputs that must come
+  back on exactly that grid.
+* ``files_under``, ``assert_same_geometry``, ``arr``: what the tests compare.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from _tiny import save_tiny
 #: Semi-axes (R-L, A-P, I-S) of the head: fits the 64 x 96 x 64 mm field of view of both test models.
 SEMI_AXES_MM = (27.0, 40.0, 25.0)
 CENTRE_MM = (3.0, -4.0, 6.0)
+
+#: LPS, anisotropic, oblique: shape, signed voxel sizes (mm) and rotation (degrees) of the ``oblique`` file
+OBLIQUE = {"shape": (22, 30, 12), "zooms": (-3.0, -3.0, 5.0), "rotation": (8.0, -5.0, 10.0)}
 
 SMALL = {"grid": (16, 24, 16), "spacing": (4.0, 4.0, 4.0)}
 GRID = {"grid": (32, 48, 32), "spacing": (2.0, 2.0, 2.0)}
@@ -80,6 +85,11 @@ def files_under(folder: Path) -> set[str]:
     return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
 
 
+def arr(img: nib.Nifti1Image) -> np.ndarray:
+    """An image's voxels as float32."""
+    return np.asarray(img.dataobj, dtype=np.float32)
+
+
 def assert_same_geometry(out: nib.Nifti1Image, ref: nib.Nifti1Image) -> None:
     """``out`` is on exactly ``ref``'s grid: shape, affine, qform and sform (with codes), voxel sizes, units."""
     assert out.shape == ref.shape
@@ -104,3 +114,12 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def grid_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random-weight model folder: grid 32x48x32 at 2 mm."""
     return save_tiny(tmp_path_factory.mktemp("models") / "grid", **GRID)
+
+
+@pytest.fixture()
+def oblique(tmp_path: Path) -> Path:
+    path = tmp_path / "sub-01_T1w.nii.gz"
+    shape = OBLIQUE["shape"]
+    nib.save(head_image(shape, grid_affine(shape, OBLIQUE["zooms"], OBLIQUE["rotation"]), qform_code=1, sform_code=2),
+             str(path))
+    return path

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from _tiny import tiny_pipeline
-from _translate_utils import assert_same_geometry, grid_affine, head_image, small_model  # noqa: F401
+from _translate_utils import arr, assert_same_geometry, oblique, small_model  # noqa: F401
 
 from mrtranslate import Translator
 from mrtranslate.cli import main
@@ -18,20 +18,8 @@ from mrtranslate.evaluation.evaluate import model_fingerprint
 from mrtranslate.pipeline import PipelineConfig
 from mrtranslate.pipeline.standard import PERCENTILES, IntensityMap, scan_landmarks, standardise
 
-SHAPE, ZOOMS, ROT = (22, 30, 12), (-3.0, -3.0, 5.0), (8.0, -5.0, 10.0)
 #: landmarks of a contrast whose brain is mostly dark with a bright tail (made up, non-decreasing, 0..1)
 TAIL = np.array([0.0, 0.01, 0.03, 0.06, 0.1, 0.15, 0.2, 0.24, 0.28, 0.32, 0.36, 0.41, 0.5, 0.6, 0.75, 0.86, 1.0])
-
-
-def _arr(img: nib.Nifti1Image) -> np.ndarray:
-    return np.asarray(img.dataobj, dtype=np.float32)
-
-
-@pytest.fixture()
-def oblique(tmp_path: Path) -> Path:
-    path = tmp_path / "sub-01_T1w.nii.gz"
-    nib.save(head_image(SHAPE, grid_affine(SHAPE, ZOOMS, ROT), qform_code=1, sform_code=2), str(path))
-    return path
 
 
 def _standardised_model(folder: Path, targets=("flair",), landmarks=TAIL) -> Path:
@@ -116,8 +104,8 @@ def test_standardised_targets_are_the_plain_outputs_through_their_map_on_the_inp
         tiny_pipeline(grid=(16, 24, 16), spacing=(4.0, 4.0, 4.0)).save_pretrained(tmp_path / "plain"),
         progress=False, samples=3)(oblique)
     out, ref = std.to("t2", "flair"), plain.to("t2", "flair")
-    np.testing.assert_array_equal(_arr(out["t2"]), _arr(ref["t2"]))  # not standardised: unchanged
-    raw, new = _arr(ref["flair"]), _arr(out["flair"])
+    np.testing.assert_array_equal(arr(out["t2"]), arr(ref["t2"]))  # not standardised: unchanged
+    raw, new = arr(ref["flair"]), arr(out["flair"])
     brain = raw > 0
     assert_same_geometry(out["flair"], nib.load(str(oblique)))
     np.testing.assert_array_equal(new[~brain], 0)  # background stays 0
@@ -132,17 +120,17 @@ def test_the_sd_map_of_a_standardised_target_is_the_spread_of_its_samples_throug
         tmp_path: Path, oblique: Path) -> None:
     bound = Translator.from_pretrained(_standardised_model(tmp_path / "std"), progress=False, samples=3)(oblique)
     out, sd = bound.to("flair", uncertainty="samples")
-    np.testing.assert_array_equal(_arr(out), _arr(bound.to("flair")))  # the output is the one without uncertainty
+    np.testing.assert_array_equal(arr(out), arr(bound.to("flair")))  # the output is the one without uncertainty
     draws = bound.translate_tensor(["flair"], bound.resolve(["flair"]), draws=True)
-    mean = _arr(bound._inverse(bound.pipeline.decode(draws[0].mean(0)[None])[0, 0]))
+    mean = arr(bound._inverse(bound.pipeline.decode(draws[0].mean(0)[None])[0, 0]))
     mapping = bound.standard.map_for("flair", mean, mean > 0)
     decoded = []
     for d in draws[0]:
-        a = _arr(bound._inverse(bound.pipeline.decode(d[None])[0, 0]))
+        a = arr(bound._inverse(bound.pipeline.decode(d[None])[0, 0]))
         a[a > 0] = mapping(a[a > 0])
         decoded.append(a)
-    np.testing.assert_allclose(_arr(sd), np.std(decoded, axis=0, ddof=1), rtol=1e-4, atol=1e-6)
-    assert _arr(sd).max() > 0
+    np.testing.assert_allclose(arr(sd), np.std(decoded, axis=0, ddof=1), rtol=1e-4, atol=1e-6)
+    assert arr(sd).max() > 0
 
 
 def test_info_names_the_standardised_targets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -154,7 +142,7 @@ def test_info_names_the_standardised_targets(tmp_path: Path, capsys: pytest.Capt
 def test_ms_spade_only_outputs_are_standardised_too(tmp_path: Path, oblique: Path) -> None:
     """``to_spade_only`` is the same model without its diffusion stage: its outputs get the same treatment."""
     bound = Translator.from_pretrained(_standardised_model(tmp_path / "std"), progress=False)(oblique)
-    new = _arr(bound.to_spade_only("flair"))
+    new = arr(bound.to_spade_only("flair"))
     np.testing.assert_allclose(np.percentile(new[new > 0], 50), TAIL[PERCENTILES.index(50)], atol=0.02)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _tiny import tiny_pipeline
-from _translate_utils import assert_same_geometry, grid_affine, head_image, small_model, write_head  # noqa: F401
+from _translate_utils import arr, assert_same_geometry, oblique, small_model, write_head  # noqa: F401
 
 from mrtranslate import Translator
 from mrtranslate.cli import main
@@ -19,20 +19,6 @@ from mrtranslate.errors import GridMismatchError, UsageError
 from mrtranslate.evaluation.metrics import compute_metrics, normalize
 from mrtranslate.evaluation.uncertainty import N_BINS, calibration, summarise_calibration
 from mrtranslate.pipeline import aldm
-
-# LPS, anisotropic, oblique: the SD map must come back on exactly this grid, as the output does
-SHAPE, ZOOMS, ROT = (22, 30, 12), (-3.0, -3.0, 5.0), (8.0, -5.0, 10.0)
-
-
-def _arr(img: nib.Nifti1Image) -> np.ndarray:
-    return np.asarray(img.dataobj, dtype=np.float32)
-
-
-@pytest.fixture()
-def oblique(tmp_path: Path) -> Path:
-    path = tmp_path / "sub-01_T1w.nii.gz"
-    nib.save(head_image(SHAPE, grid_affine(SHAPE, ZOOMS, ROT), qform_code=1, sform_code=2), str(path))
-    return path
 
 
 # -- the SD map ---------------------------------------------------------------------------------------------------
@@ -51,10 +37,9 @@ def test_a_pair_at_strength_zero_is_ms_spades_output_with_an_sd_map_of_zero(tmp_
     with caplog.at_level("WARNING"):
         out, sd = bound.to("t2", "flair", uncertainty=True)
     assert "t2 from t1: MS-SPADE's output" in caplog.text and "flair" not in caplog.text.split("MS-SPADE")[0]
-    np.testing.assert_allclose(_arr(out["t2"]), _arr(bound.to_spade_only("t2")), rtol=1e-4, atol=1e-5)
-    assert (_arr(sd["t2"]) == 0).all() and _arr(sd["flair"]).max() > 0
+    np.testing.assert_allclose(arr(out["t2"]), arr(bound.to_spade_only("t2")), rtol=1e-4, atol=1e-5)
+    assert (arr(sd["t2"]) == 0).all() and arr(sd["flair"]).max() > 0
     assert b"SD of 3" in sd["t2"].header["descrip"].tobytes()
-
 
 
 def test_sd_map_is_on_the_outputs_grid_and_is_the_spread_of_the_decoded_samples(small_model: Path,
@@ -68,15 +53,15 @@ def test_sd_map_is_on_the_outputs_grid_and_is_the_spread_of_the_decoded_samples(
         assert_same_geometry(out[t], ref)
         assert_same_geometry(sd[t], ref)
         # the output is the one a run without uncertainty writes
-        np.testing.assert_array_equal(_arr(out[t]), _arr(plain[t]))
-        s = _arr(sd[t])
+        np.testing.assert_array_equal(arr(out[t]), arr(plain[t]))
+        s = arr(sd[t])
         assert (s >= 0).all() and s.max() > 0
-        assert (s[_arr(ref) == 0] == 0).all()  # 0 outside the input's foreground, as the output
+        assert (s[arr(ref) == 0] == 0).all()  # 0 outside the input's foreground, as the output
     # the SD is that of the k samples decoded one by one and mapped back to the input grid
     draws = bound.translate_tensor(["t2"], bound.resolve(["t2"]), draws=True)
     assert draws.shape[:2] == (1, 3)
-    decoded = np.stack([_arr(bound._inverse(tr.pipeline.decode(d[None])[0, 0])) for d in draws[0]])
-    np.testing.assert_allclose(_arr(sd["t2"]), decoded.std(axis=0, ddof=1), rtol=1e-5, atol=1e-6)
+    decoded = np.stack([arr(bound._inverse(tr.pipeline.decode(d[None])[0, 0])) for d in draws[0]])
+    np.testing.assert_allclose(arr(sd["t2"]), decoded.std(axis=0, ddof=1), rtol=1e-5, atol=1e-6)
 
 
 def test_sd_is_zero_where_the_samples_agree(small_model: Path, oblique: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,9 +77,9 @@ def test_sd_is_zero_where_the_samples_agree(small_model: Path, oblique: Path, mo
     bound = Translator.from_pretrained(small_model, progress=False, eta=0.0)(oblique)
     out, sd = bound.to("t2", samples=3, uncertainty=True)
     single = bound.to("t2", samples=1)
-    assert _arr(out).max() > 0
-    assert _arr(sd).max() < 1e-6  # 0 up to float32 rounding of the batched samples
-    np.testing.assert_allclose(_arr(out), _arr(single), atol=1e-5)
+    assert arr(out).max() > 0
+    assert arr(sd).max() < 1e-6  # 0 up to float32 rounding of the batched samples
+    np.testing.assert_allclose(arr(out), arr(single), atol=1e-5)
 
 
 def test_sample_draws_are_the_samples_whose_mean_is_sample_mean() -> None:
