@@ -194,6 +194,6 @@ def test_the_bundled_model_maps_the_pairs_its_validation_chose_with_its_error_mo
         expected = all(v["spearman_table"] > max(0.0, v["spearman_samples"] or 0.0) for v in sets.values())
         assert entry["kept"] == expected == model.covers(*task.split("->"))
     assert sorted(k for k, v in model.validation.items() if v["kept"]) == [
-        "flair->t2", "t1->t2", "t1ce->t1", "t1ce->t2", "t2->flair"]
+        "flair->t2", "t1->t2", "t1ce->t1", "t1ce->t2", "t2->flair", "t2->t1ce"]
     split = json.loads((folder.parents[2] / "recipes" / "brats-2mm" / "split.json").read_text())
     assert set(model.fitted_on) == set(split["uncertainty_fit"])

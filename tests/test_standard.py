@@ -198,3 +198,18 @@ def test_train_standard_errors_are_one_line_and_leave_the_model_untouched(tmp_pa
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert (small_model / "model_index.json").read_bytes() == before
+
+
+def test_the_bundled_default_standardises_the_targets_its_validation_study_chose():
+    """brats-2mm standardises exactly the targets that benchmarks/OUTPUT_STANDARD.json's latest brats-2mm record
+    names, with that record's percentiles and training scans."""
+    from conftest import ROOT
+
+    index = json.loads((ROOT / "mrtranslate" / "bundled" / "brats-2mm" / "model_index.json").read_text())
+    study = [r for r in json.loads((ROOT / "benchmarks" / "OUTPUT_STANDARD.json").read_text())
+             if r["model"].startswith("brats-2mm")][-1]
+    assert set(study["sets"]) >= {"validation", "validation_2mm"}
+    assert sorted(index["output_standard"]["landmarks"]) == sorted(study["standardise"])
+    assert index["output_standard"]["percentiles"] == study["percentiles"] == list(PERCENTILES)
+    split = json.loads((ROOT / "recipes" / "brats-2mm" / "split.json").read_text())
+    assert sorted(study["fit_data"]) == sorted(split["first_stage_training"])

@@ -60,12 +60,13 @@ mrtranslate train spade --run "$work/runs/spade2" --resume --steps 420 --device 
 stage diffusion diffusion2 diffusion-finetune.json "$work/training.safetensors" --first-stage "$work/runs/spade2" \
     --init "$work/brats-2mm-v2"
 # Sampling as released, each chosen on the validation subjects: the mean of 6 samples of 4 UniPC steps
-# (benchmarks/sampling_defaults.py); T1 and T2 from MS-SPADE alone, strength 0, T1ce and FLAIR sampled
-# (benchmarks/pair_strength.py).
+# (benchmarks/sampling_defaults.py); T1, T1ce and T2 from MS-SPADE alone, strength 0, FLAIR sampled
+# (benchmarks/pair_strength.py, on the standardised outputs).
 mrtranslate export "$work/runs/diffusion2" --out "$work/brats-2mm" --name brats-2mm --overwrite \
     --default-solver "${DEFAULT_SOLVER:-unipc}" --default-steps "${DEFAULT_STEPS:-4}" --default-eta "${DEFAULT_ETA:-0}" \
     --default-samples "${DEFAULT_SAMPLES:-6}" \
     --pair-strength 't1ce->t1=0' --pair-strength 't2->t1=0' --pair-strength 'flair->t1=0' \
+    --pair-strength 't1->t1ce=0' --pair-strength 't2->t1ce=0' --pair-strength 'flair->t1ce=0' \
     --pair-strength 't1->t2=0' --pair-strength 't1ce->t2=0' --pair-strength 'flair->t2=0' \
     --best-source t1=t1ce --best-source t1ce=t1 --best-source t2=t1ce --best-source flair=t2
 # T1ce and FLAIR outputs standardised to the histogram of the 1 mm training scans of those contrasts
