@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from _tiny import tiny_pipeline
-from _translate_utils import assert_same_geometry, grid_affine, head_image
+from _translate_utils import assert_same_geometry, oblique  # noqa: F401
 
 from mrtranslate import Translator
 from mrtranslate.cli import main
@@ -129,19 +129,15 @@ def test_the_error_model_round_trips_through_its_file_and_a_broken_file_is_one_l
 
 
 @pytest.fixture()
-def calibrated(tmp_path: Path) -> tuple[Path, Path]:
-    """A tiny model folder with an error model for t1->t2 only, and an input head."""
+def calibrated(tmp_path: Path, oblique: Path) -> tuple[Path, Path]:
+    """A tiny model folder with an error model for t1->t2 only, and an input head (LPS, oblique)."""
     pipe = tiny_pipeline(grid=(16, 24, 16), spacing=(4.0, 4.0, 4.0))
     pipe.config.default_steps, pipe.config.default_eta, pipe.config.default_samples = 2, 1.0, 3
     pipe.config.validate()
     folder = pipe.save_pretrained(tmp_path / "m")
     rng = np.random.default_rng(4)
     ErrorModel({"t1->t2": fit_pair([_case(rng) for _ in range(2)])}).save(folder)
-    shape = (22, 30, 12)
-    inp = tmp_path / "sub-01_T1w.nii.gz"
-    nib.save(head_image(shape, grid_affine(shape, (-3.0, -3.0, 5.0), (8.0, -5.0, 10.0)), qform_code=1, sform_code=2),
-             str(inp))
-    return folder, inp
+    return folder, oblique
 
 
 def test_uncertainty_maps_with_the_error_model_where_it_covers_the_pair(calibrated) -> None:
