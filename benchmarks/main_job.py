@@ -16,6 +16,7 @@ come from the parent; the profile is split into stages by the functions that do 
     sampling     the diffusion UNet and the solver's updates (MS-SPADE not included)
     decode       the VQ-GAN decoder
     input grid   resampling each output back to the input's grid
+    refine       the detail refiner on the input's grid (models that have one, inputs it runs on)
     write        the NIfTI files and their JSON records
     other        the rest (command-line checks, run planning, profiler overhead)
 
@@ -46,10 +47,11 @@ STAGES: dict[str, list[tuple[str, str]]] = {
     "sampling": [("aldm.py", "sample")],
     "decode": [("aldm.py", "decode")],
     "input grid": [("model_space.py", "__call__")],
+    "refine": [("refine.py", "refine")],
     "write": [("volume.py", "save_image"), ("provenance.py", "write_json_atomic")],
 }
 ORDER = ["start", "load model", "read input", "model space", "encode", "MS-SPADE", "sampling", "decode",
-         "input grid", "write", "other"]
+         "input grid", "refine", "write", "other"]
 
 
 def _cumulative(stats: pstats.Stats, suffix: str, name: str) -> float:

@@ -44,6 +44,7 @@ COMPONENT_FILES: dict[str, tuple[str, ...]] = {
     "vqgan": (CONFIG_NAME, WEIGHTS_NAME),
     "unet": (CONFIG_NAME, WEIGHTS_NAME),
     "scheduler": (CONFIG_NAME,),
+    "refiner": (CONFIG_NAME, WEIGHTS_NAME),  # optional: the detail refiner (models.refiner)
 }
 #: Every file a model folder may hold: what a Hub download fetches and what push_to_hub uploads.
 ERROR_MODEL_NAME = "uncertainty.json"  # optional: the model's error model (pipeline.error_model)

@@ -43,6 +43,9 @@ STANDARD_RECORD = ("these targets' outputs were standardised: their own brain in
                    "percentiles moved piecewise linearly onto the landmarks of real scans of the contrast "
                    "(model_index.json output_standard), voxel order kept; their scale is the landmarks': the "
                    "0.5th and 99.5th brain percentiles at 0 and 1")
+REFINER_RECORD = ("these targets' outputs passed through the model's detail refiner on the input's grid (its refiner/ "
+                  "component): a correction computed from the source scan and the output, made for inputs whose "
+                  "voxels are as fine as the scans it was trained on")
 UNCERTAINTY_KINDS = ("calibrated", "samples")
 
 
@@ -315,7 +318,8 @@ class Translator:
         """Per target, the sample standard deviation (n - 1) across the decoded draws ``[T, k, C, ...]``, voxel by
         voxel, on the source's grid in the output's intensity units: each draw is decoded and mapped back to the
         input grid on its own (as an output would be; through the output's own standardisation map, from
-        ``intensity``, where the model standardises the target), then the spread is taken. 0 outside the source's
+        ``intensity``, where the model standardises the target; through the detail refiner where it runs on this
+        input), then the spread is taken. 0 outside the source's
         foreground, where every draw is 0. Costs k decodes per target (the output itself decodes the mean latent
         once; none where the draws are identical, e.g. MS-SPADE's output at strength 0: the SD is 0)."""
         maps = {}
@@ -323,7 +327,11 @@ class Translator:
             same = all(torch.equal(d, lat[0]) for d in lat[1:])
             images = [self._inverse(self.pipeline.decode(d[None])[0, 0].cpu()) for d in (lat[:1] if same else lat)]
             mapping = (intensity or {}).get(name)
-            values = np.stack([_standardised(np.asarray(img.dataobj, dtype=np.float32), mapping) for img in images])
+            if not same:  # (identical draws: the SD is 0 whatever maps them)
+                images = [self._refined(name, image_on_grid(_standardised(np.asarray(img.dataobj, dtype=np.float32),
+                                                                          mapping), img.affine, img.header))
+                          for img in images]
+            values = np.stack([np.asarray(img.dataobj, dtype=np.float32) for img in images])
             sd = np.zeros_like(values[0]) if same else np.std(values, axis=0, ddof=1).astype(np.float32)
             out = nib.Nifti1Image(sd, images[0].affine, images[0].header.copy())
             out.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name} SD of {len(lat)}".encode()[:79]
@@ -362,9 +370,27 @@ class Translator:
                 img = image_on_grid(_standardised(data, mapping), img.affine, img.header)
                 if intensity is not None:
                     intensity[name] = mapping
+            img = self._refined(name, img)
             img.header["descrip"] = f"mrtranslate {__version__} {self._source}->{name}{note}".encode()[:79]
             images[name] = img
         return images[names[0]] if len(names) == 1 else images
+
+    def refined_targets(self, targets: Sequence[str]) -> list[str]:
+        """Those of ``targets`` whose outputs from the bound input the model's detail refiner refines (the input's
+        voxels fine enough, the target among the refiner's; ``pipeline.refine``)."""
+        if self._volume is None:
+            return []
+        return [t for t in targets if self.pipeline.refines(self._volume.spacing, t)]
+
+    def _refined(self, name: str, img: nib.Nifti1Image) -> nib.Nifti1Image:
+        """An output on the input grid through the detail refiner, where it refines this target from this input;
+        else ``img``."""
+        if not self.refined_targets([name]):
+            return img
+        out = self.pipeline.refine(torch.from_numpy(np.asarray(self._volume.data, dtype=np.float32)),  # type: ignore[union-attr]
+                                   torch.from_numpy(np.asarray(img.dataobj, dtype=np.float32)),
+                                   self._source_id(), self.modalities.index(name))
+        return image_on_grid(out.numpy(), img.affine, img.header)
 
     def translate_tensor(
         self, targets: Sequence[str], sampling: SamplingOptions | None = None, *, progress: bool | None = None,
@@ -426,6 +452,8 @@ class Translator:
                           "percentiles at 0 and 1, not clipped above; 0 outside the source foreground"),
             **({"output_standard": standardised,
                 "output_standard_note": STANDARD_RECORD} if (standardised := self.standardised_targets(targets)) else {}),
+            **({"detail_refiner": refined, "detail_refiner_note": REFINER_RECORD}
+               if (refined := self.refined_targets(targets)) else {}),
             **extra,
             **({"skull_strip": True, **self._brain_mask.record} if self._brain_mask is not None else {}),
         }

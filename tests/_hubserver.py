@@ -370,7 +370,8 @@ def make_model_folder(path: Path, *, first_stage_only: bool = False, name: str =
 
     path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    components = ("vqgan",) if first_stage_only else ("vqgan", "unet", "scheduler")
+    # a full folder holds every component, the optional refiner included
+    components = ("vqgan",) if first_stage_only else ("vqgan", "unet", "scheduler", "refiner")
     index = PipelineConfig(
         components=components,
         default_steps=3,

@@ -420,7 +420,8 @@ def test_info_text_and_json(small_model: Path, capsys: pytest.CaptureFixture) ->
     assert code == 0
     text = dict(ln.split(": ", 1) for ln in lines(out))
     assert {k.strip(): v for k, v in text.items()}["grid"] == "[16, 24, 16]"
-    assert len(text) == len(info) - 1 and "revision" not in {k.strip() for k in text}  # no "revision: None"
+    shown = {k.strip() for k in text}
+    assert len(text) == len(info) - 2 and not {"revision", "detail_refiner"} & shown  # no "revision: None"
 
 
 def test_info_of_a_missing_model_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

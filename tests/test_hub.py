@@ -195,8 +195,13 @@ def test_hub_download_loads_and_works_offline_afterwards(hub_env, tmp_path: Path
 
     from mrtranslate.pipeline.error_model import ErrorModel, PairTable, load_error_model
 
+    from mrtranslate.models.refiner import Refiner
+    from mrtranslate.pipeline.folder import save_refiner
+
     source = save_tiny(tmp_path / "published")
     ErrorModel({"t1->t2": PairTable(np.linspace(0.1, 0.2, 16), [], [])}).save(source)  # every optional file too
+    save_refiner(Refiner(), source)
+    edit_index(source, components=["vqgan", "unet", "scheduler", "refiner"])
     commit = hub_env.add_repo("org/aldm-tiny", source, files=HOSTILE_FILES)
     resolved = resolve_model("org/aldm-tiny", progress=False)
     assert (resolved.source, resolved.repo_id, resolved.revision) == ("hub", "org/aldm-tiny", commit)

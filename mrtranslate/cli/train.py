@@ -1,4 +1,6 @@
-"""`mrtranslate train autoencoder|spade|diffusion`: the three ALDM training stages, resumable."""
+"""`mrtranslate train autoencoder|spade|diffusion`: the three ALDM training stages, resumable; `refiner`, the
+detail refiner on an exported model's outputs; `encode`, `uncertainty`, `standard`: what a model folder gets
+after training."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from ..training.runs import RunFolder
 from .app import app
 
 train_app = typer.Typer(
@@ -50,14 +53,23 @@ def _argv(stage: str, **opts: object) -> list[str]:
 def _train(stage: str, data: Optional[Path], run: Path, config: Optional[Path], resume: bool,
            max_minutes: Optional[float], device: Optional[str], steps: Optional[int],
            first_stage: Optional[str], threads: Optional[int], quiet: bool, init: Optional[str] = None,
-           max_memory: Optional[str] = None) -> int:
+           max_memory: Optional[str] = None, **settings: object) -> int:
     from ..training.trainer import train
 
+    given = {k: str(v) for k, v in settings.items() if v is not None}
     argv = _argv(stage, data=data, run=run, config=config, first_stage=first_stage, init=init, resume=resume,
-                 steps=steps, max_minutes=max_minutes, device=device, threads=threads, max_memory=max_memory)
+                 steps=steps, max_minutes=max_minutes, device=device, threads=threads, max_memory=max_memory,
+                 **{("model" if k == "model_folder" else k): v for k, v in given.items()})
     result = train(stage, run, data, config, resume=resume, max_minutes=max_minutes, device=device, steps=steps,
                    first_stage=first_stage, init=init, progress=not quiet, command=argv, threads=threads,
-                   max_memory=max_memory)
+                   max_memory=max_memory, settings=given or None)
+    if stage == "refiner" and result.main_process and result.status == "finished":
+        from ..training.refiner import install_refiner
+
+        record = RunFolder(run).read_config()
+        where = install_refiner(run, record.model_folder)  # type: ignore[attr-defined]
+        if not quiet:
+            typer.echo(f"refiner written to {where}", err=True)
     if not quiet and result.main_process:
         losses = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items() if k not in ("step", "elapsed_s", "lr"))
         typer.echo(
@@ -112,6 +124,28 @@ def train_diffusion(
     """Stage 3: the latent diffusion UNet (MSE on its prediction target: the noise as published, x0, v, or a correction to MS-SPADE's latent; EMA weights)."""
     return _train("diffusion", data, run, config, resume, max_minutes, device, steps, first_stage, threads, quiet,
                   init, max_memory)
+
+
+@train_app.command("refiner")
+def train_refiner(
+    data: Optional[Path] = typer.Option(None, "--data", help="The training subjects that --report evaluated (fine-grid scans, e.g. 1 mm). On --resume: the recorded one."),
+    run: Path = RUN,
+    model: Optional[Path] = typer.Option(None, "--model", help="The exported model folder, without a refiner; the finished run writes its refiner/ there."),
+    report: Optional[Path] = typer.Option(None, "--report", help="The --out folder of `mrtranslate evaluate --model MODEL --data DATA --source all` at the model's default sampling."),
+    config: Optional[Path] = typer.Option(None, "--config", help="JSON file of settings overriding the refiner's defaults (network, crop, loss, targets)."),
+    resume: bool = RESUME, max_minutes: Optional[float] = MAX_MINUTES,
+    device: Optional[str] = DEVICE, steps: Optional[int] = STEPS, threads: Optional[int] = THREADS,
+    quiet: bool = QUIET, debug: bool = DEBUG,
+) -> int:
+    """The detail refiner: learns to correct a model's outputs on fine input grids from its own predictions on training subjects; written into --model when the run finishes."""
+    if not resume and (model is None or report is None):
+        from ..errors import UsageError
+
+        raise UsageError("a new refiner run needs --model (the exported model folder) and --report (its evaluate "
+                         "report on the --data subjects)")
+    return _train("refiner", data, run, config, resume, max_minutes, device, steps, None, threads, quiet,
+                  model_folder=str(model) if model is not None else None,
+                  report=str(report) if report is not None else None)
 
 
 @train_app.command("encode")

@@ -284,6 +284,9 @@ def info_command(
         "best_source": _best_sources(pipe),
         "default_solver": pipe.config.default_solver,
         "output_standard": sorted(pipe.config.output_standard.get("landmarks", {})),
+        "detail_refiner": ({"targets": list(pipe.refiner.config.targets) or list(pipe.modalities),
+                            "max_input_spacing_mm": pipe.refiner.config.max_input_spacing_mm}
+                           if pipe.refiner is not None else None),
     }
     if as_json:
         typer.echo(json.dumps(info))

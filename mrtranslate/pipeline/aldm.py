@@ -4,7 +4,8 @@ encode (VQ-GAN, quantized) -> target_like (MS-SPADE) -> sample (DDIM, or a multi
 diffusion UNet, every target in one batch) -> decode (VQ-GAN decoder, no re-quantization). ``sample`` is
 the plain sampling loop;
 ``sample_mean`` (several samples averaged), ``sample_by_strength`` (one strength per target) and
-``generate`` (a model's defaults under ``SamplingOptions``) are thin wrappers over it. The model folder on
+``generate`` (a model's defaults under ``SamplingOptions``) are thin wrappers over it. ``refine`` runs the
+optional detail refiner on an output already on the input's grid (:mod:`.refine`). The model folder on
 disk is :mod:`.folder`'s.
 
 About 400 lines: the four stages and the wrappers share the class's device, layout and target checks.
@@ -25,9 +26,11 @@ from tqdm.auto import tqdm
 from ..errors import UsageError
 from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
 from ..models import streaming
+from ..models.refiner import Refiner
 from .config import PipelineConfig, check_samples
 from .folder import default_model_card, load_pipeline, save_pipeline
 from .options import SamplingOptions
+from .refine import applies, refine
 from .runtime import MemoryPlan, Runtime, plan_memory
 from ..schedulers import DDIMScheduler, SchedulerConfig, check_solver, multistep_solver
 from ..schedulers.ddim import is_strength
@@ -47,13 +50,15 @@ class ALDMPipeline:
         unet: UNet | None = None,
         scheduler: DDIMScheduler | None = None,
         config: PipelineConfig | None = None,
+        refiner: Refiner | None = None,
     ):
         if (unet is None) != (scheduler is None):
             raise ValueError("unet and scheduler come together")
         self.vqgan = vqgan.eval()
         self.unet = unet.eval() if unet is not None else None
         self.scheduler = scheduler
-        comps = ("vqgan",) + (("unet", "scheduler") if unet is not None else ())
+        self.refiner = refiner.eval() if refiner is not None else None
+        comps = ("vqgan",) + (("unet", "scheduler") if unet is not None else ()) + (("refiner",) if refiner else ())
         self.config = config or PipelineConfig(components=comps)
         self.config.components = comps
         self.runtime = Runtime(channels_last=False, streaming=False)
@@ -147,7 +152,7 @@ class ALDMPipeline:
         return x.contiguous(memory_format=self.runtime.memory_format) if x.dim() == 5 else x
 
     def modules(self) -> list[nn.Module]:
-        return [m for m in (self.vqgan, self.unet) if m is not None]
+        return [m for m in (self.vqgan, self.unet, self.refiner) if m is not None]
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -449,6 +454,18 @@ class ALDMPipeline:
         mods = self.modalities
         each = [c.strength_for(mods[source], mods[int(i)]) for i in self._targets(targets).tolist()]
         return each[0] if len(set(each)) == 1 else each
+
+    def refines(self, spacing: Sequence[float], target: str | None = None) -> bool:
+        """Whether the model's detail refiner runs on an input of voxel ``spacing`` (mm) (and, given, refines
+        ``target``'s outputs); False without one."""
+        return applies(self.refiner, spacing, target)
+
+    def refine(self, source: torch.Tensor, output: torch.Tensor, source_class: int, target_class: int) -> torch.Tensor:
+        """``output`` (``[D, H, W]``, in the output's intensity units, on the grid of ``source``) through the detail
+        refiner (:mod:`.refine`); UsageError when the model has none."""
+        if self.refiner is None:
+            raise UsageError("this model has no detail refiner")
+        return refine(self.refiner, source, output, source_class, target_class)
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

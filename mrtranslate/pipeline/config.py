@@ -21,9 +21,11 @@ PUBLISHED_PREPROCESSING: dict[str, Any] = {
     "upper_percentile": 99.5,
 }
 
-COMPONENTS = ("vqgan", "unet", "scheduler")
+COMPONENTS = ("vqgan", "unet", "scheduler", "refiner")
 #: The format version of a model_index.json with ``output_standard`` (1 without: what every version reads).
 STANDARD_FORMAT_VERSION = 2
+#: The format version of a model_index.json whose folder has a ``refiner`` (older versions refuse it).
+REFINER_FORMAT_VERSION = 3
 #: The most diffusion samples averaged per target (``ALDMPipeline.sample``'s ``samples``).
 MAX_SAMPLES = 64
 
@@ -39,7 +41,7 @@ def check_samples(samples: Any, name: str = "samples") -> int:
 class PipelineConfig(ModelConfig):
     """Pipeline-level settings. ``components`` lists the subfolders present (``vqgan`` always)."""
 
-    FORMAT_VERSION = 2
+    FORMAT_VERSION = 3
 
     modalities: tuple[str, ...] = MODALITIES
     preprocessing: dict[str, Any] = dataclasses.field(default_factory=lambda: dict(PUBLISHED_PREPROCESSING))
@@ -56,7 +58,7 @@ class PipelineConfig(ModelConfig):
     output_standard: dict[str, Any] = dataclasses.field(default_factory=dict)
     #: the sampler: "ddim" (published; absent in older folders), "dpm++2m" or "unipc" (see mrtranslate.schedulers)
     default_solver: str = "ddim"
-    components: tuple[str, ...] = COMPONENTS
+    components: tuple[str, ...] = ("vqgan", "unet", "scheduler")
     name: str = ""
 
     def validate(self, origin: str = "model_index.json") -> None:
@@ -119,9 +121,11 @@ class PipelineConfig(ModelConfig):
 
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        # a folder whose outputs are standardised needs a version that reads output_standard: older ones refuse it
-        # ("upgrade mrtranslate") instead of silently writing unstandardised outputs; others stay readable by all
-        d["_format_version"] = STANDARD_FORMAT_VERSION if self.output_standard else 1
+        # a folder whose outputs are standardised or refined needs a version that reads output_standard and the
+        # refiner: older ones refuse it ("upgrade mrtranslate") instead of silently writing other outputs; others
+        # stay readable by all
+        d["_format_version"] = (REFINER_FORMAT_VERSION if self.has_refiner
+                                else STANDARD_FORMAT_VERSION if self.output_standard else 1)
         return d
 
     def strength_for(self, source: str, target: str) -> float:
@@ -147,6 +151,10 @@ class PipelineConfig(ModelConfig):
     @property
     def has_diffusion(self) -> bool:
         return "unet" in self.components
+
+    @property
+    def has_refiner(self) -> bool:
+        return "refiner" in self.components
 
 
 def _strength_words(strength: float) -> str:

@@ -1,5 +1,6 @@
 """The model folder: ``model_index.json`` plus one subfolder per component (``config.json`` and
-``model.safetensors``), and ``README.md``, the model card. JSON and safetensors only; never pickle.
+``model.safetensors``: ``vqgan``, and ``unet`` with ``scheduler``, and ``refiner`` where the model has one),
+and ``README.md``, the model card. JSON and safetensors only; never pickle.
 
 ``ALDMPipeline.from_pretrained`` and ``save_pretrained`` are thin over :func:`load_pipeline` and
 :func:`save_pipeline`.
@@ -19,6 +20,7 @@ from torch import nn
 from ..errors import ModelFormatError
 from ..models import VQGAN, UNet, UNetConfig, VQGANConfig
 from ..models.config import ModelConfig
+from ..models.refiner import Refiner, RefinerConfig
 from ..schedulers import DDIMScheduler, SchedulerConfig
 from .config import PipelineConfig
 from .runtime import Runtime
@@ -114,14 +116,27 @@ def load_pipeline(
         unet_cfg = _load_config(UNetConfig, folder / "unet" / CONFIG_NAME)
         sched_cfg = _load_config(SchedulerConfig, folder / "scheduler" / CONFIG_NAME)
         _check_compatible(config, vq_cfg, unet_cfg, folder)
+    ref_cfg = None
+    if config.has_refiner:
+        ref_cfg = _load_config(RefinerConfig, folder / "refiner" / CONFIG_NAME)
+        if ref_cfg.num_classes != len(config.modalities):
+            raise ModelFormatError(f"{folder}: the refiner's {ref_cfg.num_classes} classes do not match the "
+                                   f"{len(config.modalities)} modalities")
+        foreign = [t for t in ref_cfg.targets if t not in config.modalities]
+        if foreign:
+            raise ModelFormatError(f"{folder}: the refiner's targets {', '.join(foreign)} are not modalities of the "
+                                   f"model ({', '.join(config.modalities)})")
     vqgan = VQGAN(vq_cfg)
     _load_weights(vqgan, folder / "vqgan" / WEIGHTS_NAME)
-    unet = scheduler = None
+    unet = scheduler = refiner = None
     if unet_cfg is not None:
         unet = UNet(unet_cfg)
         _load_weights(unet, folder / "unet" / WEIGHTS_NAME)
         scheduler = DDIMScheduler(sched_cfg)
-    pipe = cls(vqgan, unet, scheduler, config)
+    if ref_cfg is not None:
+        refiner = Refiner(ref_cfg)
+        _load_weights(refiner, folder / "refiner" / WEIGHTS_NAME)
+    pipe = cls(vqgan, unet, scheduler, config, refiner)
     if runtime is not None:
         pipe.configure(runtime)
     else:
@@ -143,9 +158,20 @@ def save_pipeline(pipe: ALDMPipeline, folder: str | Path, model_card: str | None
         _save_weights(pipe.unet, folder / "unet" / WEIGHTS_NAME)
         (folder / "scheduler").mkdir(exist_ok=True)
         _write_json(folder / "scheduler" / CONFIG_NAME, pipe.scheduler.config.to_dict())
+    if pipe.refiner is not None:
+        save_refiner(pipe.refiner, folder)
     if model_card is not None or not (folder / "README.md").exists():
         (folder / "README.md").write_text(model_card or default_model_card(pipe.config), encoding="utf-8")
     return folder
+
+
+def save_refiner(refiner: Refiner, folder: str | Path) -> Path:
+    """Write ``refiner`` as the ``refiner`` component of the model folder ``folder`` (config and weights)."""
+    path = Path(folder) / "refiner"
+    path.mkdir(parents=True, exist_ok=True)
+    _write_json(path / CONFIG_NAME, refiner.config.to_dict())
+    _save_weights(refiner, path / WEIGHTS_NAME)
+    return path
 
 
 def default_model_card(config: PipelineConfig) -> str:

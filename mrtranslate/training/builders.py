@@ -17,6 +17,7 @@ from .checkpoint import load_checkpoint, load_module
 from .config import (
     AutoencoderConfig,
     DiffusionConfig,
+    RefinerTrainConfig,
     SpadeConfig,
     TrainConfig,
     config_differences,
@@ -81,6 +82,8 @@ def build_stage(
         images = load_images(subjects, prep, ctx.rank, ctx.world_size, progress)
         stage = AutoencoderStage(cfg, ctx, images, None if init is None else init.vqgan, progress)
         return Built(stage, describe_dataset(root, subjects), extras)
+    if isinstance(cfg, RefinerTrainConfig):
+        return _refiner_stage(cfg, ctx, data, record, progress)
     if not isinstance(cfg, (SpadeConfig, DiffusionConfig)):
         raise UsageError(f"unknown stage config {type(cfg).__name__}")
 
@@ -152,6 +155,28 @@ def build_stage(
     else:
         stage = DiffusionStage(cfg, ctx, first, codes, available, latents.get("translated"), init_unet)
     return Built(stage, data_info, extras)
+
+
+def _refiner_stage(cfg: RefinerTrainConfig, ctx: DistContext, data: Path | str | None,
+                   record: dict[str, Any] | None, progress: bool) -> Built:
+    """The refiner stage on ``cfg.model_folder``'s predictions in ``cfg.report`` (:mod:`.refiner`). Its memory is
+    that of the scans it keeps (float16, inside each subject's brain box) and of a few small crops: no estimate."""
+    from ..pipeline.config import PipelineConfig
+    from ..pipeline.folder import INDEX_NAME, read_model_json
+    from .refiner import RefinerStage, load_refiner_data
+
+    if not cfg.model_folder or not cfg.report:
+        raise UsageError("the refiner stage needs --model (the exported model folder) and --report (its evaluate "
+                         "report on the training subjects)")
+    root = _need_data(data, cfg.stage)
+    model = Path(cfg.model_folder)
+    refiner_data = load_refiner_data(model, cfg.report, root, cfg.refiner_config(), progress)
+    if record is not None and (record.get("data") or {}).get("model_sha256") != refiner_data.info["model_sha256"]:
+        raise UsageError(f"{cfg.report} is no longer the report this run started on: start a new run")
+    index = model / INDEX_NAME
+    modalities = PipelineConfig.from_dict(read_model_json(index, str(index)), origin=str(index)).modalities
+    stage = RefinerStage(cfg, ctx, refiner_data, modalities)
+    return Built(stage, {"folder": str(root.resolve()), **refiner_data.info})
 
 
 def _check_memory(cfg: TrainConfig, ctx: DistContext, max_memory: int | str | None, subjects: int,

@@ -25,10 +25,11 @@ import torch
 from ..errors import MRTranslateError, UsageError
 from ..modalities import MODALITIES, pair_indices
 from ..models import UNetConfig, VQGANConfig
+from ..models.refiner import RefinerConfig
 from ..pipeline.config import PUBLISHED_PREPROCESSING
 from ..schedulers import SchedulerConfig
 
-STAGES = ("autoencoder", "spade", "diffusion")
+STAGES = ("autoencoder", "spade", "diffusion", "refiner")
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -364,7 +365,46 @@ def pair_weight_matrix(
     return matrix
 
 
-CONFIGS: dict[str, type[TrainConfig]] = {c.stage: c for c in (AutoencoderConfig, SpadeConfig, DiffusionConfig)}
+@dataclasses.dataclass
+class RefinerTrainConfig(TrainConfig):
+    """The detail refiner (not published; :mod:`mrtranslate.models.refiner`), trained on an exported model's own
+    outputs: ``model_folder``'s predictions on the training subjects, from ``report`` (the --out folder of
+    ``mrtranslate evaluate --model MODEL_FOLDER --source all`` at the model's default sampling), against the real
+    targets, on random boxes of ``crop`` voxels of the inputs' own grid. Loss: the L1 in the brain plus ``ssim_weight``
+    times (1 - SSIM), each image scaled as the metrics scale it."""
+
+    stage: ClassVar[str] = "refiner"
+
+    steps: int = 1000
+    batch_size: int = 4
+    lr: float = 1e-3
+    scale_lr: bool = False
+    lr_schedule: str = "cosine"
+    lr_min: float = 1e-5
+    warmup_steps: int = 10
+    betas: tuple[float, float] = (0.9, 0.999)
+    model: dict[str, Any] = dataclasses.field(default_factory=lambda: RefinerConfig().to_dict())
+    model_folder: str | None = None
+    report: str | None = None
+    crop: list[int] = dataclasses.field(default_factory=lambda: [48, 48, 48])
+    ssim_weight: float = 1.0
+
+    def validate(self, origin: str = "config") -> None:
+        super().validate(origin)
+        self.refiner_config(origin)
+        if len(self.crop) != 3 or any(not isinstance(c, int) or c < 16 for c in self.crop):
+            raise UsageError(f"{origin}: crop = {self.crop} must be three integers of at least 16 (the SSIM window "
+                             "needs 11 voxels)")
+        if not (isinstance(self.ssim_weight, (int, float)) and 0 <= self.ssim_weight <= 100):
+            raise UsageError(f"{origin}: ssim_weight = {self.ssim_weight!r} must be a number in [0, 100]")
+
+    def refiner_config(self, origin: str = "config") -> RefinerConfig:
+        return _model_config(RefinerConfig, self.model, f"{origin}: model")
+
+
+CONFIGS: dict[str, type[TrainConfig]] = {
+    c.stage: c for c in (AutoencoderConfig, SpadeConfig, DiffusionConfig, RefinerTrainConfig)
+}
 
 
 def config_class(stage: str) -> type[TrainConfig]:

@@ -47,7 +47,7 @@ class TrainResult:
 
 def _resolve_config(
     stage: str, run: RunFolder, resume: bool, config: Path | str | dict[str, Any] | TrainConfig | None,
-    steps: int | None, first_stage: str | None, init: str | None = None,
+    steps: int | None, first_stage: str | None, init: str | None = None, settings: dict[str, Any] | None = None,
 ) -> TrainConfig:
     if stage not in STAGES:
         raise UsageError(f"unknown training stage {stage!r}: use one of {', '.join(STAGES)}")
@@ -55,9 +55,10 @@ def _resolve_config(
         run.check_resumable()
         if run.stage != stage:
             raise UsageError(f"--resume: {run.path} is a {run.stage} run, not a {stage} run")
-        if config is not None or first_stage is not None or init is not None:
+        if config is not None or first_stage is not None or init is not None or settings:
             raise UsageError(
-                "--resume continues a run with its own config: drop --config/--first-stage/--init (--steps may change)"
+                "--resume continues a run with its own config: drop --config/--first-stage/--init/--model/--report "
+                "(--steps may change)"
             )
         cfg = run.read_config()
         if steps is not None:
@@ -65,12 +66,14 @@ def _resolve_config(
             cfg.validate("--steps")
         return cfg
     run.check_new()
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, Any] = dict(settings or {})
     if steps is not None:
         overrides["steps"] = steps
     if first_stage is not None:
         overrides["first_stage"] = str(first_stage)
     if init is not None:
+        if stage == "refiner":
+            raise UsageError("--init is not for the refiner stage: it starts as the identity (its head is zero)")
         if stage == "spade":
             raise UsageError(
                 "--init is for the autoencoder (a VQ-GAN to fine-tune) and diffusion (a UNet) stages: the spade stage "
@@ -83,7 +86,7 @@ def _resolve_config(
     if isinstance(config, dict):
         return load_config(stage, None, {**config, **overrides})
     cfg = load_config(stage, config, overrides)
-    if stage != "autoencoder" and not getattr(cfg, "first_stage", None):
+    if stage in ("spade", "diffusion") and not getattr(cfg, "first_stage", None):
         raise UsageError(
             f"the {stage} stage needs a first stage: pass --first-stage RUN_OR_MODEL_FOLDER or set first_stage in the config"
         )
@@ -106,13 +109,15 @@ def train(
     command: list[str] | None = None,
     threads: int | None = None,
     max_memory: int | str | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``stage`` (autoencoder, spade, diffusion) in the run folder ``run``; see the module docstring.
+    """Train ``stage`` (autoencoder, spade, diffusion, refiner) in the run folder ``run``; see the module docstring.
 
     ``config``: a JSON file, a dict of settings or a config object (defaults: the published values).
     ``data``: the dataset folder (BraTS 2021/2023 or BIDS layout); on resume the recorded one by default.
     ``steps`` overrides the config's total steps (also on resume, to train longer); ``first_stage`` and ``init``
-    (diffusion: a model folder whose UNet starts the UNet, for fine-tuning) the config's. ``command`` is the
+    (diffusion: a model folder whose UNet starts the UNet, for fine-tuning) the config's, and ``settings`` (a
+    new run's) any other keys (the refiner stage: ``model_folder`` and ``report``). ``command`` is the
     command line recorded in ``run.json`` for the model card. ``threads`` sets torch's CPU threads (on a
     machine shared with other work, fewer threads than cores is often faster). Before the data are loaded,
     the peak memory of a step is estimated and a run that would not fit what the device has free (or
@@ -127,7 +132,7 @@ def train(
             raise UsageError(f"--threads {threads} must be >= 1")
         torch.set_num_threads(threads)
     parse_memory(max_memory)  # a malformed size fails before any work
-    cfg = _resolve_config(stage, folder, resume, config, steps, first_stage, init)
+    cfg = _resolve_config(stage, folder, resume, config, steps, first_stage, init, settings)
     ctx = setup(device or cfg.device)
     try:
         return _train(cfg, folder, ctx, data, resume, max_minutes, progress, command, launch, max_memory)

@@ -1,0 +1,94 @@
+"""The detail refiner: a small residual CNN on the input's own fine grid (not published).
+
+ALDM works on a coarse model grid (2 mm for ``brats-2mm``); an output resampled back onto a 1 mm input is
+smooth where the source shows edges. The refiner takes the source scan and the output on the input grid,
+with the source and target classes, and predicts a correction to the output: ``output + head(body(...))``.
+Its head starts at zero, so an untrained refiner returns the output unchanged. Dilated 3x3x3 convolutions
+give it a receptive field of ``2 * halo + 1`` voxels per axis at a few hundred kFLOP per voxel.
+
+A pure module: arrays of any size in, the same size out (zero padding at the borders); the pipeline
+(:mod:`mrtranslate.pipeline.refine`) normalises the inputs and runs it slab by slab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from ..errors import ModelFormatError
+from ..modalities import canonical
+from .config import MAX_CHANNELS, MAX_CLASSES, ModelConfig, check_int, check_int_tuple
+
+
+@dataclasses.dataclass
+class RefinerConfig(ModelConfig):
+    """``channels`` wide, one 3x3x3 convolution in, then one per entry of ``dilations``; ``num_classes``
+    modalities. ``max_input_spacing_mm``: the refiner runs on inputs whose every voxel side is at most this
+    (the grids it was trained on); coarser inputs get the output as decoded. ``targets``: the target
+    modalities whose outputs it refines (empty: every target)."""
+
+    num_classes: int = 4
+    channels: int = 16
+    dilations: tuple[int, ...] = (1, 2, 4, 2, 1)
+    max_input_spacing_mm: float = 1.5
+    targets: tuple[str, ...] = ()
+
+    def validate(self, origin: str = "refiner config") -> None:
+        check_int(origin, "num_classes", self.num_classes, 1, MAX_CLASSES)
+        check_int(origin, "channels", self.channels, 1, MAX_CHANNELS)
+        check_int_tuple(origin, "dilations", self.dilations, 1, 64, 32)
+        s = self.max_input_spacing_mm
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.05 <= float(s) <= 20:
+            raise ModelFormatError(f"{origin}: max_input_spacing_mm = {s!r} must be a number in [0.05, 20]")
+        if not isinstance(self.targets, (tuple, list)) or len(self.targets) > MAX_CLASSES:
+            raise ModelFormatError(f"{origin}: targets must be a list of modality names")
+        try:
+            self.targets = tuple(dict.fromkeys(canonical(str(t)) for t in self.targets))
+        except Exception as exc:  # noqa: BLE001 - reported as a format error of the config
+            raise ModelFormatError(f"{origin}: targets: {exc}") from None
+        super().validate(origin)
+
+    def parameter_estimate(self) -> int:
+        c = self.channels
+        return 2 * 27 * c + 2 * self.num_classes * c + len(self.dilations) * 27 * c * c + 2 * c
+
+    def refines(self, target: str) -> bool:
+        """Whether outputs of ``target`` (a canonical modality name) are refined."""
+        return not self.targets or target in self.targets
+
+    @property
+    def halo(self) -> int:
+        """Voxels on each side that reach an output voxel: the receptive field's radius."""
+        return 1 + sum(self.dilations)
+
+
+class Refiner(nn.Module):
+    """``refined = output + correction(source, output, source class, target class)``; see the module docstring."""
+
+    def __init__(self, config: RefinerConfig | None = None):
+        super().__init__()
+        self.config = c = config or RefinerConfig()
+        self.conv_in = nn.Conv3d(2, c.channels, 3, padding=1)
+        # the classes enter as biases of the first layer's output (a constant one-hot channel would cost a full
+        # input channel per class and the same function away from the borders)
+        self.source_embed = nn.Embedding(c.num_classes, c.channels)
+        self.target_embed = nn.Embedding(c.num_classes, c.channels)
+        self.body = nn.ModuleList(nn.Conv3d(c.channels, c.channels, 3, padding=d, dilation=d) for d in c.dilations)
+        self.act = nn.LeakyReLU(0.1)
+        self.head = nn.Conv3d(c.channels, 1, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        for emb in (self.source_embed, self.target_embed):
+            nn.init.zeros_(emb.weight)
+
+    def forward(self, source: torch.Tensor, output: torch.Tensor, source_class: torch.Tensor,
+                target_class: torch.Tensor) -> torch.Tensor:
+        """``source``, ``output``: ``[B, 1, D, H, W]``; classes ``[B]`` (long). Returns ``[B, 1, D, H, W]``."""
+        h = self.conv_in(torch.cat([source, output], dim=1))
+        bias = self.source_embed(source_class) + self.target_embed(target_class)
+        h = self.act(h + bias[:, :, None, None, None].to(h.dtype))
+        for conv in self.body:
+            h = self.act(conv(h))
+        return output + self.head(h)

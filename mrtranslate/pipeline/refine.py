@@ -1,0 +1,86 @@
+"""Running the detail refiner (:mod:`mrtranslate.models.refiner`) on an output, on the input's own grid.
+
+Tensors in, tensors out. The refiner sees the source scaled as the metrics scale images (its 0.5th and
+99.5th brain percentiles at 0 and 1, clipped to [0, 1.5]) and the output in its own intensity units. It runs
+only inside the output's foreground box, slab by slab along the first axis with ``halo`` voxels of context on
+each side, so that memory stays bounded and the result equals one pass over the whole box (to float
+rounding). The refined output is clipped at 0 and stays 0 outside the output's foreground, as every output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..models.refiner import Refiner
+
+__all__ = ["SOURCE_CLIP", "applies", "refine", "scaled_source"]
+
+#: The scaled source is clipped to [0, SOURCE_CLIP]: the brightest voxels (vessels, enhancement) stay bounded.
+SOURCE_CLIP = 1.5
+#: Slices per slab (plus the halo on each side).
+SLAB = 48
+
+
+def applies(refiner: Refiner | None, spacing: Sequence[float], target: str | None = None) -> bool:
+    """Whether ``refiner`` runs on an input of voxel ``spacing`` (mm): every side at most its
+    ``max_input_spacing_mm``; with ``target``, also whether it refines that target."""
+    if refiner is None or max(float(s) for s in spacing) > refiner.config.max_input_spacing_mm + 1e-6:
+        return False
+    return target is None or refiner.config.refines(target)
+
+
+def scaled_source(source: torch.Tensor) -> torch.Tensor:
+    """``source`` with its 0.5th and 99.5th percentiles over voxels > 0 at 0 and 1, clipped to [0, SOURCE_CLIP],
+    0 where the source is not > 0 (numpy's linear percentiles, as :mod:`mrtranslate.evaluation.metrics`)."""
+    s = source.detach().to("cpu", torch.float32)
+    brain = s > 0
+    if not bool(brain.any()):
+        return torch.zeros_like(s)
+    lo, hi = np.percentile(s[brain].numpy(), (0.5, 99.5))
+    width = float(hi - lo) if hi > lo else 1.0
+    return ((s - float(lo)) / width).clamp(0, SOURCE_CLIP) * brain
+
+
+def _box(mask: torch.Tensor, margin: int) -> tuple[slice, ...] | None:
+    idx = mask.nonzero()
+    if idx.numel() == 0:
+        return None
+    lo = (idx.min(0).values - margin).clamp_min(0).tolist()
+    hi = [min(int(h) + margin + 1, n) for h, n in zip(idx.max(0).values.tolist(), mask.shape)]
+    return tuple(slice(int(a), b) for a, b in zip(lo, hi))
+
+
+@torch.no_grad()
+def refine(refiner: Refiner, source: torch.Tensor, output: torch.Tensor, source_class: int, target_class: int,
+           *, slab: int = SLAB) -> torch.Tensor:
+    """The refined ``output`` (``[D, H, W]``, on the grid of ``source``, ``[D, H, W]``), float32 on the CPU.
+
+    ``source_class``/``target_class``: the modalities' class ids. Runs on the refiner's device, in float32."""
+    if tuple(source.shape) != tuple(output.shape):
+        raise ValueError(f"source {tuple(source.shape)} and output {tuple(output.shape)} must share one grid")
+    out = output.detach().to("cpu", torch.float32).clone()
+    foreground = out > 0
+    halo = refiner.config.halo
+    box = _box(foreground, halo)
+    if box is None:
+        return out
+    param = next(refiner.parameters())
+    device = param.device
+    s_box = scaled_source(source)[box]
+    o_box = out[box]
+    classes = (torch.tensor([source_class], device=device), torch.tensor([target_class], device=device))
+    layout = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    n = o_box.shape[0]
+    pieces = []
+    for start in range(0, n, slab):
+        a, b = max(0, start - halo), min(n, start + slab + halo)
+        s = s_box[a:b][None, None].to(device, torch.float32).contiguous(memory_format=layout)
+        o = o_box[a:b][None, None].to(device, torch.float32).contiguous(memory_format=layout)
+        y = refiner(s, o, *classes)[0, 0]
+        pieces.append(y[start - a: start - a + min(slab, n - start)].float().cpu())
+    refined = torch.cat(pieces, 0).clamp_min(0) * foreground[box]
+    out[box] = refined
+    return out
