@@ -76,7 +76,7 @@ class Refiner(nn.Module):
         self.source_embed = nn.Embedding(c.num_classes, c.channels)
         self.target_embed = nn.Embedding(c.num_classes, c.channels)
         self.body = nn.ModuleList(nn.Conv3d(c.channels, c.channels, 3, padding=d, dilation=d) for d in c.dilations)
-        self.act = nn.LeakyReLU(0.1)
+        self.act = nn.LeakyReLU(0.1, inplace=True)  # on each convolution's own output: one buffer less
         self.head = nn.Conv3d(c.channels, 1, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)

@@ -32,25 +32,32 @@ def applies(refiner: Refiner | None, spacing: Sequence[float], target: str | Non
     return target is None or refiner.config.refines(target)
 
 
-def scaled_source(source: torch.Tensor) -> torch.Tensor:
+def scaled_source(source: torch.Tensor, box: tuple[slice, ...] | None = None) -> torch.Tensor:
     """``source`` with its 0.5th and 99.5th percentiles over voxels > 0 at 0 and 1, clipped to [0, SOURCE_CLIP],
-    0 where the source is not > 0 (numpy's linear percentiles, as :mod:`mrtranslate.evaluation.metrics`)."""
+    0 where the source is not > 0 (numpy's linear percentiles, as :mod:`mrtranslate.evaluation.metrics`); with
+    ``box``, only that part of it (the percentiles still those of the whole source)."""
     s = source.detach().to("cpu", torch.float32)
-    brain = s > 0
-    if not bool(brain.any()):
-        return torch.zeros_like(s)
-    lo, hi = np.percentile(s[brain].numpy(), (0.5, 99.5))
+    values = s[s > 0]
+    part = s if box is None else s[box]
+    if not values.numel():
+        return torch.zeros_like(part)
+    lo, hi = np.percentile(values.numpy(), (0.5, 99.5))
     width = float(hi - lo) if hi > lo else 1.0
-    return ((s - float(lo)) / width).clamp(0, SOURCE_CLIP) * brain
+    return ((part - float(lo)) / width).clamp(0, SOURCE_CLIP) * (part > 0)
 
 
 def _box(mask: torch.Tensor, margin: int) -> tuple[slice, ...] | None:
-    idx = mask.nonzero()
-    if idx.numel() == 0:
-        return None
-    lo = (idx.min(0).values - margin).clamp_min(0).tolist()
-    hi = [min(int(h) + margin + 1, n) for h, n in zip(idx.max(0).values.tolist(), mask.shape)]
-    return tuple(slice(int(a), b) for a, b in zip(lo, hi))
+    """The bounding box of ``mask``'s True voxels widened by ``margin`` on each side (within the array); None
+    when there is none. Per-axis reductions: no index array of every voxel."""
+    out = []
+    for axis in range(mask.dim()):
+        others = tuple(a for a in range(mask.dim()) if a != axis)
+        hits = mask.any(dim=others).nonzero()
+        if hits.numel() == 0:
+            return None
+        lo, hi = int(hits[0]), int(hits[-1])
+        out.append(slice(max(lo - margin, 0), min(hi + margin + 1, mask.shape[axis])))
+    return tuple(out)
 
 
 @torch.no_grad()
@@ -69,7 +76,7 @@ def refine(refiner: Refiner, source: torch.Tensor, output: torch.Tensor, source_
         return out
     param = next(refiner.parameters())
     device = param.device
-    s_box = scaled_source(source)[box]
+    s_box = scaled_source(source, box)
     o_box = out[box]
     classes = (torch.tensor([source_class], device=device), torch.tensor([target_class], device=device))
     layout = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
