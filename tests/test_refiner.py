@@ -248,3 +248,17 @@ def test_info_names_the_refiner_and_where_it_runs(tmp_path: Path, capsys) -> Non
     assert main(["info", str(save_tiny(tmp_path / "plain")), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["detail_refiner"] is None
 
+
+def test_the_bundled_default_refines_what_its_recipe_configures() -> None:
+    """The bundled brats-2mm holds the refiner its recipe trains: the network, where it runs and the targets
+    chosen on the validation subjects, as `recipes/brats-2mm/refiner.json` sets them."""
+    from mrtranslate import hub
+
+    folder = hub.BUNDLED_DIR / "brats-2mm"
+    recipe = json.loads((Path(__file__).resolve().parents[1] / "recipes" / "brats-2mm" / "refiner.json").read_text())
+    bundled = json.loads((folder / "refiner" / "config.json").read_text())
+    assert {k: bundled[k] for k in recipe["model"]} == recipe["model"]
+    assert "refiner" in json.loads((folder / "model_index.json").read_text())["components"]
+    pipe = ALDMPipeline.from_pretrained(folder)
+    assert pipe.refines((1.0, 1.0, 1.0), "t1ce") and not pipe.refines((1.0, 1.0, 1.0), "flair")
+    assert not pipe.refines((2.0, 2.0, 2.0), "t1ce")

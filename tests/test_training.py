@@ -767,7 +767,7 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
     assert [c[:2] if c[0] == "train" else c[:1] for c in calls] == [
         ["train", "autoencoder"], ["train", "spade"], ["train", "encode"], ["train", "diffusion"], ["export"],
         ["train", "spade"], ["train", "spade"], ["train", "diffusion"], ["export"], ["train", "standard"],
-        ["evaluate"], ["evaluate"], ["evaluate"], ["train", "uncertainty"]]
+        ["evaluate"], ["train", "refiner"], ["evaluate"], ["evaluate"], ["evaluate"], ["train", "uncertainty"]]
     opts = [dict(zip(c[2::2], c[3::2], strict=False)) for c in calls[:4]]
     for o in opts[:2]:  # the first stage trains on the subjects it was first released with
         folder = Path(o["--data"])
@@ -795,7 +795,14 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
     for part in ("validation", "validation_2mm", "test_2mm", "uncertainty_fit"):
         assert sorted(p.name for p in (work / part).iterdir()) == sorted(split[part])
     assert set(split["uncertainty_fit"]) <= set(split["training"]) - set(split["first_stage_training"])
-    export, standard, fit = calls[-6], calls[-5], calls[-1]
+    export, standard, fit = calls[-8], calls[-7], calls[-1]
+    # the refiner: learnt from the exported, standardised model's own outputs on the 1 mm training subjects, at its
+    # default sampling, before the error model is fitted on the refined model
+    refiner_data, refiner = calls[-6], calls[-5]
+    assert value(refiner_data, "--model") == value(refiner, "--model") == str(work / "brats-2mm")
+    assert Path(value(refiner_data, "--data")) == Path(value(refiner, "--data")) == work / "first_stage_training"
+    assert value(refiner_data, "--out") == value(refiner, "--report") and "all" in refiner_data
+    assert not {"--steps", "--samples", "--solver", "--strength"} & set(refiner_data)
     assert export[1] == str(work / "runs" / "diffusion2")
     assert export[export.index("--out") + 1] == str(work / "brats-2mm")
     # the error model: the exported model at its defaults on the uncertainty_fit subjects, fitted into it, and
@@ -826,8 +833,9 @@ def test_the_brats_recipe_script_trains_every_stage_on_its_split_with_valid_conf
         Path(c[c.index("--config") + 1]).name for c in calls if "--config" in c}
     # a second run resumes every stage and keeps the pack
     again = _run_recipe(roots, work, shim, tmp_path / "calls.jsonl")
-    assert all("--resume" in c for c in again if c[:2] in (["train", s] for s in ("autoencoder", "spade", "diffusion")))
-    assert len(again) == 13 and not any(c[:2] == ["train", "encode"] for c in again)
+    stages = ("autoencoder", "spade", "diffusion", "refiner")
+    assert all("--resume" in c for c in again if c[:2] in (["train", s] for s in stages))
+    assert len(again) == 15 and not any(c[:2] == ["train", "encode"] for c in again)
     (roots[0] / every[0]).rename(tmp_path / "gone")
     done = subprocess_run_recipe_fails(roots, tmp_path / "w2", shim)
     assert every[0] in done

@@ -72,6 +72,19 @@ mrtranslate export "$work/runs/diffusion2" --out "$work/brats-2mm" --name brats-
 # T1ce and FLAIR outputs standardised to the histogram of the 1 mm training scans of those contrasts
 # (pipeline/standard.py; the targets chosen on the validation subjects: benchmarks/output_standard.py).
 mrtranslate train standard --model "$work/brats-2mm" --data "$work/first_stage_training" --to t1ce flair
+# The detail refiner, for inputs at 1 mm: learnt from the exported model's own outputs on the 11 training subjects
+# at 1 mm (at its default sampling), refining the T1 and T1ce outputs (the targets chosen on the validation
+# subjects); written into WORK/brats-2mm when it finishes.
+mrtranslate evaluate --model "$work/brats-2mm" --data "$work/first_stage_training" --source all --method aldm \
+    --no-figures --out "$work/reports/refiner_data" --device "$device"
+if [ -f "$work/runs/refiner/run.json" ]; then
+    mrtranslate train refiner --run "$work/runs/refiner" --resume --device "$device" \
+        ${MINUTES_REFINER:+--max-minutes "$MINUTES_REFINER"}
+else
+    mrtranslate train refiner --model "$work/brats-2mm" --report "$work/reports/refiner_data" \
+        --data "$work/first_stage_training" --run "$work/runs/refiner" --config "$here/refiner.json" \
+        --device "$device" ${MINUTES_REFINER:+--max-minutes "$MINUTES_REFINER"}
+fi
 # The error model behind --uncertainty: the exported model's own errors on training subjects that its VQ-GAN
 # never saw (split.json's uncertainty_fit; version 3's MS-SPADE and UNet did), at its default sampling, kept
 # for the pairs where it ranks errors better than the samples' spread on both validation sets
