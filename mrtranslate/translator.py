@@ -44,8 +44,9 @@ STANDARD_RECORD = ("these targets' outputs were standardised: their own brain in
                    "(model_index.json output_standard), voxel order kept; their scale is the landmarks': the "
                    "0.5th and 99.5th brain percentiles at 0 and 1")
 REFINER_RECORD = ("these targets' outputs passed through the model's detail refiner on the input's grid (its refiner/ "
-                  "component): a correction computed from the source scan and the output, made for inputs whose "
-                  "voxels are as fine as the scans it was trained on")
+                  "component): a correction computed from the source scan and the output, and where its config "
+                  "asks, the guided detail transfer (the output's local levels with the source's local shape), "
+                  "made for inputs whose voxels are as fine as the scans it was trained on")
 UNCERTAINTY_KINDS = ("calibrated", "samples")
 
 
@@ -389,7 +390,7 @@ class Translator:
             return img
         out = self.pipeline.refine(torch.from_numpy(np.asarray(self._volume.data, dtype=np.float32)),  # type: ignore[union-attr]
                                    torch.from_numpy(np.asarray(img.dataobj, dtype=np.float32)),
-                                   self._source_id(), self.modalities.index(name))
+                                   self._source_id(), self.modalities.index(name), self._volume.spacing)  # type: ignore[union-attr]
         return image_on_grid(out.numpy(), img.affine, img.header)
 
     def translate_tensor(

@@ -22,6 +22,7 @@ from mrtranslate.evaluation.evaluate import evaluate
 from mrtranslate.models.refiner import Refiner, RefinerConfig
 from mrtranslate.pipeline import ALDMPipeline
 from mrtranslate.pipeline.folder import save_refiner
+from mrtranslate.pipeline.guided import guided_transfer
 from mrtranslate.pipeline.refine import refine, scaled_source
 from mrtranslate.training.config import RefinerTrainConfig
 from mrtranslate.training.refiner import RefinerStage, RefinerData, ssim_map, gaussian_window
@@ -86,10 +87,12 @@ def test_the_training_ssim_equals_the_metrics_ssim_where_the_window_fits() -> No
 
 
 def _refined_model(folder: Path, max_spacing: float, grid=(16, 24, 16), spacing=(4.0, 4.0, 4.0),
-                   targets: tuple[str, ...] = ()) -> Path:
+                   targets: tuple[str, ...] = (), **guide) -> Path:
     save_tiny(folder, grid=grid, spacing=spacing)
     net = _random_refiner(max_spacing)
     net.config.targets = targets
+    for k, v in guide.items():
+        setattr(net.config, k, v)
     save_refiner(net, folder)
     index = json.loads((folder / "model_index.json").read_text())
     index["components"] = [*index["components"], "refiner"]
@@ -156,6 +159,61 @@ def test_a_refiner_with_targets_refines_those_alone(tmp_path: Path) -> None:
     (tmp_path / "some" / "refiner" / "config.json").write_text(json.dumps({**cfg, "targets": ["pd"]}))
     with pytest.raises(ModelFormatError, match="targets"):
         ALDMPipeline.from_pretrained(tmp_path / "some")
+
+
+def test_refine_runs_the_guided_transfer_after_the_network_for_the_targets_it_names() -> None:
+    net = _random_refiner()
+    net.config.targets = ("flair",)
+    net.config.guide_sigma_mm, net.config.guide_eps, net.config.guide_targets = 6.0, 0.01, ("t2", "flair")
+    torch.manual_seed(3)
+    source = torch.rand(20, 18, 16) * 50
+    output = torch.rand(20, 18, 16) + 0.1
+    output[:3] = 0
+    spacing = (3.0, 2.0, 4.0)
+    t2 = refine(net, source, output, 0, 2, spacing=spacing, target="t2")
+    guided = guided_transfer(scaled_source(source), output, 6.0, 0.01, spacing)
+    assert torch.allclose(t2, guided, atol=1e-5)
+    network = refine(net, source, output, 0, 3)  # no target: the network alone, as before the transfer existed
+    assert torch.allclose(refine(net, source, output, 0, 3, spacing=spacing, target="flair"),
+                          guided_transfer(scaled_source(source), network, 6.0, 0.01, spacing), atol=1e-5)
+    assert torch.equal(refine(net, source, output, 0, 1, spacing=spacing, target="t1ce"), output)
+    with pytest.raises(ValueError, match="spacings"):
+        refine(net, source, output, 0, 2, target="t2")
+
+
+def test_a_refiner_config_with_the_transfer_needs_a_version_that_runs_it() -> None:
+    plain = RefinerConfig(targets=("t1",))
+    assert plain.to_dict()["_format_version"] == 1 and not plain.guides("t1") and plain.refines("t1")
+    guided = RefinerConfig(targets=("t1",), guide_sigma_mm=1.5, guide_targets=("t2",))
+    d = guided.to_dict()
+    assert d["_format_version"] == 2 and d["guide_targets"] == ["t2"]
+    back = RefinerConfig.from_dict({**d, "guide_targets": ["T2"]})  # names are canonicalised
+    assert back == guided and back.refines("t2") and back.guides("t2") and not back.net_refines("t2")
+    assert not back.refines("flair")
+    with pytest.raises(ModelFormatError, match="newer"):
+        RefinerConfig.from_dict({**d, "_format_version": 3})
+    with pytest.raises(ModelFormatError, match="guide_sigma_mm"):
+        RefinerConfig.from_dict({**d, "guide_sigma_mm": -1})
+    with pytest.raises(ModelFormatError, match="guide_targets"):
+        RefinerConfig.from_dict({**d, "guide_targets": ["pd"]})
+
+
+def test_the_translator_runs_the_transfer_on_its_targets_and_names_them(tmp_path: Path, capsys) -> None:
+    plain = Translator.from_pretrained(save_tiny(tmp_path / "plain", grid=(16, 24, 16), spacing=(4.0, 4.0, 4.0)),
+                                       progress=False)
+    folder = _refined_model(tmp_path / "guided", 3.0, targets=("flair",), guide_sigma_mm=5.0, guide_targets=("t2",))
+    guided = Translator.from_pretrained(folder, progress=False)
+    fine = write_head(tmp_path / "fine" / "sub_t1.nii.gz", shape=(30, 40, 26), zooms=(2.5, 2.5, 2.5))
+    a, b = plain(fine).to("t2", "flair", "t1ce"), guided(fine).to("t2", "flair", "t1ce")
+    assert np.array_equal(arr(a["t1ce"]), arr(b["t1ce"]))
+    for t in ("t2", "flair"):
+        assert_same_geometry(b[t], a[t])
+        assert not np.allclose(arr(a[t]), arr(b[t])) and np.all(arr(b[t])[arr(a[t]) == 0] == 0)
+    assert guided(fine).run_record(["t2", "flair", "t1ce"])["detail_refiner"] == ["t2", "flair"]
+    assert main(["info", str(folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)["detail_refiner"]
+    assert info == {"targets": ["t2", "flair"], "max_input_spacing_mm": 3.0, "network_targets": ["flair"],
+                    "guided_transfer": {"sigma_mm": 5.0, "eps": 0.003, "targets": ["t2"]}}
 
 
 @pytest.fixture(scope="module")

@@ -239,6 +239,20 @@ def _already_done(out: Path, inp: Path, target: str, request: dict[str, Any]) ->
             and record.get("input_sha256") == sha256_file(inp))
 
 
+def _refiner_info(pipe: Any) -> dict[str, Any] | None:
+    """What the detail refiner refines, where it runs, and its guided transfer's settings where it has one."""
+    if pipe.refiner is None:
+        return None
+    c = pipe.refiner.config
+    info: dict[str, Any] = {"targets": [m for m in pipe.modalities if c.refines(m)],
+                            "max_input_spacing_mm": c.max_input_spacing_mm}
+    if c.guides_any:
+        info["network_targets"] = [m for m in pipe.modalities if c.net_refines(m)]
+        info["guided_transfer"] = {"sigma_mm": c.guide_sigma_mm, "eps": c.guide_eps,
+                                   "targets": [m for m in pipe.modalities if c.guides(m)]}
+    return info
+
+
 def _best_sources(pipe: Any) -> dict[str, str]:
     """Per target, the source `complete` prefers: the model's best_source, else the first of the default order."""
     from ..pipeline.best_source import ranked_sources
@@ -284,9 +298,7 @@ def info_command(
         "best_source": _best_sources(pipe),
         "default_solver": pipe.config.default_solver,
         "output_standard": sorted(pipe.config.output_standard.get("landmarks", {})),
-        "detail_refiner": ({"targets": list(pipe.refiner.config.targets) or list(pipe.modalities),
-                            "max_input_spacing_mm": pipe.refiner.config.max_input_spacing_mm}
-                           if pipe.refiner is not None else None),
+        "detail_refiner": _refiner_info(pipe),
     }
     if as_json:
         typer.echo(json.dumps(info))

@@ -13,6 +13,7 @@ A pure module: arrays of any size in, the same size out (zero padding at the bor
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -27,13 +28,22 @@ class RefinerConfig(ModelConfig):
     """``channels`` wide, one 3x3x3 convolution in, then one per entry of ``dilations``; ``num_classes``
     modalities. ``max_input_spacing_mm``: the refiner runs on inputs whose every voxel side is at most this
     (the grids it was trained on); coarser inputs get the output as decoded. ``targets``: the target
-    modalities whose outputs it refines (empty: every target)."""
+    modalities whose outputs the network refines (empty: every target).
+
+    ``guide_sigma_mm`` > 0 adds a guided detail transfer (:mod:`mrtranslate.pipeline.guided`, no weights) after
+    the network, with Gaussian windows of that width and regularisation ``guide_eps``, for ``guide_targets``
+    (empty: every target), on the same inputs. 0: no transfer (format version 1)."""
+
+    FORMAT_VERSION: ClassVar[int] = 2
 
     num_classes: int = 4
     channels: int = 16
     dilations: tuple[int, ...] = (1, 2, 4, 2, 1)
     max_input_spacing_mm: float = 1.5
     targets: tuple[str, ...] = ()
+    guide_sigma_mm: float = 0.0
+    guide_eps: float = 0.003
+    guide_targets: tuple[str, ...] = ()
 
     def validate(self, origin: str = "refiner config") -> None:
         check_int(origin, "num_classes", self.num_classes, 1, MAX_CLASSES)
@@ -42,26 +52,56 @@ class RefinerConfig(ModelConfig):
         s = self.max_input_spacing_mm
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0.05 <= float(s) <= 20:
             raise ModelFormatError(f"{origin}: max_input_spacing_mm = {s!r} must be a number in [0.05, 20]")
-        if not isinstance(self.targets, (tuple, list)) or len(self.targets) > MAX_CLASSES:
-            raise ModelFormatError(f"{origin}: targets must be a list of modality names")
-        try:
-            self.targets = tuple(dict.fromkeys(canonical(str(t)) for t in self.targets))
-        except Exception as exc:  # noqa: BLE001 - reported as a format error of the config
-            raise ModelFormatError(f"{origin}: targets: {exc}") from None
+        self.targets = _modality_names(origin, "targets", self.targets)
+        self.guide_targets = _modality_names(origin, "guide_targets", self.guide_targets)
+        for name, value, lo, hi in (("guide_sigma_mm", self.guide_sigma_mm, 0.0, 20.0),
+                                    ("guide_eps", self.guide_eps, 1e-8, 10.0)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
+                raise ModelFormatError(f"{origin}: {name} = {value!r} must be a number in [{lo:g}, {hi:g}]")
         super().validate(origin)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        # a refiner without the guided transfer stays readable by versions that predate it; one with it needs a
+        # version that runs it (older ones refuse it instead of silently writing other outputs)
+        d["_format_version"] = self.FORMAT_VERSION if self.guides_any else 1
+        return d
+
+    @property
+    def guides_any(self) -> bool:
+        """Whether the guided detail transfer is on."""
+        return float(self.guide_sigma_mm) > 0
 
     def parameter_estimate(self) -> int:
         c = self.channels
         return 2 * 27 * c + 2 * self.num_classes * c + len(self.dilations) * 27 * c * c + 2 * c
 
     def refines(self, target: str) -> bool:
-        """Whether outputs of ``target`` (a canonical modality name) are refined."""
+        """Whether outputs of ``target`` (a canonical modality name) are refined: by the network or the guided
+        transfer."""
+        return self.net_refines(target) or self.guides(target)
+
+    def net_refines(self, target: str) -> bool:
+        """Whether the network refines outputs of ``target``."""
         return not self.targets or target in self.targets
+
+    def guides(self, target: str) -> bool:
+        """Whether the guided detail transfer runs on outputs of ``target``."""
+        return self.guides_any and (not self.guide_targets or target in self.guide_targets)
 
     @property
     def halo(self) -> int:
         """Voxels on each side that reach an output voxel: the receptive field's radius."""
         return 1 + sum(self.dilations)
+
+
+def _modality_names(origin: str, name: str, values: Any) -> tuple[str, ...]:
+    if not isinstance(values, (tuple, list)) or len(values) > MAX_CLASSES:
+        raise ModelFormatError(f"{origin}: {name} must be a list of modality names")
+    try:
+        return tuple(dict.fromkeys(canonical(str(t)) for t in values))
+    except Exception as exc:  # noqa: BLE001 - reported as a format error of the config
+        raise ModelFormatError(f"{origin}: {name}: {exc}") from None
 
 
 class Refiner(nn.Module):

@@ -460,12 +460,15 @@ class ALDMPipeline:
         ``target``'s outputs); False without one."""
         return applies(self.refiner, spacing, target)
 
-    def refine(self, source: torch.Tensor, output: torch.Tensor, source_class: int, target_class: int) -> torch.Tensor:
-        """``output`` (``[D, H, W]``, in the output's intensity units, on the grid of ``source``) through the detail
-        refiner (:mod:`.refine`); UsageError when the model has none."""
+    def refine(self, source: torch.Tensor, output: torch.Tensor, source_class: int, target_class: int,
+               spacing: Sequence[float]) -> torch.Tensor:
+        """``output`` (``[D, H, W]``, in the output's intensity units, on the grid of ``source``, voxel ``spacing``
+        in mm) through the detail refiner's steps for the target (:mod:`.refine`); UsageError when the model has
+        none."""
         if self.refiner is None:
             raise UsageError("this model has no detail refiner")
-        return refine(self.refiner, source, output, source_class, target_class)
+        return refine(self.refiner, source, output, source_class, target_class, spacing=spacing,
+                      target=self.config.modalities[target_class])
 
     @torch.inference_mode()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
