@@ -8,6 +8,11 @@ averages them over the same window, and returns ``mean(a) * source + mean(b)``: 
 with the source's local shape. ``eps`` (in the scaled source's units squared) damps the fit where the source
 is flat, so there the output is only smoothed by the window.
 
+The fit moves intensities as well as edges: it smooths the brightest and darkest few voxels (vessels,
+enhancement) towards their surroundings. So the result keeps the output's own intensities and takes only
+their order from the fit: the foreground's voxels, ranked by the fitted image, receive the output's values
+in the same rank order. The output's histogram (for a standardised target, that of real scans) is unchanged.
+
 Windows are masked: only voxels of the output's foreground (``> 0``) enter a fit, so the background and the
 skull's absence do not pull the brain's border. Everything runs inside the foreground's box (widened by the
 window's radius), which gives the same result as the whole array. Tensors in, tensors out; no weights.
@@ -19,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["TRUNCATE", "gaussian_taps", "guided_transfer"]
+__all__ = ["TRUNCATE", "fitted", "gaussian_taps", "guided_transfer", "window_radius"]
 
 #: Gaussian windows reach ``TRUNCATE`` standard deviations (as ``scipy.ndimage.gaussian_filter``).
 TRUNCATE = 4.0
@@ -64,21 +69,35 @@ def window_radius(sigma_mm: float, spacing: Sequence[float]) -> tuple[int, ...]:
 def guided_transfer(source: torch.Tensor, output: torch.Tensor, sigma_mm: float, eps: float,
                     spacing: Sequence[float]) -> torch.Tensor:
     """``output`` (``[D, H, W]``) with ``source``'s (same grid, scaled to about [0, 1]) local structure, fitted in
-    Gaussian windows of ``sigma_mm`` on a grid of ``spacing`` (mm per axis); float32, clipped at 0, 0 wherever
-    ``output`` is not > 0. See the module docstring."""
+    Gaussian windows of ``sigma_mm`` on a grid of ``spacing`` (mm per axis); float32, 0 wherever ``output`` is
+    not > 0, and the output's own values (reordered) elsewhere. See the module docstring."""
+    p = output.detach().to("cpu", torch.float32)
+    fg = p > 0
+    if not fg.any():
+        return p.clone()
+    shaped = fitted(source, output, sigma_mm, eps, spacing)[fg]
+    # the output's own intensities, in the fitted order: rank by rank, the foreground's values are the output's
+    out = torch.zeros_like(p)
+    ranked = torch.empty_like(shaped)
+    ranked[torch.argsort(shaped, stable=True)] = torch.sort(p[fg]).values
+    out[fg] = ranked
+    return out
+
+
+@torch.no_grad()
+def fitted(source: torch.Tensor, output: torch.Tensor, sigma_mm: float, eps: float,
+           spacing: Sequence[float]) -> torch.Tensor:
+    """The guided filter's image ``mean(a) * source + mean(b)`` (before the output's values are put back), with
+    foreground-masked windows; 0 outside the foreground. See :func:`guided_transfer`."""
     if tuple(source.shape) != tuple(output.shape) or output.dim() != 3 or len(spacing) != 3:
         raise ValueError(f"source {tuple(source.shape)} and output {tuple(output.shape)} must be 3D arrays "
                          "on one grid, with three spacings")
     p = output.detach().to("cpu", torch.float32)
     i = source.detach().to("cpu", torch.float32)
-    fg = p > 0
-    if not fg.any():
-        return p.clone()
     taps = [gaussian_taps(sigma_mm / float(s)) for s in spacing]
-    m = fg.float()
+    m = (p > 0).float()
     im = i * m
-    pm = p * m
-    sums = _smooth(torch.stack([m, im, pm, im * p, im * i]), taps)
+    sums = _smooth(torch.stack([m, im, p * m, im * p, im * i]), taps)
     weight = sums[0].clamp_min(MIN_WEIGHT)
     mean_i, mean_p, mean_ip, mean_ii = (sums[k] / weight for k in range(1, 5))
     del sums
@@ -86,4 +105,4 @@ def guided_transfer(source: torch.Tensor, output: torch.Tensor, sigma_mm: float,
     b = mean_p - a * mean_i
     del mean_ip, mean_ii, mean_i, mean_p
     coeffs = _smooth(torch.stack([a * m, b * m]), taps) / weight
-    return (coeffs[0] * i + coeffs[1]).clamp_min(0) * m
+    return (coeffs[0] * i + coeffs[1]) * m
