@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
 __all__ = ["__version__", "MODALITIES", "ALDMPipeline", "Translator", "translate_dataset", "complete_dataset"]
 

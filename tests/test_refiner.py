@@ -308,8 +308,8 @@ def test_info_names_the_refiner_and_where_it_runs(tmp_path: Path, capsys) -> Non
 
 
 def test_the_bundled_default_refines_what_its_recipe_configures() -> None:
-    """The bundled brats-2mm holds the refiner its recipe trains: the network, where it runs and the targets
-    chosen on the validation subjects, as `recipes/brats-2mm/refiner.json` sets them."""
+    """The bundled brats-2mm holds the refiner its recipe trains: the network, where it runs, the targets chosen
+    on the validation subjects and the guided transfer's settings, as `recipes/brats-2mm/refiner.json` sets them."""
     from mrtranslate import hub
 
     folder = hub.BUNDLED_DIR / "brats-2mm"
@@ -318,5 +318,7 @@ def test_the_bundled_default_refines_what_its_recipe_configures() -> None:
     assert {k: bundled[k] for k in recipe["model"]} == recipe["model"]
     assert "refiner" in json.loads((folder / "model_index.json").read_text())["components"]
     pipe = ALDMPipeline.from_pretrained(folder)
-    assert pipe.refines((1.0, 1.0, 1.0), "t1ce") and not pipe.refines((1.0, 1.0, 1.0), "flair")
-    assert not pipe.refines((2.0, 2.0, 2.0), "t1ce")
+    config = pipe.refiner.config
+    assert config.net_refines("t1ce") and not config.net_refines("flair")
+    assert all(config.guides(m) for m in pipe.modalities) and config.guide_sigma_mm > 0
+    assert pipe.refines((1.0, 1.0, 1.0), "flair") and not pipe.refines((2.0, 2.0, 2.0), "t1ce")

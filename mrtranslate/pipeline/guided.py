@@ -96,13 +96,14 @@ def fitted(source: torch.Tensor, output: torch.Tensor, sigma_mm: float, eps: flo
     i = source.detach().to("cpu", torch.float32)
     taps = [gaussian_taps(sigma_mm / float(s)) for s in spacing]
     m = (p > 0).float()
-    im = i * m
-    sums = _smooth(torch.stack([m, im, p * m, im * p, im * i]), taps)
-    weight = sums[0].clamp_min(MIN_WEIGHT)
-    mean_i, mean_p, mean_ip, mean_ii = (sums[k] / weight for k in range(1, 5))
-    del sums
-    a = (mean_ip - mean_i * mean_p) / (mean_ii - mean_i * mean_i + eps)
+    weight = _smooth(m[None], taps)[0].clamp_min(MIN_WEIGHT)
+
+    def mean(x: torch.Tensor) -> torch.Tensor:  # one volume at a time: a few volumes of memory at most
+        return _smooth((x * m)[None], taps)[0].div_(weight)
+
+    mean_i, mean_p = mean(i), mean(p)
+    a = (mean(i * p) - mean_i * mean_p).div_(mean(i * i) - mean_i * mean_i + eps)
     b = mean_p - a * mean_i
-    del mean_ip, mean_ii, mean_i, mean_p
-    coeffs = _smooth(torch.stack([a * m, b * m]), taps) / weight
-    return (coeffs[0] * i + coeffs[1]) * m
+    del mean_i, mean_p
+    a, b = mean(a), mean(b)
+    return a.mul_(i).add_(b).mul_(m)
