@@ -45,7 +45,7 @@ STANDARD_RECORD = ("these targets' outputs were standardised: their own brain in
                    "0.5th and 99.5th brain percentiles at 0 and 1")
 REFINER_RECORD = ("these targets' outputs passed through the model's detail refiner on the input's grid (its refiner/ "
                   "component): a correction computed from the source scan and the output, and where its config "
-                  "asks, the guided detail transfer (the output's local levels with the source's local shape), "
+                  "asks, the guided detail transfer (the output's own values in the source's local structure), "
                   "made for inputs whose voxels are as fine as the scans it was trained on")
 UNCERTAINTY_KINDS = ("calibrated", "samples")
 

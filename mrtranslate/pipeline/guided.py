@@ -5,8 +5,9 @@ shows edges. Within a small window two tissues meet at most edges, and between t
 mapping is linear: the output there is about ``a * source + b``. A guided filter (He, Sun and Tang, "Guided
 image filtering", ECCV 2010) fits ``a`` and ``b`` by least squares in a Gaussian window around every voxel,
 averages them over the same window, and returns ``mean(a) * source + mean(b)``: the output's local levels
-with the source's local shape. ``eps`` (in the scaled source's units squared) damps the fit where the source
-is flat, so there the output is only smoothed by the window.
+with the source's local shape, fine texture (and noise) included. ``eps`` (in the scaled source's units
+squared) damps the fit where the source is flat, so there the fitted image follows the output smoothed by
+the window.
 
 The fit moves intensities as well as edges: it smooths the brightest and darkest few voxels (vessels,
 enhancement) towards their surroundings. So the result keeps the output's own intensities and takes only
@@ -14,8 +15,9 @@ their order from the fit: the foreground's voxels, ranked by the fitted image, r
 in the same rank order. The output's histogram (for a standardised target, that of real scans) is unchanged.
 
 Windows are masked: only voxels of the output's foreground (``> 0``) enter a fit, so the background and the
-skull's absence do not pull the brain's border. Everything runs inside the foreground's box (widened by the
-window's radius), which gives the same result as the whole array. Tensors in, tensors out; no weights.
+skull's absence do not pull the brain's border; beyond the arrays counts as background, so the foreground's
+box widened by the window's radius gives the same result as the whole array. Tensors in, tensors out; no
+weights.
 """
 
 from __future__ import annotations
